@@ -1,0 +1,50 @@
+"""Machine-readable rejection reasons and the exception that carries them.
+
+Every sample a stage drops becomes a reject row whose ``reason`` is one of these codes; ``detail`` is free text
+for humans. Code that inspects input raises ``Rejected`` and the stage base class turns it into that row.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    # fetching
+    HTTP_ERROR = "http_error"  # 4xx / 5xx; detail carries the status
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    BODY_TOO_LARGE = "body_too_large"
+    ADDRESS_NOT_ALLOWED = "address_not_allowed"  # private / loopback / link-local without allow-list
+    DOMAIN_NOT_ALLOWED = "domain_not_allowed"
+    SCHEME_NOT_ALLOWED = "scheme_not_allowed"
+    ROBOTS_DISALLOWED = "robots_disallowed"
+    X_ROBOTS_NOAI = "x_robots_noai"
+    CONTENT_TYPE = "content_type"  # body is not the media type we went for
+    DOWNLOAD_ERROR = "download_error"  # any other downloader failure, detail says which
+    # parsing
+    NOT_UTF8 = "not_utf8"
+    HTML_MALFORMED = "html_malformed"
+    SUBTITLE_MALFORMED = "subtitle_malformed"
+    SUBTITLE_MISSING = "subtitle_missing"
+    # media
+    IMAGE_CORRUPT = "image_corrupt"
+    IMAGE_TOO_LARGE = "image_too_large"  # decompression bomb / pixel cap
+    IMAGE_TOO_SMALL = "image_too_small"
+    AUDIO_CORRUPT = "audio_corrupt"
+    AUDIO_TOO_LONG = "audio_too_long"
+    CLIP_TOO_SHORT = "clip_too_short"
+    # text
+    NO_TEXT = "no_text"
+    JUNK_TEXT = "junk_text"
+    TEXT_TOO_SHORT = "text_too_short"
+
+
+class Rejected(Exception):
+    """Raised by per-sample code; the stage base class records it as a reject row and carries on."""
+
+    def __init__(self, reason: Reason | str, detail: str = ""):
+        self.reason = Reason(reason).value if not isinstance(reason, Reason) else reason.value
+        self.detail = detail[:500]
+        super().__init__(f"{self.reason}: {self.detail}")
