@@ -1,0 +1,101 @@
+"""The sample record that flows between stages, and the reject row every dropped sample becomes.
+
+A record is one row of an Arrow table. Stages read and write pandas/Arrow batches with these columns; a stage
+may leave a column null but never invents new ones (per-stage scores go into ``scores``, a JSON object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+# Text fields keep their provenance: each HTML/transcript source has its own column, and ``text`` is the caption
+# a stage chose, with ``text_source`` naming the column it came from.
+TEXT_FIELDS = ("caption", "alt", "title", "figcaption", "transcript")
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # stable across runs: derived from the sample's identity
+        pa.field("parent", pa.string()),  # key of the record this one was derived from (e.g. a cue clip's audio)
+        pa.field("source", pa.string()),  # url_list | page | warc
+        pa.field("url", pa.string()),  # the primary asset's URL (image if any, else audio)
+        pa.field("page_url", pa.string()),
+        pa.field("position", pa.int32()),  # order of the reference on its page / row in its URL list
+        # image
+        pa.field("image_url", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_format", pa.string()),  # jpg | png | … as detected, normalised by align
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
+        # audio
+        pa.field("audio_url", pa.string()),
+        pa.field("audio", pa.binary()),
+        pa.field("audio_format", pa.string()),
+        pa.field("audio_rate", pa.int32()),
+        pa.field("audio_seconds", pa.float64()),
+        pa.field("clip_start", pa.float64()),  # cue start/end within the original audio, for cut clips
+        pa.field("clip_end", pa.float64()),
+        pa.field("subtitles_url", pa.string()),
+        pa.field("subtitles", pa.binary()),  # raw VTT/SRT bytes as crawled; align parses them
+        pa.field("transcript_url", pa.string()),
+        # text, with provenance
+        *[pa.field(name, pa.string()) for name in TEXT_FIELDS],
+        pa.field("text", pa.string()),
+        pa.field("text_source", pa.string()),
+        pa.field("scores", pa.string()),  # JSON object {"<stage>.<score>": float}
+    ]
+)
+RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
+
+# Rows leave a stage with these two extra columns: null reason = kept, otherwise the row is a reject.
+REASON_COLUMN = "_reason"
+DETAIL_COLUMN = "_detail"
+OUTCOME_SCHEMA = RECORD_SCHEMA.append(pa.field(REASON_COLUMN, pa.string())).append(pa.field(DETAIL_COLUMN, pa.string()))
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("parent", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("page_url", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ]
+)
+
+
+def stable_key(*parts: Any) -> str:
+    """A 20-hex-digit key from the parts that identify a sample (no dots: WebDataset splits keys on them)."""
+    joined = "\x1f".join("" if p is None else str(p) for p in parts)
+    return hashlib.sha1(joined.encode("utf-8")).hexdigest()[:20]
+
+
+def empty_record(**values: Any) -> dict[str, Any]:
+    """A full record dict with every column present (None where not given); unknown names are an error."""
+    unknown = set(values) - set(RECORD_COLUMNS)
+    if unknown:
+        raise KeyError(f"not record columns: {sorted(unknown)}")
+    row = dict.fromkeys(RECORD_COLUMNS)
+    row.update(values)
+    return row
+
+
+def scores_of(row: dict[str, Any]) -> dict[str, float]:
+    raw = row.get("scores")
+    return json.loads(raw) if raw else {}
+
+
+def outcome_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Build a batch in the outcome schema from full row dicts (missing columns become null)."""
+    columns = {name: [r.get(name) for r in rows] for name in OUTCOME_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)
+
+
+def outcome_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return outcome_table(rows).to_pandas()

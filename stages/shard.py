@@ -1,0 +1,182 @@
+"""The WebDataset sink: sorted records → deterministic tar shards, each with a parquet index and a stats file.
+
+Layout of one shard, ``<prefix>-000042``:
+  ``<prefix>-000042.tar``         members ``<key>.jpg|png``, ``<key>.flac``, ``<key>.txt``, ``<key>.json``
+  ``<prefix>-000042.parquet``     one row per sample: key, url, caption, member names with byte offset/size, sha256
+  ``<prefix>-000042_stats.json``  sample count, bytes, modality counts
+
+Shards are written to a temporary name and renamed, and the tar headers carry a fixed mtime/owner, so the same
+records always give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("page_url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("text_source", pa.string()),
+        pa.field("member", pa.string()),
+        pa.field("offset", pa.int64()),  # byte offset of the member's data within the tar
+        pa.field("size", pa.int64()),
+        pa.field("sha256", pa.string()),
+    ]
+)
+
+# Metadata carried in each sample's .json member (the media and caption travel as their own members).
+JSON_FIELDS = (
+    "key",
+    "parent",
+    "source",
+    "url",
+    "page_url",
+    "image_url",
+    "audio_url",
+    "text_source",
+    "image_width",
+    "image_height",
+    "audio_rate",
+    "audio_seconds",
+    "clip_start",
+    "clip_end",
+    "scores",
+)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    path: str
+    samples: int
+    bytes: int
+    images: int
+    audio: int
+
+
+def sample_members(record: dict[str, Any]) -> dict[str, bytes]:
+    """The tar members of one record, keyed by extension, in a fixed order."""
+    members: dict[str, bytes] = {}
+    if record.get("image") is not None:
+        members[record["image_format"]] = bytes(record["image"])
+    if record.get("audio") is not None:
+        members["flac"] = bytes(record["audio"])
+    members["txt"] = (record.get("text") or "").encode("utf-8")
+    meta = {name: record.get(name) for name in JSON_FIELDS}
+    meta["scores"] = json.loads(meta["scores"]) if meta.get("scores") else {}
+    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return members
+
+
+def _tar_member_offsets(tar_path: Path) -> dict[str, tuple[int, int]]:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
+
+
+def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> ShardInfo:
+    tar_path = out_dir / f"{name}.tar"
+    tmp = out_dir / f".{name}.tar.tmp"
+    index_rows: list[dict[str, Any]] = []
+    images = audio = 0
+    with open(tmp, "wb") as stream:
+        # fixed mtime/user/group: identical input gives identical bytes
+        writer = wds.TarWriter(stream, mtime=0.0, user="mmcurate", group="mmcurate", mode=0o444)
+        for record in records:
+            members = sample_members(record)
+            images += "jpg" in members or "png" in members
+            audio += "flac" in members
+            writer.write({"__key__": record["key"], **members})
+            for ext, data in members.items():
+                index_rows.append(
+                    {
+                        "key": record["key"],
+                        "url": record.get("url"),
+                        "page_url": record.get("page_url"),
+                        "caption": record.get("text"),
+                        "text_source": record.get("text_source"),
+                        "member": f"{record['key']}.{ext}",
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    }
+                )
+        writer.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    offsets = _tar_member_offsets(tmp)
+    for row in index_rows:
+        row["offset"], row["size"] = offsets[row["member"]]
+    size = tmp.stat().st_size
+    _atomic_write_bytes(out_dir / f"{name}.parquet", _parquet_bytes(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)))
+    info = ShardInfo(name=name, path=str(tar_path), samples=len(records), bytes=size, images=images, audio=audio)
+    stats = {k: v for k, v in asdict(info).items() if k != "path"}
+    _atomic_write_bytes(out_dir / f"{name}_stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
+    os.replace(tmp, tar_path)
+    return info
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _record_bytes(record: dict[str, Any]) -> int:
+    # tar framing: 512-byte header per member plus data padded to 512 bytes
+    return sum(512 + -(-len(data) // 512) * 512 for data in sample_members(record).values())
+
+
+def _group_into_shards(
+    records: Iterable[dict[str, Any]], samples_per_shard: int, max_shard_bytes: int
+) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    group_bytes = 0
+    for record in records:
+        size = _record_bytes(record)
+        if group and (len(group) >= samples_per_shard or group_bytes + size > max_shard_bytes):
+            yield group
+            group, group_bytes = [], 0
+        group.append(record)
+        group_bytes += size
+    if group:
+        yield group
+
+
+def write_shards(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    prefix: str = "shard",
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int = 1 << 30,
+) -> list[ShardInfo]:
+    """Write records (already in their final order) as WebDataset shards. A shard closes when it holds
+    ``samples_per_shard`` samples or the next sample would push it past ``max_shard_bytes``; a single sample larger
+    than the byte limit still gets a shard of its own rather than being dropped."""
+    if samples_per_shard < 1 or max_shard_bytes < 1:
+        raise ValueError("samples_per_shard and max_shard_bytes must be positive")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    infos = []
+    for number, group in enumerate(_group_into_shards(samples, samples_per_shard, max_shard_bytes)):
+        infos.append(_write_one(group, out, f"{prefix}-{number:06d}"))
+    return infos
