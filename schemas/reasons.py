@@ -35,6 +35,7 @@ class Reason(str, Enum):
     AUDIO_CORRUPT = "audio_corrupt"
     AUDIO_TOO_LONG = "audio_too_long"
     CLIP_TOO_SHORT = "clip_too_short"
+    CUE_PAST_END = "cue_past_end"  # subtitle cue lies (mostly) beyond the end of its audio
     # text
     NO_TEXT = "no_text"
     JUNK_TEXT = "junk_text"
