@@ -33,6 +33,7 @@ class Reason(str, Enum):
     IMAGE_TOO_LARGE = "image_too_large"  # decompression bomb / pixel cap
     IMAGE_TOO_SMALL = "image_too_small"
     AUDIO_CORRUPT = "audio_corrupt"
+    NO_MEDIA = "no_media"  # neither an image nor audio left to carry
     AUDIO_TOO_LONG = "audio_too_long"
     CLIP_TOO_SHORT = "clip_too_short"
     CUE_PAST_END = "cue_past_end"  # subtitle cue lies (mostly) beyond the end of its audio

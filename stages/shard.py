@@ -180,3 +180,43 @@ def write_shards(
     for number, group in enumerate(_group_into_shards(samples, samples_per_shard, max_shard_bytes)):
         infos.append(_write_one(group, out, f"{prefix}-{number:06d}"))
     return infos
+
+
+class ShardStage:
+    """The ``shard`` sink: sorts kept records by key and writes them as shards into ``<work_dir>/shards``.
+
+    Sorting makes shard contents independent of how upstream partitions were scheduled, so an interrupted and
+    resumed run writes byte-identical shards."""
+
+    kind = "shard"
+
+    def __init__(self, config: Any, name: str | None = None):
+        self.config = config
+        self.name = name or self.kind
+
+    def write(self, upstream: Any, out_dir: Path) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
+        """Write shards from a Ray Dataset of records; return the shards and the outcome rows of records that
+        cannot become a sample (no caption, no media)."""
+        from schemas.reasons import Reason
+        from stages.base import rejected
+
+        refused: list[dict[str, Any]] = []
+
+        def writable() -> Iterator[dict[str, Any]]:
+            for batch in upstream.sort("key").iter_batches(batch_format="pyarrow", batch_size=256):
+                for record in batch.to_pylist():
+                    if not (record.get("text") or "").strip():
+                        refused.append(rejected(record, Reason.NO_TEXT, "record reached the shard writer without a caption"))
+                    elif record.get("image") is None and record.get("audio") is None:
+                        refused.append(rejected(record, Reason.NO_MEDIA, "record has neither image nor audio"))
+                    else:
+                        yield record
+
+        infos = write_shards(
+            writable(),
+            out_dir,
+            prefix=self.config.prefix,
+            samples_per_shard=self.config.samples_per_shard,
+            max_shard_bytes=self.config.max_shard_bytes,
+        )
+        return infos, refused

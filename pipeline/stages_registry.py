@@ -1,0 +1,17 @@
+"""Stage kind → implementation. Imported lazily so that validating a workflow never imports torch or img2dataset."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+IMPLEMENTATIONS = {
+    "crawl": "stages.crawl:CrawlStage",
+    "align": "stages.align:AlignStage",
+    "shard": "stages.shard:ShardStage",
+}
+
+
+def stage_class(kind: str) -> Any:
+    module, _, attr = IMPLEMENTATIONS[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)

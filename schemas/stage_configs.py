@@ -1,0 +1,105 @@
+"""Typed configuration of every stage. A stage's config is these fields; a workflow file sets them by name.
+
+They live here, apart from the stage code, so a workflow is validated (unknown stages, unknown fields, wrong
+types) without importing heavy stage dependencies such as torch or img2dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.record import TEXT_FIELDS
+
+TextField = Literal["caption", "alt", "title", "figcaption", "transcript"]
+assert set(TextField.__args__) == set(TEXT_FIELDS)  # type: ignore[attr-defined]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageConfig(StrictModel):
+    """Fields every stage has."""
+
+    batch_size: int = Field(16, ge=1, description="records per batch handed to the stage")
+    concurrency: int = Field(2, ge=1, description="Ray workers running the stage")
+
+
+class FetchConfig(StrictModel):
+    """Per-fetch limits and politeness. Private, loopback and link-local targets are refused unless listed
+    in ``allow_networks`` (CIDRs)."""
+
+    timeout_s: float = Field(10.0, gt=0)
+    max_bytes: int = Field(20_000_000, ge=1)
+    max_redirects: int = Field(5, ge=0)
+    retries: int = Field(0, ge=0)
+    allow_networks: tuple[str, ...] = ()
+    user_agent: str = "mmcurate/0.1"
+    respect_robots: bool = True
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai")
+
+
+class UrlListInput(StrictModel):
+    path: str
+    format: Literal["csv", "parquet", "jsonl"] | None = None  # None: from the file extension
+    url_column: str = "url"
+    caption_column: str | None = "caption"
+
+
+class CrawlConfig(StageConfig):
+    url_lists: tuple[UrlListInput, ...] = ()
+    seeds: tuple[str, ...] = ()
+    warcs: tuple[str, ...] = ()
+    allowed_domains: tuple[str, ...] = ()  # page crawl stays within these hosts; empty: the seeds' hosts
+    max_depth: int = Field(3, ge=0)
+    max_pages: int = Field(1000, ge=1)
+    fetch: FetchConfig = FetchConfig()
+
+    @model_validator(mode="after")
+    def _has_input(self) -> CrawlConfig:
+        if not (self.url_lists or self.seeds or self.warcs):
+            raise ValueError("crawl needs at least one of url_lists, seeds, warcs")
+        return self
+
+
+class AlignConfig(StageConfig):
+    caption_priority: tuple[TextField, ...] = ("caption", "figcaption", "alt", "title")
+    min_caption_chars: int = Field(3, ge=1)
+    junk_patterns: tuple[str, ...] | None = None  # None: the built-in list (stages.align.text.DEFAULT_JUNK_PATTERNS)
+    image_max_side: int = Field(512, ge=8)
+    image_min_side: int = Field(16, ge=1)
+    image_max_pixels: int = Field(40_000_000, ge=1)
+    image_format: Literal["jpg", "png", "keep"] = "jpg"
+    image_quality: int = Field(90, ge=1, le=100)
+    audio_rate: int = Field(16_000, ge=1000)
+    min_clip_s: float = Field(0.3, ge=0)
+    max_clip_s: float = Field(30.0, gt=0)
+    max_audio_s: float = Field(600.0, gt=0)
+
+
+class ShardConfig(StageConfig):
+    prefix: str = Field("shard", pattern=r"^[A-Za-z0-9_]+$")
+    samples_per_shard: int = Field(1000, ge=1)
+    max_shard_bytes: int = Field(1 << 30, ge=1024)
+
+
+# What a stage needs earlier stages to have established, and what it establishes; checked when a workflow is built.
+Role = Literal["source", "map", "global", "sink"]
+
+
+class StageKind(StrictModel):
+    config: type[StageConfig]
+    role: Role
+    requires: frozenset[str] = frozenset()
+    provides: frozenset[str] = frozenset()
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "crawl": StageKind(config=CrawlConfig, role="source", provides=frozenset({"raw_media"})),
+    "align": StageKind(
+        config=AlignConfig, role="map", requires=frozenset({"raw_media"}), provides=frozenset({"aligned"})
+    ),
+    "shard": StageKind(config=ShardConfig, role="sink", requires=frozenset({"aligned"})),
+}

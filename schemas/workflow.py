@@ -1,0 +1,175 @@
+"""The workflow file: which stages run, in order, with what config. Loading it validates everything up front."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.stage_configs import STAGE_KINDS, StageConfig, StrictModel
+
+
+class WorkflowError(ValueError):
+    """A workflow file that cannot run; the message names the file, the stage and the field."""
+
+
+class DemoSiteConfig(StrictModel):
+    """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
+
+    seed: int = 0
+    pages: int = Field(200, ge=5)
+    port: int = Field(0, ge=0, le=65535)  # 0: an ephemeral port
+    root: str | None = None  # where the site is built; default: <run dir>/site
+
+
+class ServeConfig(StrictModel):
+    demo_site: DemoSiteConfig | None = None
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str  # the stage's name in the run directory (``id`` in the file, defaulting to the stage kind)
+    kind: str
+    config: StageConfig
+    raw: dict[str, Any]  # the config as written, before ${...} substitution: what the stage's hash covers
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps({"kind": self.kind, **self.raw}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Workflow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    path: str
+    sha256: str
+    serve: ServeConfig
+    stages: tuple[StageSpec, ...]
+
+
+_PLACEHOLDER = re.compile(r"\$\{([a-z_.]+)\}")
+
+
+def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            if match.group(1) not in variables:
+                raise WorkflowError(f"{where}: unknown variable ${{{match.group(1)}}} (known: {sorted(variables)})")
+            return variables[match.group(1)]
+
+        return _PLACEHOLDER.sub(lookup, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def _format_error(path: str, where: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        lines.append(f"{path}: {where}: field '{field}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.demo_site.port=8000``."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        raise WorkflowError(f"--set {dotted}: expected <stage>.<field>=<value> or serve.<...>=<value>")
+    if head == "serve":
+        target = doc.setdefault("serve", {})
+    else:
+        matches = [s for s in doc.get("stages", []) if s.get("id", s.get("stage")) == head]
+        if not matches:
+            raise WorkflowError(f"--set {dotted}: no stage named '{head}'")
+        target = matches[0]
+    *parents, leaf = rest.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+
+
+def load_workflow(
+    path: str | Path, *, overrides: list[str] = (), variables: dict[str, str] | None = None
+) -> Workflow:
+    """Parse and validate a workflow file. ``overrides`` are ``stage.field=yaml-value`` strings; ``variables``
+    fill ``${name}`` placeholders (e.g. ``${demo_site.base_url}``) without changing any stage's config hash."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise WorkflowError(f"{path}: cannot read: {err}") from err
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(doc, dict):
+        raise WorkflowError(f"{path}: expected a mapping with 'name' and 'stages'")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise WorkflowError(f"--set {item}: expected key=value")
+        _set_dotted(doc, key.strip(), yaml.safe_load(value))
+    unknown_top = set(doc) - {"name", "serve", "stages"}
+    if unknown_top:
+        raise WorkflowError(f"{path}: unknown top-level field(s) {sorted(unknown_top)} (known: name, serve, stages)")
+    try:
+        serve = ServeConfig.model_validate(doc.get("serve") or {})
+    except ValidationError as err:
+        raise WorkflowError(_format_error(path, "serve", err)) from err
+    raw_stages = doc.get("stages")
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise WorkflowError(f"{path}: 'stages' must be a non-empty list")
+    specs = []
+    for i, entry in enumerate(raw_stages):
+        if not isinstance(entry, dict) or "stage" not in entry:
+            raise WorkflowError(f"{path}: stages[{i}]: each stage needs a 'stage: <kind>' field")
+        kind = entry["stage"]
+        if kind not in STAGE_KINDS:
+            raise WorkflowError(f"{path}: stages[{i}]: unknown stage '{kind}' (known: {', '.join(STAGE_KINDS)})")
+        name = entry.get("id", kind)
+        raw = {k: v for k, v in entry.items() if k not in ("stage", "id")}
+        where = f"stage '{name}' (stages[{i}])"
+        resolved = _substitute(raw, variables or {}, f"{path}: {where}")
+        try:
+            config = STAGE_KINDS[kind].config.model_validate(resolved)
+        except ValidationError as err:
+            raise WorkflowError(_format_error(path, where, err)) from err
+        specs.append(StageSpec(name=name, kind=kind, config=config, raw=raw))
+    _check_order(path, specs)
+    return Workflow(
+        name=str(doc.get("name") or Path(path).stem),
+        path=path,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        serve=serve,
+        stages=tuple(specs),
+    )
+
+
+def _check_order(path: str, specs: list[StageSpec]) -> None:
+    """Each stage's requirements must be provided by an earlier stage; one source first, a sink only last."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise WorkflowError(f"{path}: stage names must be unique (use 'id:' to tell two stages apart): {names}")
+    provided: set[str] = set()
+    for i, spec in enumerate(specs):
+        kind = STAGE_KINDS[spec.kind]
+        if (kind.role == "source") != (i == 0):
+            raise WorkflowError(f"{path}: stage '{spec.name}': a source stage (crawl) must come first, and only once")
+        if kind.role == "sink" and i != len(specs) - 1:
+            raise WorkflowError(f"{path}: stage '{spec.name}': a sink stage must be last")
+        missing = kind.requires - provided
+        if missing:
+            raise WorkflowError(
+                f"{path}: stage '{spec.name}' needs {sorted(missing)} from an earlier stage "
+                f"(provided so far: {sorted(provided) or 'nothing'})"
+            )
+        provided |= kind.provides

@@ -1,0 +1,148 @@
+"""The stage contract.
+
+A stage takes a Ray Dataset of records (``schemas.record.RECORD_SCHEMA``) and gives a Dataset of *outcome rows*:
+the same columns plus ``_reason``/``_detail``. A null reason means kept; anything else is a reject. Every
+candidate a stage considers yields exactly one outcome row, which is what lets the runner prove
+kept + rejected = in for every stage.
+
+Roles, one base class each:
+  * ``RecordStage`` (role ``map``): one record in, one or more outcome rows out. Subclasses fill ``process``;
+    ``setup`` loads models once per Ray worker (the runner uses a class-based ``map_batches`` actor pool).
+  * a source (``crawl``) implements ``apply`` itself: it has no upstream and makes candidates from its inputs.
+  * a ``global`` stage (a threshold over the whole data set, dedupe by hash key) implements ``apply`` with Ray
+    Data aggregations (``groupby`` on keys, then a join or map back); it never pulls the data set to the driver.
+  * ``SinkStage`` (role ``sink``): writes kept records somewhere (WebDataset shards) and returns its outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import pyarrow as pa
+
+from schemas.reasons import Reason, Rejected
+from schemas.record import DETAIL_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_COLUMNS, outcome_table
+from schemas.stage_configs import StageConfig
+
+ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+
+@dataclass
+class StageContext:
+    """Where a stage may write side outputs (inside its own uncommitted work directory) and who it is."""
+
+    name: str
+    config_hash: str
+    work_dir: Path
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("mmcurate.stage"))
+
+
+class Stage(ABC, Generic[ConfigT]):
+    kind: ClassVar[str]
+
+    def __init__(self, config: ConfigT, name: str | None = None):
+        self.config = config
+        self.name = name or self.kind
+
+    @abstractmethod
+    def apply(self, upstream: Any, ctx: StageContext) -> Any:
+        """Return a ``ray.data.Dataset`` of outcome rows (``OUTCOME_SCHEMA``)."""
+
+
+def kept(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """An outcome row keeping ``record`` with ``changes`` applied."""
+    row = {name: record.get(name) for name in RECORD_COLUMNS}
+    row.update(changes)
+    row[REASON_COLUMN] = None
+    row[DETAIL_COLUMN] = None
+    return row
+
+
+def rejected(record: dict[str, Any], reason: Reason | str, detail: str = "", **changes: Any) -> dict[str, Any]:
+    """An outcome row rejecting ``record``. Media bytes are dropped: a reject row explains, it does not carry."""
+    row = kept(record, **changes)
+    row.update(image=None, audio=None, subtitles=None)
+    row[REASON_COLUMN] = Reason(reason).value
+    row[DETAIL_COLUMN] = detail[:500]
+    return row
+
+
+class RecordStage(Stage[ConfigT]):
+    """One record → one or more outcome rows. The base owns the loop, the counters and the reasons; a subclass
+    only decides, in ``process``."""
+
+    def setup(self) -> None:
+        """Load what is expensive (models, lookup tables) once per worker; called before the first batch."""
+
+    @abstractmethod
+    def process(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return outcome rows (via ``kept``/``rejected``), or raise ``Rejected`` to reject the whole record."""
+
+    def __init__(self, config: ConfigT, name: str | None = None):
+        super().__init__(config, name)
+        self.counts: Counter[str] = Counter()
+        self.seconds = 0.0
+
+    def process_table(self, table: pa.Table) -> pa.Table:
+        """Plain callable over an Arrow batch: what Ray runs, and what unit tests call directly."""
+        started = time.perf_counter()
+        rows: list[dict[str, Any]] = []
+        for record in table.to_pylist():
+            try:
+                produced = self.process(record)
+            except Rejected as rej:
+                produced = [rejected(record, rej.reason, rej.detail)]
+            if not produced:
+                # a record that vanishes without a row would break kept + rejected = in
+                raise RuntimeError(f"{type(self).__name__}.process returned no outcome for key {record.get('key')}")
+            for row in produced:
+                self.counts[row[REASON_COLUMN] or "kept"] += 1
+            rows.extend(produced)
+        self.seconds += time.perf_counter() - started
+        return outcome_table(rows)
+
+    def apply(self, upstream: Any, ctx: StageContext) -> Any:
+        return upstream.map_batches(
+            RecordStageWorker,
+            fn_constructor_args=(type(self), self.config, self.name),
+            batch_format="pyarrow",
+            batch_size=self.config.batch_size,
+            concurrency=self.config.concurrency,
+        )
+
+
+class RecordStageWorker:
+    """The Ray actor around a RecordStage: builds it and runs ``setup`` once, then processes batches."""
+
+    def __init__(self, stage_cls: type[RecordStage], config: StageConfig, name: str):
+        self.stage = stage_cls(config, name)
+        self.stage.setup()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return self.stage.process_table(table)
+
+
+def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(kept records, rejected outcome rows) of an outcome batch."""
+    import pyarrow.compute as pc
+
+    is_kept = pc.is_null(table[REASON_COLUMN])
+    return table.filter(is_kept).drop_columns([REASON_COLUMN, DETAIL_COLUMN]), table.filter(pc.invert(is_kept))
+
+
+__all__ = [
+    "OUTCOME_SCHEMA",
+    "RecordStage",
+    "RecordStageWorker",
+    "Stage",
+    "StageContext",
+    "kept",
+    "rejected",
+    "split_outcomes",
+]
