@@ -26,6 +26,7 @@ class Reason(str, Enum):
     # parsing
     NOT_UTF8 = "not_utf8"
     HTML_MALFORMED = "html_malformed"
+    WARC_MALFORMED = "warc_malformed"  # truncated / corrupt WARC; records before the damage were read
     SUBTITLE_MALFORMED = "subtitle_malformed"
     SUBTITLE_MISSING = "subtitle_missing"
     # media

@@ -1,0 +1,166 @@
+"""robots.txt rules (RFC 9309) and a per-origin cache of them.
+
+Why not ``urllib.robotparser``: it applies the *first* rule that matches in file order, so ``Allow: /`` above
+``Disallow: /private`` lets ``/private`` through, which RFC 9309 (longest match wins) and every major crawler
+forbid; it also keeps only the first ``User-agent: *`` group and knows no ``*`` / ``$`` patterns. The format is
+small enough that a faithful parser is shorter than the workarounds.
+
+Fetching robots.txt lives in ``fetch.py`` (it must go through the same network guard as the page).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
+
+# Characters kept as they are when paths and rule patterns are brought to one percent-encoded form, so that
+# "/a%7Eb" and "/a~b" compare equal (RFC 9309 §2.2.2) while "/a%2Fb" stays distinct from "/a/b".
+_PATH_SAFE = "/:@!$&'()*+,;=?-._~%"
+# Read no more of a robots.txt than this (RFC 9309 §2.5 asks crawlers to parse at least 500 KiB).
+ROBOTS_MAX_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class RobotsRule:
+    allow: bool
+    pattern: str  # the rule's path as written, e.g. "/private*"
+    user_agent: str  # the group the rule came from, "*" for the catch-all group
+
+    def __str__(self) -> str:
+        return f"{'Allow' if self.allow else 'Disallow'}: {self.pattern} (user-agent: {self.user_agent})"
+
+
+@dataclass(frozen=True)
+class RobotsVerdict:
+    allowed: bool
+    rule: str  # the deciding rule, or why there was none ("no matching rule", "robots.txt answered 503")
+
+
+@dataclass
+class _Group:
+    user_agents: list[str] = field(default_factory=list)
+    rules: list[RobotsRule] = field(default_factory=list)
+
+
+def _normalise_path(path: str) -> str:
+    return quote(unquote(path), safe=_PATH_SAFE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` matches any run of characters, a trailing ``$`` anchors the end; everything else is literal."""
+    anchored = pattern.endswith("$")
+    body = pattern[:-1] if anchored else pattern
+    regex = ".*".join(re.escape(_normalise_path(piece)) for piece in body.split("*"))
+    return re.compile(regex + ("$" if anchored else ""))
+
+
+def _parse_groups(text: str) -> list[_Group]:
+    groups: list[_Group] = []
+    current: _Group | None = None
+    last_was_agent = False
+    for raw_line in text.splitlines():
+        line = raw_line.split("#", 1)[0].strip()
+        if ":" not in line:
+            continue
+        key, value = (part.strip() for part in line.split(":", 1))
+        key = key.lower()
+        if key == "user-agent":
+            # Consecutive user-agent lines share one group; one after rules starts a new group.
+            if current is None or not last_was_agent:
+                current = _Group()
+                groups.append(current)
+            # "Googlebot/2.1" names the product token "googlebot".
+            current.user_agents.append(value.split("/", 1)[0].strip().lower())
+            last_was_agent = True
+        elif key in ("allow", "disallow"):
+            last_was_agent = False
+            if current is None or not value:  # rules before any user-agent, or an empty "Disallow:"
+                continue
+            for agent in current.user_agents:
+                current.rules.append(RobotsRule(allow=key == "allow", pattern=value, user_agent=agent))
+        else:  # sitemap, crawl-delay, host, …: not group members, do not end the group
+            continue
+    return groups
+
+
+@dataclass(frozen=True)
+class RobotsRules:
+    """The rules of one robots.txt that apply to one user-agent token."""
+
+    rules: tuple[RobotsRule, ...]
+    fallback: RobotsVerdict  # the verdict when no rule matches
+
+    @classmethod
+    def parse(cls, text: str, user_agent_token: str) -> RobotsRules:
+        """Select the groups for ``user_agent_token`` (exact, case-insensitive), else the ``*`` groups.
+
+        All groups naming the same agent are merged (RFC 9309 §2.2.1).
+        """
+        token = user_agent_token.lower()
+        groups = _parse_groups(text)
+        own = [rule for group in groups if token in group.user_agents for rule in group.rules if rule.user_agent == token]
+        if not own and not any(token in group.user_agents for group in groups):
+            own = [rule for group in groups if "*" in group.user_agents for rule in group.rules if rule.user_agent == "*"]
+        return cls(rules=tuple(own), fallback=RobotsVerdict(True, "no matching rule"))
+
+    @classmethod
+    def allow_all(cls, why: str) -> RobotsRules:
+        return cls(rules=(), fallback=RobotsVerdict(True, why))
+
+    @classmethod
+    def disallow_all(cls, why: str) -> RobotsRules:
+        return cls(rules=(), fallback=RobotsVerdict(False, why))
+
+    def verdict(self, url: str) -> RobotsVerdict:
+        """Longest matching pattern wins; on a tie, Allow wins (RFC 9309 §2.2.2)."""
+        parts = urlsplit(url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if path == "/robots.txt":
+            return RobotsVerdict(True, "robots.txt itself is always allowed")
+        path = _normalise_path(path)
+        best: RobotsRule | None = None
+        for rule in self.rules:
+            if not _pattern_regex(rule.pattern).match(path):
+                continue
+            longer = best is None or len(rule.pattern) > len(best.pattern)
+            tie_allow = best is not None and len(rule.pattern) == len(best.pattern) and rule.allow
+            if longer or tie_allow:
+                best = rule
+        if best is None:
+            return self.fallback
+        return RobotsVerdict(best.allow, str(best))
+
+
+OriginKey = tuple[str, str, int]  # (scheme, host, port)
+
+
+class RobotsCache:
+    """Thread-safe LRU of ``RobotsRules`` per origin; ``load`` runs outside the lock (two threads may both load
+    the same origin once, which is cheaper than serialising every fetch behind one slow robots.txt)."""
+
+    def __init__(self, max_origins: int = 10_000):
+        self._max_origins = max_origins
+        self._rules: OrderedDict[OriginKey, RobotsRules] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: OriginKey, load: Callable[[], RobotsRules]) -> RobotsRules:
+        with self._lock:
+            if key in self._rules:
+                self._rules.move_to_end(key)
+                return self._rules[key]
+        rules = load()
+        with self._lock:
+            self._rules[key] = rules
+            self._rules.move_to_end(key)
+            while len(self._rules) > self._max_origins:
+                self._rules.popitem(last=False)
+        return rules
+
+    def __len__(self) -> int:
+        return len(self._rules)
