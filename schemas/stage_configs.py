@@ -31,7 +31,8 @@ class FetchConfig(StrictModel):
     """Per-fetch limits and politeness. Private, loopback and link-local targets are refused unless listed
     in ``allow_networks`` (CIDRs)."""
 
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # per socket operation
+    deadline_s: float = Field(60.0, gt=0)  # whole fetch, redirects and body included
     max_bytes: int = Field(20_000_000, ge=1)
     max_redirects: int = Field(5, ge=0)
     retries: int = Field(0, ge=0)

@@ -1,0 +1,95 @@
+"""The ``mmcurate`` command: run a workflow, run the demo, explain a sample, train."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations (via img2dataset) phones home otherwise
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.report import funnel_table
+    from pipeline.runner import run_workflow
+    from schemas.workflow import WorkflowError
+
+    run_dir = args.run_dir or str(Path("runs") / Path(args.workflow).stem)
+    try:
+        result = run_workflow(args.workflow, run_dir, overrides=args.set, ray_address=args.ray_address)
+    except WorkflowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(funnel_table(result.stats))
+    print(f"\nrun directory: {result.run_dir}")
+    if (result.run_dir / "shards").is_dir():
+        shards = sorted((result.run_dir / "shards").glob("*.tar"))
+        print(f"shards: {len(shards)} in {result.run_dir / 'shards'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import demo_workflow_path
+
+    args.workflow = str(demo_workflow_path())
+    args.set = [*args.set, f"serve.demo_site.seed={args.seed}", f"serve.demo_site.pages={args.pages}"]
+    return _run(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pipeline.explain import format_history, history
+
+    print(format_history(args.key, history(args.run_dir, args.key)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcurate", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a workflow file")
+    run.add_argument("workflow")
+    run.add_argument("--run-dir", help="default: runs/<workflow name>")
+    run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="override a config field")
+    run.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="build the offline demo site, crawl it and write shards")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--pages", type=int, default=200)
+    demo.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE")
+    demo.add_argument("--ray-address")
+    demo.set_defaults(func=_demo)
+
+    explain = sub.add_parser("explain", help="print one sample's history in a run directory")
+    explain.add_argument("run_dir")
+    explain.add_argument("key")
+    explain.set_defaults(func=_explain)
+
+    try:
+        from pipeline.train.cli import add_train_parser, run_train_command
+    except ImportError:
+        pass
+    else:
+        train = add_train_parser(sub)
+        train.set_defaults(func=run_train_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Fetch the media a page referenced: the image and/or the audio, and the audio's subtitles or transcript."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.reasons import Rejected
+from schemas.stage_configs import CrawlConfig
+from stages.base import RecordStage, kept
+
+IMAGE_TYPES = ("image/",)
+AUDIO_TYPES = ("audio/", "video/", "application/ogg")
+SUBTITLE_TYPES = ("text/", "application/x-subrip", "application/octet-stream")
+
+
+class MediaFetcher(RecordStage[CrawlConfig]):
+    """One media reference → a record carrying the fetched bytes, or a reject row naming the part that failed."""
+
+    kind = "crawl"
+
+    def setup(self) -> None:
+        from stages.crawl.fetch import Fetcher
+        from stages.crawl.policy import fetch_policy
+
+        self.fetcher = Fetcher(fetch_policy(self.config.fetch))
+
+    def _get(self, part: str, url: str, accept: tuple[str, ...]) -> Any:
+        try:
+            return self.fetcher.fetch(url, accept=accept)
+        except Rejected as rej:
+            raise Rejected(rej.reason, f"{part} {url}: {rej.detail}") from None
+
+    def process(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        changes: dict[str, Any] = {}
+        if record.get("image_url"):
+            changes["image"] = self._get("image", record["image_url"], IMAGE_TYPES).body
+        if record.get("audio_url"):
+            changes["audio"] = self._get("audio", record["audio_url"], AUDIO_TYPES).body
+        if record.get("subtitles_url"):
+            changes["subtitles"] = self._get("subtitles", record["subtitles_url"], SUBTITLE_TYPES).body
+        if record.get("transcript_url"):
+            body = self._get("transcript", record["transcript_url"], SUBTITLE_TYPES).body
+            changes["transcript"] = _decode_transcript(body, record["transcript_url"])
+        return [kept(record, **changes)]
+
+
+def _decode_transcript(body: bytes, url: str) -> str:
+    from schemas.reasons import Reason
+
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise Rejected(Reason.NOT_UTF8, f"transcript {url}: {err}") from None

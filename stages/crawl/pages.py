@@ -1,0 +1,182 @@
+"""Breadth-first page crawl: fetch pages level by level on Ray, keep their media references as candidates.
+
+Each level is one Ray Data map over the frontier; only the small per-page results (links, references, failure
+reason) come back to the driver, which picks the next frontier. A page that cannot be read becomes a reject row;
+a page that can contributes one candidate per media reference and no row of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.reasons import Reason, Rejected
+from schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
+from schemas.stage_configs import CrawlConfig
+from stages.base import rejected
+
+log = logging.getLogger("mmcurate.crawl")
+
+PAGE_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string()),
+        pa.field("depth", pa.int32()),
+        pa.field("final_url", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("noai", pa.bool_()),
+        pa.field("links", pa.list_(pa.string())),
+        pa.field("refs", pa.string()),  # JSON list of MediaRef dicts
+    ]
+)
+
+
+class PageFetcher:
+    """Ray worker: fetch and parse pages. Plain callable over an Arrow batch of ``url, depth``."""
+
+    def __init__(self, config: CrawlConfig):
+        from stages.crawl.fetch import Fetcher
+        from stages.crawl.policy import fetch_policy
+
+        self.fetcher = Fetcher(fetch_policy(config.fetch))
+
+    def page(self, url: str, depth: int) -> dict[str, Any]:
+        from stages.crawl.html import extract_page
+
+        row: dict[str, Any] = {"url": url, "depth": depth, "final_url": None, "reason": None, "detail": None,
+                               "noai": False, "links": [], "refs": "[]"}
+        try:
+            result = self.fetcher.fetch(url, accept=("text/html", "application/xhtml+xml"))
+            extract = extract_page(result.body, result.url, result.content_type)
+        except Rejected as rej:
+            row.update(reason=rej.reason, detail=rej.detail)
+            return row
+        row.update(
+            final_url=result.url,
+            noai=bool(getattr(extract, "noai", False)),
+            links=list(extract.links),
+            refs=json.dumps([asdict(ref) for ref in extract.media]),
+        )
+        return row
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = [self.page(r["url"], r["depth"]) for r in table.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def _in_domains(url: str, domains: set[str]) -> bool:
+    host = _host(url)
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
+def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
+    """Crawl from the seeds; write each level's page results to ``pages_dir``. Return the number of pages."""
+    import ray
+
+    domains = {d.lower() for d in config.allowed_domains} or {_host(s) for s in config.seeds}
+    seen: set[str] = set()
+    frontier = []
+    for seed in config.seeds:
+        if seed not in seen:
+            seen.add(seed)
+            frontier.append(seed)
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    fetched = 0
+    for depth in range(config.max_depth + 1):
+        if not frontier:
+            break
+        budget = config.max_pages - fetched
+        if budget <= 0:
+            log.warning("crawl: max_pages=%d reached; %d discovered pages not fetched", config.max_pages, len(frontier))
+            break
+        if len(frontier) > budget:
+            log.warning("crawl: max_pages=%d: fetching %d of %d pages at depth %d", config.max_pages, budget, len(frontier), depth)
+            frontier = frontier[:budget]
+        level = ray.data.from_items([{"url": u, "depth": depth} for u in frontier]).map_batches(
+            PageFetcher,
+            fn_constructor_args=(config,),
+            batch_format="pyarrow",
+            batch_size=max(1, min(config.batch_size, len(frontier) // config.concurrency or 1)),
+            concurrency=config.concurrency,
+        )
+        level_file = pages_dir / f"level-{depth:03d}.parquet"
+        # page results are small (links and references, no bodies): one level at a time on the driver is fine
+        tables = list(level.iter_batches(batch_format="pyarrow", batch_size=None))
+        pq.write_table(pa.concat_tables(tables).cast(PAGE_SCHEMA) if tables else PAGE_SCHEMA.empty_table(), level_file)
+        fetched += len(frontier)
+        next_frontier = []
+        for links in pq.read_table(level_file, columns=["links"])["links"].to_pylist():
+            for link in links or []:
+                if link not in seen and _in_domains(link, domains):
+                    seen.add(link)
+                    next_frontier.append(link)
+        frontier = next_frontier
+        log.info("crawl: depth %d: %d pages, %d new links", depth, fetched, len(frontier))
+    return fetched
+
+
+def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -> tuple[int, int]:
+    """Turn page results into candidates: a record to fetch per media reference of a readable page (into
+    ``fetch_dir``), and an outcome row per unreadable page or per reference of a noai page (into ``refused_dir``).
+    Returns (media references, failed pages)."""
+    fetch_dir.mkdir(parents=True, exist_ok=True)
+    refused_dir.mkdir(parents=True, exist_ok=True)
+    media = failed = 0
+    for level_file in sorted(pages_dir.glob("level-*.parquet")):
+        to_fetch, refused = [], []
+        for page in pq.read_table(level_file).to_pylist():
+            if page["reason"] is not None:
+                failed += 1
+                record = empty_record(key=stable_key("page", page["url"]), source="page", url=page["url"], page_url=page["url"])
+                refused.append(rejected(record, page["reason"], page["detail"] or ""))
+                continue
+            for ref in json.loads(page["refs"]):
+                media += 1
+                record = _record_of_ref(page["url"], ref)
+                if page["noai"]:
+                    refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noai robots directive"))
+                else:
+                    to_fetch.append(record)
+        pq.write_table(pa.Table.from_pylist(to_fetch, schema=RECORD_SCHEMA), fetch_dir / level_file.name)
+        pq.write_table(outcome_table(refused), refused_dir / level_file.name)
+    return media, failed
+
+
+def _record_of_ref(page_url: str, ref: dict[str, Any]) -> dict[str, Any]:
+    return empty_record(
+        key=stable_key("page", page_url, ref["position"]),
+        source="page",
+        url=ref.get("image_url") or ref.get("audio_url"),
+        page_url=page_url,
+        position=ref["position"],
+        image_url=ref.get("image_url"),
+        audio_url=ref.get("audio_url"),
+        alt=ref.get("alt"),
+        title=ref.get("title"),
+        figcaption=ref.get("figcaption"),
+        subtitles_url=_pick_track(ref.get("tracks") or []),
+        transcript_url=ref.get("transcript_url"),
+    )
+
+
+def _pick_track(tracks: list[dict[str, Any]]) -> str | None:
+    """Captions over subtitles, English over other languages, then document order."""
+    if not tracks:
+        return None
+
+    def rank(track: dict[str, Any]) -> tuple[int, int]:
+        lang = (track.get("srclang") or "").lower()
+        return (0 if track.get("kind") == "captions" else 1, 0 if lang.startswith("en") or not lang else 1)
+
+    return sorted(tracks, key=rank)[0]["url"]
