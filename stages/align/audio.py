@@ -180,9 +180,7 @@ def cut_clips(
         if start_s >= audio_s:
             problem = Rejected(Reason.CUE_PAST_END, f"cue starts at {start_s:.3f}s, audio is {audio_s:.3f}s")
         elif end_s > audio_s + max_overrun_s:
-            problem = Rejected(
-                Reason.CUE_PAST_END, f"cue ends at {end_s:.3f}s, {end_s - audio_s:.3f}s after the audio"
-            )
+            problem = Rejected(Reason.CUE_PAST_END, f"cue ends at {end_s:.3f}s, {end_s - audio_s:.3f}s after the audio")
         else:
             end_s = min(end_s, audio_s)
             span_s = end_s - start_s

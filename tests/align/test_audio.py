@@ -140,8 +140,9 @@ def test_clips_are_sample_accurate_and_from_the_right_place():
 
 def test_clips_resampled_to_the_output_rate_with_padding_clamped():
     audio = encode(tone(2.0, 22050), 22050, "FLAC")
-    cuts = cut_clips(audio, [Cue(0.1, 1.0, "padded"), Cue(1.5, 1.95, "end")], rate=16000, min_clip_s=0.2,
-                     max_clip_s=5, pad_s=0.25)
+    cuts = cut_clips(
+        audio, [Cue(0.1, 1.0, "padded"), Cue(1.5, 1.95, "end")], rate=16000, min_clip_s=0.2, max_clip_s=5, pad_s=0.25
+    )
     padded, end = cuts.clips
     assert (padded.start_s, padded.end_s) == (0.0, 1.25)  # start clamped at 0, end padded
     assert len(read_flac(padded.flac)[0]) == 20000

@@ -48,7 +48,7 @@ def test_vtt_with_bom_and_crlf():
 def test_srt_parsed_with_markup_removed():
     data = (
         b"1\n00:00:01,000 --> 00:00:02,000\n<i>Hello</i>\nworld\n\n"
-        b"2\n00:00:02,500 --> 00:00:04,250\n{\\an8}<font color=\"red\">Second</font> line\n"
+        b'2\n00:00:02,500 --> 00:00:04,250\n{\\an8}<font color="red">Second</font> line\n'
     )
     assert parse_subtitles(data, url_or_name="movie.srt") == [
         Cue(1.0, 2.0, "Hello world"),

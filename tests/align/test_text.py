@@ -28,9 +28,30 @@ def test_junk_field_is_skipped_for_a_later_good_one():
 @pytest.mark.parametrize(
     "text",
     [
-        "image", "Photo", "picture", "an image", "Untitled", "untitled-1", "IMG_1234.jpg", "hero-banner@2x.png",
-        "DSC_0042", "IMG-20190102-WA0003", "https://example.com/a.png", "www.example.com", "thumbnail", "logo",
-        "spacer", "[photo]", "Image.", "click here", "12345", "2019-01-02", "null", "n/a", "...", "Figure 2",
+        "image",
+        "Photo",
+        "picture",
+        "an image",
+        "Untitled",
+        "untitled-1",
+        "IMG_1234.jpg",
+        "hero-banner@2x.png",
+        "DSC_0042",
+        "IMG-20190102-WA0003",
+        "https://example.com/a.png",
+        "www.example.com",
+        "thumbnail",
+        "logo",
+        "spacer",
+        "[photo]",
+        "Image.",
+        "click here",
+        "12345",
+        "2019-01-02",
+        "null",
+        "n/a",
+        "...",
+        "Figure 2",
     ],
 )
 def test_default_junk_patterns_catch_placeholders(text):
@@ -40,8 +61,12 @@ def test_default_junk_patterns_catch_placeholders(text):
 @pytest.mark.parametrize(
     "text",
     [
-        "an image of a cat on a sofa", "Photo of the Eiffel Tower at night", "Acme Corp logo on a blue background",
-        "The 2019 team photo", "Picture this: a quiet lake", "Download speeds compared across ISPs in 2020",
+        "an image of a cat on a sofa",
+        "Photo of the Eiffel Tower at night",
+        "Acme Corp logo on a blue background",
+        "The 2019 team photo",
+        "Picture this: a quiet lake",
+        "Download speeds compared across ISPs in 2020",
     ],
 )
 def test_real_captions_mentioning_junk_words_are_not_junk(text):
