@@ -95,7 +95,7 @@ def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> Shard
     images = audio = 0
     with open(tmp, "wb") as stream:
         # fixed mtime/user/group: identical input gives identical bytes
-        writer = wds.TarWriter(stream, mtime=0.0, user="mmcurate", group="mmcurate", mode=0o444)
+        writer = wds.TarWriter(stream, mtime=0, user="mmcurate", group="mmcurate", mode=0o444)
         for record in records:
             members = sample_members(record)
             images += "jpg" in members or "png" in members
@@ -145,6 +145,11 @@ def _record_bytes(record: dict[str, Any]) -> int:
     return sum(512 + -(-len(data) // 512) * 512 for data in sample_members(record).values())
 
 
+def _tar_file_bytes(member_bytes: int) -> int:
+    # two zero blocks end the archive, and tarfile pads the file to a multiple of its 10 KiB record size
+    return -(-(member_bytes + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def _group_into_shards(
     records: Iterable[dict[str, Any]], samples_per_shard: int, max_shard_bytes: int
 ) -> Iterator[list[dict[str, Any]]]:
@@ -152,7 +157,7 @@ def _group_into_shards(
     group_bytes = 0
     for record in records:
         size = _record_bytes(record)
-        if group and (len(group) >= samples_per_shard or group_bytes + size > max_shard_bytes):
+        if group and (len(group) >= samples_per_shard or _tar_file_bytes(group_bytes + size) > max_shard_bytes):
             yield group
             group, group_bytes = [], 0
         group.append(record)

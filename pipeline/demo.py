@@ -1,0 +1,52 @@
+"""The offline demo: build the seeded sample site, serve it on 127.0.0.1 for the length of a run.
+
+``workflows/demo.yaml`` names ``serve: demo_site`` and refers to the served site through two variables:
+``${demo_site.base_url}`` and ``${demo_site.url_list}`` (an absolute URL list written for this server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from schemas.workflow import DemoSiteConfig
+
+log = logging.getLogger("mmcurate.demo")
+
+DEMO_VARIABLES = ("demo_site.base_url", "demo_site.url_list")
+
+
+def demo_workflow_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "workflows" / "demo.yaml"
+
+
+def ensure_site(root: Path, seed: int, pages: int) -> None:
+    """Build the site unless this exact one (seed, pages) is already there; the build is deterministic."""
+    from pipeline.demo_site import build_site
+
+    stamp = root / "site_build.json"
+    wanted = {"seed": seed, "pages": pages}
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        return
+    log.info("demo: building the sample site (seed %d, %d pages) in %s", seed, pages, root)
+    build_site(root, seed=seed, pages=pages)
+    from pipeline.rundir import atomic_write_json
+
+    atomic_write_json(stamp, wanted)
+
+
+@contextmanager
+def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[str, str]]:
+    from pipeline.demo_server import serve_site
+    from pipeline.demo_site import write_url_list
+
+    root = Path(config.root) if config.root else run_root / "site"
+    ensure_site(root, config.seed, config.pages)
+    with serve_site(root, port=config.port) as server:
+        url_list = root / f"url_list.{server.port}.csv"
+        write_url_list(root, server.base_url, url_list)
+        log.info("demo: serving %s at %s", root / "site", server.base_url)
+        yield {"demo_site.base_url": server.base_url, "demo_site.url_list": str(url_list)}

@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+
+from schemas.workflow import WorkflowError, load_workflow
+
+GOOD = """
+name: t
+stages:
+  - stage: crawl
+    seeds: ["http://127.0.0.1:1/index.html"]
+    fetch: {allow_networks: ["127.0.0.0/8"]}
+  - stage: align
+    image_max_side: 128
+  - stage: shard
+    samples_per_shard: 10
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wf.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_workflow_validates():
+    wf = load_workflow(Path(__file__).parents[2] / "workflows" / "demo.yaml", variables={
+        "demo_site.base_url": "http://127.0.0.1:9", "demo_site.url_list": "/x.csv"})
+    assert [s.name for s in wf.stages] == ["crawl", "align", "shard"]
+    assert wf.serve.demo_site is not None
+
+
+def test_good_workflow_types_and_defaults(tmp_path):
+    wf = load_workflow(write(tmp_path, GOOD))
+    assert wf.stages[1].config.image_max_side == 128
+    assert wf.stages[0].config.fetch.allow_networks == ("127.0.0.0/8",)
+    assert wf.stages[2].config.max_shard_bytes == 1 << 30
+
+
+def test_unknown_stage_names_file_and_position(tmp_path):
+    path = write(tmp_path, GOOD.replace("stage: align", "stage: allign"))
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(path)
+    assert str(path) in str(err.value) and "stages[1]" in str(err.value) and "allign" in str(err.value)
+
+
+def test_unknown_field_names_stage_and_field(tmp_path):
+    path = write(tmp_path, GOOD.replace("image_max_side: 128", "image_max_sid: 128"))
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(path)
+    message = str(err.value)
+    assert "stage 'align'" in message and "image_max_sid" in message and str(path) in message
+
+
+def test_wrong_type_names_field(tmp_path):
+    path = write(tmp_path, GOOD.replace("samples_per_shard: 10", "samples_per_shard: many"))
+    with pytest.raises(WorkflowError, match=r"stage 'shard'.*field 'samples_per_shard'"):
+        load_workflow(path)
+
+
+def test_nested_wrong_type(tmp_path):
+    path = write(tmp_path, GOOD.replace('allow_networks: ["127.0.0.0/8"]', "max_redirects: lots"))
+    with pytest.raises(WorkflowError, match=r"field 'fetch.max_redirects'"):
+        load_workflow(path)
+
+
+def test_order_is_checked_at_build_time(tmp_path):
+    reordered = """
+name: t
+stages:
+  - stage: crawl
+    seeds: ["http://127.0.0.1:1/"]
+  - stage: shard
+  - stage: align
+"""
+    with pytest.raises(WorkflowError, match="sink stage must be last|needs"):
+        load_workflow(write(tmp_path, reordered))
+    no_align = """
+name: t
+stages:
+  - stage: crawl
+    seeds: ["http://127.0.0.1:1/"]
+  - stage: shard
+"""
+    with pytest.raises(WorkflowError, match=r"needs \['aligned'\]"):
+        load_workflow(write(tmp_path, no_align))
+
+
+def test_crawl_needs_an_input(tmp_path):
+    with pytest.raises(WorkflowError, match="at least one of"):
+        load_workflow(write(tmp_path, GOOD.replace('seeds: ["http://127.0.0.1:1/index.html"]', "max_depth: 1")))
+
+
+def test_overrides_and_variables_do_not_change_hash_of_untouched_stages(tmp_path):
+    path = write(tmp_path, GOOD.replace("http://127.0.0.1:1", "${demo_site.base_url}"))
+    a = load_workflow(path, variables={"demo_site.base_url": "http://127.0.0.1:1000"})
+    b = load_workflow(path, variables={"demo_site.base_url": "http://127.0.0.1:2000"}, overrides=["align.image_max_side=64"])
+    assert a.stages[0].config.seeds == ("http://127.0.0.1:1000/index.html",)
+    assert b.stages[0].config.seeds == ("http://127.0.0.1:2000/index.html",)
+    assert a.stages[0].config_hash == b.stages[0].config_hash  # the port is not part of the crawl's identity
+    assert a.stages[1].config_hash != b.stages[1].config_hash
+    assert b.stages[1].config.image_max_side == 64
+    with pytest.raises(WorkflowError, match="unknown variable"):
+        load_workflow(path)
