@@ -104,9 +104,13 @@ class RobotsRules:
         """
         token = user_agent_token.lower()
         groups = _parse_groups(text)
-        own = [rule for group in groups if token in group.user_agents for rule in group.rules if rule.user_agent == token]
+        own = [
+            rule for group in groups if token in group.user_agents for rule in group.rules if rule.user_agent == token
+        ]
         if not own and not any(token in group.user_agents for group in groups):
-            own = [rule for group in groups if "*" in group.user_agents for rule in group.rules if rule.user_agent == "*"]
+            own = [
+                rule for group in groups if "*" in group.user_agents for rule in group.rules if rule.user_agent == "*"
+            ]
         return cls(rules=tuple(own), fallback=RobotsVerdict(True, "no matching rule"))
 
     @classmethod

@@ -1,0 +1,324 @@
+"""The fetch guard against a real HTTP server on 127.0.0.1: every refusal path, and the happy path."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.reasons import Reason, Rejected
+from stages.crawl.fetch import (
+    CappedResponse,
+    FetchPolicy,
+    Fetcher,
+    _host_allowed,
+    address_refusal,
+    x_robots_directives,
+)
+
+LOCAL = ("127.0.0.0/8",)
+
+
+def local_fetcher(**overrides) -> Fetcher:
+    return Fetcher(FetchPolicy(allow_networks=LOCAL, **overrides))
+
+
+def rejection(fetcher: Fetcher, url: str, **kwargs) -> Rejected:
+    with pytest.raises(Rejected) as caught:
+        fetcher.fetch(url, **kwargs)
+    return caught.value
+
+
+# ------------------------------------------------------------------------------------------------ happy path
+
+
+def test_fetch_returns_body_headers_and_final_url_after_redirects(local_server):
+    local_server.route(
+        "/page", headers=[("Content-Type", "text/html; charset=utf-8"), ("X-Thing", "a")], body=b"<p>hi</p>"
+    )
+    local_server.redirect("/old", "/page", status=301)
+    result = local_fetcher().fetch(local_server.url("/old"))
+    assert (result.status, result.body, result.url) == (200, b"<p>hi</p>", local_server.url("/page"))
+    assert result.headers["x-thing"] == "a"
+    assert result.content_type == "text/html; charset=utf-8"
+    assert result.media_type == "text/html"
+    assert set(local_server.user_agents) == {"mmcurate/0.1"}  # robots.txt and both hops announce us
+
+
+# ------------------------------------------------------------------------------------------------ HTTP status
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_http_error_status_is_rejected_with_the_code(local_server, status):
+    local_server.route("/x", status=status, body=b"error page")
+    refused = rejection(local_fetcher(), local_server.url("/x"))
+    assert (refused.reason, refused.detail) == (Reason.HTTP_ERROR.value, str(status))
+
+
+# ------------------------------------------------------------------------------------------------ redirects
+
+
+def test_redirect_loop_is_refused(local_server):
+    local_server.redirect("/a", "/b")
+    local_server.redirect("/b", "/a")
+    refused = rejection(local_fetcher(), local_server.url("/a"))
+    assert refused.reason == Reason.TOO_MANY_REDIRECTS.value and "loop" in refused.detail
+    assert local_server.requests.count("/a") == 1  # noticed before fetching /a a second time
+
+
+def test_redirect_cap_allows_exactly_max_redirects(local_server):
+    for hop in range(6):
+        local_server.redirect(f"/hop{hop}", f"/hop{hop + 1}")
+    local_server.route("/hop6", body=b"end")
+    assert local_fetcher(max_redirects=6).fetch(local_server.url("/hop0")).body == b"end"
+    refused = rejection(local_fetcher(max_redirects=5), local_server.url("/hop0"))
+    assert refused.reason == Reason.TOO_MANY_REDIRECTS.value
+    assert local_server.requests.count("/hop6") == 1  # only the first, allowed, run reached the end
+
+
+def test_redirect_to_an_address_outside_the_allow_list_is_refused(local_server):
+    # 127.0.0.2 is loopback too, but only 127.0.0.1 is allow-listed: the hop must meet the address check.
+    local_server.redirect("/go", f"http://127.0.0.2:{local_server.port}/inside")
+    narrow = Fetcher(FetchPolicy(allow_networks=("127.0.0.1/32",), respect_robots=False))
+    refused = rejection(narrow, local_server.url("/go"))
+    assert refused.reason == Reason.ADDRESS_NOT_ALLOWED.value and "127.0.0.2" in refused.detail
+    # Control: with 127.0.0.0/8 allowed the hop is attempted (nothing listens on 127.0.0.2, so it fails later).
+    wide = Fetcher(FetchPolicy(allow_networks=LOCAL, respect_robots=False))
+    assert rejection(wide, local_server.url("/go")).reason == Reason.CONNECTION_ERROR.value
+
+
+def test_redirect_to_a_file_url_is_refused(local_server):
+    local_server.redirect("/go", "file:///etc/passwd")
+    assert rejection(local_fetcher(), local_server.url("/go")).reason == Reason.SCHEME_NOT_ALLOWED.value
+
+
+# ------------------------------------------------------------------------------------------------ time
+
+
+def test_slow_drip_body_hits_the_fetch_deadline(local_server):
+    # A byte every 50 ms never trips the 5 s per-read timeout; only the 0.3 s whole-fetch deadline stops it.
+    local_server.route("/drip", local_server.drip(chunks=400, pause_s=0.05))
+    refused = rejection(local_fetcher(timeout_s=5.0, deadline_s=0.3, respect_robots=False), local_server.url("/drip"))
+    assert refused.reason == Reason.TIMEOUT.value and "deadline" in refused.detail
+
+
+def test_silent_server_hits_the_read_timeout(local_server):
+    local_server.route("/stall", local_server.stall(30))
+    refused = rejection(local_fetcher(timeout_s=0.3, respect_robots=False), local_server.url("/stall"))
+    assert refused.reason == Reason.TIMEOUT.value
+
+
+# ------------------------------------------------------------------------------------------------ body size
+
+
+def test_declared_oversize_body_is_refused_before_reading(local_server):
+    local_server.route("/big", body=b"x" * 5000)
+    refused = rejection(local_fetcher(max_bytes=1000), local_server.url("/big"))
+    assert refused.reason == Reason.BODY_TOO_LARGE.value and "Content-Length 5000" in refused.detail
+
+
+def test_undeclared_oversize_body_is_refused_while_reading(local_server):
+    local_server.route("/big", body=b"x" * 5000, send_length=False)
+    refused = rejection(local_fetcher(max_bytes=1000), local_server.url("/big"))
+    assert refused.reason == Reason.BODY_TOO_LARGE.value and "exceeds 1000" in refused.detail
+
+
+def test_body_of_exactly_max_bytes_is_fetched(local_server):
+    local_server.route("/exact", body=b"x" * 1000, send_length=False)
+    assert len(local_fetcher(max_bytes=1000).fetch(local_server.url("/exact")).body) == 1000
+
+
+class _CountingResponse:
+    """Stands in for http.client.HTTPResponse: an endless body that counts what was taken from it."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.closed = False
+
+    def read1(self, size: int) -> bytes:
+        self.taken += size
+        return b"y" * size
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_capped_reader_takes_at_most_one_byte_past_the_cap():
+    raw = _CountingResponse()
+    capped = CappedResponse(raw, max_bytes=100_000, deadline=float("inf"))  # type: ignore[arg-type]
+    with pytest.raises(Rejected) as caught:
+        capped.read()
+    assert caught.value.reason == Reason.BODY_TOO_LARGE.value
+    assert (raw.taken, raw.closed) == (100_001, True)
+
+
+def test_capped_reader_partial_reads_and_readinto_count_towards_the_cap():
+    raw = _CountingResponse()
+    capped = CappedResponse(raw, max_bytes=10, deadline=float("inf"))  # type: ignore[arg-type]
+    assert capped.read(4) == b"yyyy"
+    buffer = bytearray(6)
+    assert capped.readinto(buffer) == 6
+    with pytest.raises(Rejected):
+        capped.read(1)
+
+
+# ------------------------------------------------------------------------------------------------ robots.txt
+
+
+def robots(local_server, text: bytes, status: int = 200) -> None:
+    local_server.route("/robots.txt", status=status, headers=[("Content-Type", "text/plain")], body=text)
+
+
+def test_robots_disallow_names_the_rule_and_is_fetched_once_per_origin(local_server):
+    robots(local_server, b"User-agent: *\nAllow: /\nDisallow: /private\n")
+    local_server.route("/public", body=b"ok")
+    fetcher = local_fetcher()
+    refused = rejection(fetcher, local_server.url("/private/page"))
+    assert refused.reason == Reason.ROBOTS_DISALLOWED.value
+    assert "Disallow: /private (user-agent: *)" in refused.detail
+    assert fetcher.fetch(local_server.url("/public")).body == b"ok"
+    assert local_server.requests.count("/robots.txt") == 1
+    assert "/private/page" not in local_server.requests
+
+
+def test_robots_applies_to_every_redirect_hop(local_server):
+    robots(local_server, b"User-agent: *\nDisallow: /private\n")
+    local_server.redirect("/public", "/private/x")
+    refused = rejection(local_fetcher(), local_server.url("/public"))
+    assert refused.reason == Reason.ROBOTS_DISALLOWED.value
+    assert "/private/x" not in local_server.requests
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_robots_server_error_disallows_everything(local_server, status):
+    robots(local_server, b"oops", status=status)
+    local_server.route("/page", body=b"ok")
+    refused = rejection(local_fetcher(), local_server.url("/page"))
+    assert refused.reason == Reason.ROBOTS_DISALLOWED.value and f"answered {status}" in refused.detail
+    assert "/page" not in local_server.requests
+
+
+def test_robots_timeout_disallows_everything(local_server):
+    local_server.route("/robots.txt", local_server.stall(30))
+    local_server.route("/page", body=b"ok")
+    refused = rejection(local_fetcher(timeout_s=0.3), local_server.url("/page"))
+    assert refused.reason == Reason.ROBOTS_DISALLOWED.value and "unreachable" in refused.detail
+
+
+def test_robots_404_allows_everything(local_server):
+    local_server.route("/page", body=b"ok")  # /robots.txt is unrouted: 404
+    assert local_fetcher().fetch(local_server.url("/page")).body == b"ok"
+    assert local_server.requests == ["/robots.txt", "/page"]
+
+
+def test_non_utf8_robots_is_still_obeyed(local_server):
+    robots(local_server, "# Réglages en Latin-1\nUser-agent: *\nDisallow: /privé\nDisallow: /x\n".encode("latin-1"))
+    assert rejection(local_fetcher(), local_server.url("/x/1")).reason == Reason.ROBOTS_DISALLOWED.value
+
+
+def test_robots_can_be_switched_off(local_server):
+    robots(local_server, b"User-agent: *\nDisallow: /\n")
+    local_server.route("/page", body=b"ok")
+    assert local_fetcher(respect_robots=False).fetch(local_server.url("/page")).body == b"ok"
+    assert "/robots.txt" not in local_server.requests
+
+
+# ------------------------------------------------------------------------------------------------ X-Robots-Tag
+
+
+@pytest.mark.parametrize(
+    "header_values, refused",
+    [
+        (["noai"], True),
+        (["noindex, noimageai"], True),
+        (["noindex", "NoAI"], True),  # several headers, any case
+        (["mmcurate: noai"], True),  # scoped to us
+        (["otherbot: noai"], False),  # scoped to someone else
+        (["otherbot: noindex, mmcurate: noai"], True),  # scope switches inside one value
+        (["mmcurate: noindex", "otherbot: noai"], False),
+        (["unavailable_after: 25 Jun 2030 15:00:00 PST"], False),  # a valued directive, not a scope
+        (["noindex, nofollow"], False),
+    ],
+)
+def test_x_robots_tag(local_server, header_values, refused):
+    local_server.route("/img", headers=[("X-Robots-Tag", v) for v in header_values], body=b"img")
+    fetcher = local_fetcher()
+    if refused:
+        assert rejection(fetcher, local_server.url("/img")).reason == Reason.X_ROBOTS_NOAI.value
+    else:
+        assert fetcher.fetch(local_server.url("/img")).body == b"img"
+
+
+def test_x_robots_directive_parsing_keeps_only_ours():
+    assert x_robots_directives(["otherbot: noai, noimageai", "mmcurate: NoIndex"], "mmcurate") == {"noindex"}
+    assert x_robots_directives(["noai", "MMCurate: noimageai"], "mmcurate") == {"noai", "noimageai"}
+
+
+# ------------------------------------------------------------------------------------------------ content type
+
+
+def test_unexpected_content_type_is_refused(local_server):
+    local_server.route("/page", headers=[("Content-Type", "text/html")], body=b"<p>")
+    fetcher = local_fetcher()
+    assert rejection(fetcher, local_server.url("/page"), accept=("image/",)).reason == Reason.CONTENT_TYPE.value
+    assert fetcher.fetch(local_server.url("/page"), accept=("image/", "text/html")).body == b"<p>"
+
+
+# ------------------------------------------------------------------------------------------------ address, domain, scheme
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]"])
+def test_loopback_is_refused_without_allow_list_in_any_spelling(local_server, host):
+    refused = rejection(Fetcher(FetchPolicy()), local_server.url("/page", host=host))
+    assert refused.reason == Reason.ADDRESS_NOT_ALLOWED.value
+    assert local_server.requests == []  # not even robots.txt was fetched
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+        "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fe80::1%eth0", "fc00::1",
+        "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:a00:1::",
+    ],
+)  # fmt: skip
+def test_non_public_addresses_are_refused(ip):
+    assert address_refusal(ip) is not None
+
+
+@pytest.mark.parametrize("ip", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_are_allowed(ip):
+    assert address_refusal(ip) is None
+
+
+def test_allow_list_covers_mapped_addresses():
+    networks = FetchPolicy(allow_networks=("10.0.0.0/8",)).networks
+    assert address_refusal("10.9.9.9", networks) is None
+    assert address_refusal("::ffff:10.9.9.9", networks) is None
+    assert address_refusal("192.168.0.1", networks) is not None
+
+
+def test_bad_cidr_fails_when_the_policy_is_built():
+    with pytest.raises(ValueError):
+        FetchPolicy(allow_networks=("10.0.0.0/33",))
+
+
+def test_domain_outside_allowed_domains_is_refused(local_server):
+    refused = rejection(local_fetcher(allowed_domains=("example.com",)), local_server.url("/"))
+    assert refused.reason == Reason.DOMAIN_NOT_ALLOWED.value and local_server.requests == []
+
+
+def test_domain_matching_is_by_label():
+    allowed = ("example.com",)
+    assert _host_allowed("example.com", allowed) and _host_allowed("img.Example.com.", allowed)
+    assert not _host_allowed("badexample.com", allowed) and not _host_allowed("example.com.evil.net", allowed)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x", "data:text/plain,hi", "nonsense"])
+def test_other_schemes_are_refused(url):
+    assert rejection(Fetcher(FetchPolicy()), url).reason == Reason.SCHEME_NOT_ALLOWED.value
+
+
+def test_refused_connection_is_a_connection_error(local_server):
+    port = local_server.port
+    local_server.httpd.server_close()  # nothing listens on the port any more
+    refused = rejection(local_fetcher(respect_robots=False), f"http://127.0.0.1:{port}/")
+    assert refused.reason == Reason.CONNECTION_ERROR.value
