@@ -1,0 +1,46 @@
+"""The offline demo web site: a seeded generator of pages, images and audio, with an exact answer key.
+
+``build_site(root, seed=0, pages=200)`` writes a static site under ``root/site/`` (served by
+``pipeline.demo_server.serve_site``) and, outside it, ``root/ground_truth.parquet`` (one row per asset reference)
+and ``root/url_list.csv`` / ``.parquet`` (site paths + captions for about a third of the images; turn them into
+absolute URLs for a running server with ``write_url_list(root, base_url, out_path)``). Same seed → same bytes.
+
+Ground-truth ``label`` vocabulary (``Label``; one label per reference, the worst thing about it):
+
+==================== ===================================================================================
+clean                media is fine and the shown text describes it (synthetic shapes, scikit-image photos)
+mismatched           shown text is another image's caption (wrong colour and wrong shape)
+junk_text            "click here", "image", "IMG_2031.jpg", empty alt, no alt attribute
+duplicate            byte-identical copy of ``duplicate_of`` at another URL
+near_duplicate       resized / re-encoded / cropped / PNG copy of ``duplicate_of``, or a srcset 2x render
+corrupt              random bytes, or an HTML error page, under an image name
+truncated            a JPEG / PNG cut short
+zero_byte            empty image file
+decompression_bomb   PNG claiming 30000x30000 pixels, ~110 KB on disk
+broken_audio         truncated FLAC, random bytes named .wav
+malformed_subtitle   VTT with unparseable timestamps, or no WEBVTT header
+not_utf8             caption on a Latin-1 page with no charset; or a Latin-1 VTT
+broken_link          404
+robots_blocked       under /private/ (robots.txt Disallow), including everything on /private/index.html
+noai                 served with ``X-Robots-Tag: noai`` (site/_headers.json)
+redirect_loop        /loop/a/<name> <-> /loop/b/<name> 302s
+timeout              /slow/<name>: the server stalls (5 s) before answering
+server_error         /error/<name>: 500
+too_large            /huge/<name>: ~30 MB streamed without Content-Length
+not_allowed_address  http://10.255.255.1/x.jpg: must be refused before any connection
+==================== ===================================================================================
+"""
+
+from pipeline.demo_site.build import MIN_PAGES, SiteManifest, build_site
+from pipeline.demo_site.ground_truth import GROUND_TRUTH_SCHEMA, read_ground_truth, write_url_list
+from pipeline.demo_site.labels import Label
+
+__all__ = [
+    "GROUND_TRUTH_SCHEMA",
+    "MIN_PAGES",
+    "Label",
+    "SiteManifest",
+    "build_site",
+    "read_ground_truth",
+    "write_url_list",
+]

@@ -1,0 +1,290 @@
+"""Planning the demo site's asset references: what each ``<img>``/``<audio>`` points at, what the page says
+about it, what it really is, and its ground-truth label. Pure planning plus media bytes; no file is written here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from pipeline.demo_site import audio, images
+from pipeline.demo_site.labels import (
+    ERROR_PREFIX,
+    HUGE_PREFIX,
+    LOOP_PREFIX,
+    NOT_ALLOWED_URL,
+    ROBOTS_DISALLOWED_PREFIX,
+    SLOW_PREFIX,
+    Label,
+)
+
+JUNK_TEXTS = ("click here", "image", "IMG_2031.jpg", "", "photo", "thumbnail", "DSC00417.JPG", "untitled", None)
+IMAGE_DIRS = ("/images/", "/static/img/", "/uploads/2023/", "/uploads/2024/", "/media/pictures/")
+NEAR_DUPLICATE_VARIANTS = ("resize", "reencode", "crop", "to_png")
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "flac": "flac", "wav": "wav"}
+
+
+@dataclass
+class AssetRef:
+    """One reference from one page to one media URL, with everything the ground truth records about it."""
+
+    url: str  # root-relative path ("/images/x.jpg") or, for off-site references, an absolute URL
+    kind: str  # "image" | "audio"
+    label: Label
+    markup: str  # "img" | "figure" | "srcset" | "audio" | "figure_audio": how the page presents it
+    shown_text: str | None  # the alt / figcaption / description the page gives (None: no alt attribute at all)
+    true_caption: str | None  # what the media really shows or says (None: there is nothing to describe)
+    body: bytes | None = None  # bytes written at site/<url>; None: the URL is served dynamically or not at all
+    page: str = ""  # filled in when the reference is placed on a page
+    title_text: str | None = None
+    duplicate_of: str | None = None
+    real_photo: bool = False
+    shape: str | None = None
+    colour: str | None = None
+    background: str | None = None
+    width: int | None = None
+    height: int | None = None
+    media_format: str | None = None
+    expected_status: int | None = 200  # what the demo server answers (None: no answer: stall or never fetched)
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers (site/_headers.json)
+    figure_id: str | None = None
+    subtitle_url: str | None = None
+    subtitle_format: str | None = None
+    subtitle_body: bytes | None = None
+    cues: tuple[audio.Cue, ...] = ()
+    in_url_list: bool = False
+
+
+@dataclass
+class Block:
+    """What a page shows in one place: ``refs`` is [image], [src, 2x candidate], [audio] or [image, audio]."""
+
+    markup: str
+    refs: list[AssetRef]
+    heading: str | None = None
+
+
+class Namer:
+    """Neutral, unique file names (``img_3f2a9c01.jpg``): a name never gives the label away."""
+
+    def __init__(self, rng: random.Random):
+        self._rng = rng
+        self._used: set[str] = set()
+
+    def __call__(self, directory: str, ext: str, stem: str = "img") -> str:
+        while True:
+            url = f"{directory}{stem}_{self._rng.getrandbits(32):08x}.{ext}"
+            if url not in self._used:
+                self._used.add(url)
+                return url
+
+
+def describe(scene: images.Scene, rng: random.Random) -> str:
+    """A correct caption for ``scene``, worded like people word captions (not only "a red circle")."""
+    a = images.article(scene.colour)
+    return rng.choice((
+        f"{a} {scene.colour} {scene.shape}",
+        f"{a.capitalize()} {scene.colour} {scene.shape} on a {scene.background} background",
+        f"{scene.colour.capitalize()} {scene.shape}",
+        f"Photo of {a} {scene.colour} {scene.shape}",
+        f"Illustration: {a} {scene.colour} {scene.shape} against {scene.background}",
+        f"The {scene.shape} in this picture is {scene.colour}.",
+        f"{a.capitalize()} {scene.colour} {scene.shape}, centred",
+    ))
+
+
+class ImagePlanner:
+    """Makes image references. Every method returns finished ``AssetRef``s with bytes and ground truth."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.name = Namer(rng)
+
+    def _synthetic(self, label: Label, scene: images.Scene | None = None, directory: str | None = None,
+                   fmt: str | None = None, size: tuple[int, int] | None = None) -> AssetRef:
+        rng = self.rng
+        scene = scene or images.random_scene(rng)
+        fmt = fmt or rng.choice(("jpeg", "jpeg", "jpeg", "png", "png"))
+        size = size or images.random_size(rng, images.PNG_MAX_SIDE if fmt == "png" else 512)
+        body = images.encode(images.render_scene(scene, size), fmt)
+        return AssetRef(
+            url=self.name(directory or rng.choice(IMAGE_DIRS), EXTENSIONS[fmt]),
+            kind="image", label=label, markup="img", shown_text=describe(scene, rng), true_caption=scene.caption,
+            body=body, shape=scene.shape, colour=scene.colour, background=scene.background,
+            width=size[0], height=size[1], media_format=fmt,
+        )
+
+    def clean(self, scene: images.Scene | None = None) -> AssetRef:
+        return self._synthetic(Label.CLEAN, scene)
+
+    def photo(self, name: str) -> AssetRef:
+        body, caption, size = images.photo(name)
+        return AssetRef(
+            url=self.name("/images/photos/", "jpg", stem=name), kind="image", label=Label.CLEAN, markup="figure",
+            shown_text=caption, true_caption=caption, body=body, real_photo=True,
+            width=size[0], height=size[1], media_format="jpeg",
+        )
+
+    def mismatched(self, donor: AssetRef) -> AssetRef:
+        """Shows ``donor``'s caption; the image itself differs from the donor's in both colour and shape."""
+        colour = self.rng.choice([c for c in images.COLOURS if c != donor.colour])
+        shape = self.rng.choice([s for s in images.SHAPES if s != donor.shape])
+        ref = self._synthetic(Label.MISMATCHED, images.random_scene(self.rng, shape=shape, colour=colour))
+        ref.shown_text = donor.shown_text
+        return ref
+
+    def junk(self) -> AssetRef:
+        ref = self._synthetic(Label.JUNK_TEXT)
+        ref.shown_text = self.rng.choice(JUNK_TEXTS)
+        return ref
+
+    def duplicate(self, original: AssetRef) -> AssetRef:
+        """Byte-identical copy at another URL (a mirror / CDN path), with its own correct caption."""
+        return _copy_of(original, Label.DUPLICATE, url=self.name("/cdn/", EXTENSIONS[original.media_format]),
+                        body=original.body, shown_text=self._recaption(original))
+
+    def near_duplicate(self, original: AssetRef) -> AssetRef:
+        variant = self.rng.choice(NEAR_DUPLICATE_VARIANTS)
+        body, fmt = images.near_duplicate(original.body, variant, self.rng)
+        copy = _copy_of(original, Label.NEAR_DUPLICATE, url=self.name(self.rng.choice(IMAGE_DIRS), EXTENSIONS[fmt]),
+                        body=body, shown_text=self._recaption(original))
+        copy.media_format = fmt
+        copy.width, copy.height = images.decode(body).size
+        return copy
+
+    def srcset_pair(self) -> tuple[AssetRef, AssetRef]:
+        """A 1x src and its 2x candidate: the same scene rendered at twice the size (a near-duplicate)."""
+        scene = images.random_scene(self.rng)
+        width, height = self.rng.randrange(64, 257), self.rng.randrange(64, 257)
+        src = self._synthetic(Label.CLEAN, scene, fmt="jpeg", size=(width, height))
+        big = self._synthetic(Label.NEAR_DUPLICATE, scene, fmt="jpeg", size=(2 * width, 2 * height))
+        big.url = src.url.rsplit(".", 1)[0] + "@2x.jpg"
+        big.duplicate_of, big.shown_text = src.url, src.shown_text
+        src.markup = big.markup = "srcset"
+        return src, big
+
+    def _recaption(self, original: AssetRef) -> str:
+        scene = images.Scene(original.shape, original.colour, original.background, 0.5, 0.5, 0.3, 0, 0, 0)
+        return describe(scene, self.rng)
+
+    # ---- failure modes -------------------------------------------------------------------------------------
+    def failures(self) -> list[AssetRef]:
+        """One or more references for every image failure mode in the vocabulary."""
+        rng, out = self.rng, []
+
+        def broken(label: Label, url: str, body: bytes | None, status: int | None = 200,
+                   true_caption: str | None = None, fmt: str | None = None) -> AssetRef:
+            scene = images.random_scene(rng)
+            return AssetRef(url=url, kind="image", label=label, markup="img", shown_text=describe(scene, rng),
+                            true_caption=true_caption, body=body, expected_status=status, media_format=fmt)
+
+        directory = lambda: rng.choice(IMAGE_DIRS)  # noqa: E731
+        out.append(broken(Label.CORRUPT, self.name(directory(), "jpg"), images.corrupt_bytes(rng, rng.randrange(2000, 8000))))
+        out.append(broken(Label.CORRUPT, self.name(directory(), "png"), images.HTML_ERROR_PAGE))
+        for fmt, fraction in (("jpeg", 0.5), ("png", 0.6)):
+            whole = self._synthetic(Label.TRUNCATED, fmt=fmt, size=(256, 256))
+            whole.body = images.truncated(whole.body, fraction)
+            out.append(whole)
+        out.append(broken(Label.ZERO_BYTE, self.name(directory(), "jpg"), b""))
+        bomb = broken(Label.DECOMPRESSION_BOMB, self.name(directory(), "png"), images.decompression_bomb(), fmt="png")
+        bomb.width = bomb.height = images.BOMB_SIZE
+        out.append(bomb)
+        for _ in range(2):
+            out.append(broken(Label.BROKEN_LINK, self.name("/images/archive/", "jpg"), None, status=404))
+        out.append(self.robots_blocked())
+        for value in ("noai", "noai, noimageai"):
+            ref = self._synthetic(Label.NOAI)
+            ref.headers = {"X-Robots-Tag": value}
+            out.append(ref)
+        name = self.name("", "jpg")
+        out.append(broken(Label.REDIRECT_LOOP, f"{LOOP_PREFIX}a/{name}", None, status=302))
+        out.append(broken(Label.TIMEOUT, self.name(SLOW_PREFIX, "jpg"), None, status=None))
+        out.append(broken(Label.SERVER_ERROR, self.name(ERROR_PREFIX, "jpg"), None, status=500))
+        out.append(broken(Label.TOO_LARGE, self.name(HUGE_PREFIX, "jpg"), None, status=200))
+        out.append(broken(Label.NOT_ALLOWED_ADDRESS, NOT_ALLOWED_URL, None, status=None))
+        return out
+
+    def robots_blocked(self) -> AssetRef:
+        return self._synthetic(Label.ROBOTS_BLOCKED, directory=f"{ROBOTS_DISALLOWED_PREFIX}img/")
+
+    def latin1(self) -> AssetRef:
+        """A fine image whose caption (with accents) sits on a Latin-1 page that declares no charset."""
+        ref = self._synthetic(Label.NOT_UTF8)
+        ref.shown_text = f"Café sign: {ref.true_caption}"
+        return ref
+
+
+def _copy_of(original: AssetRef, label: Label, *, url: str, body: bytes, shown_text: str) -> AssetRef:
+    return AssetRef(
+        url=url, kind="image", label=label, markup="img", shown_text=shown_text, true_caption=original.true_caption,
+        body=body, duplicate_of=original.url, shape=original.shape, colour=original.colour,
+        background=original.background, width=original.width, height=original.height,
+        media_format=original.media_format,
+    )
+
+
+# ---- audio ------------------------------------------------------------------------------------------------------
+
+# (clip id, audio format, subtitle format, label). Each clip's audio appears once in the site (so no accidental
+# audio duplicates); the truncated clip is the only copy of "garden".
+AUDIO_PAGES: tuple[tuple[str, str, str, Label], ...] = (
+    ("yellow_star", "flac", "vtt", Label.CLEAN),
+    ("cat", "flac", "vtt", Label.CLEAN),
+    ("rain", "flac", "vtt", Label.CLEAN),
+    ("bridge", "flac", "vtt", Label.CLEAN),
+    ("rocket", "flac", "vtt", Label.CLEAN),
+    ("ticket", "wav", "vtt", Label.CLEAN),
+    ("coffee", "flac", "srt", Label.CLEAN),
+    ("library", "flac", "srt", Label.CLEAN),
+    ("diamonds", "flac", "vtt_bad_timestamps", Label.MALFORMED_SUBTITLE),
+    ("clock", "flac", "vtt_no_header", Label.MALFORMED_SUBTITLE),
+    ("cafe", "flac", "vtt_latin1", Label.NOT_UTF8),
+    ("garden", "flac_truncated", "vtt", Label.BROKEN_AUDIO),
+)
+# Figures that pair an image, its narration and a figcaption carrying the narration's text.
+NARRATED_FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    # (clip id, image: "shape:<shape>:<colour>:<background>" or "photo:<name>", audio format, subtitle format)
+    ("red_circle", "shape:circle:red:pale blue", "flac", "vtt"),  # "... on a pale background."
+    ("blue_square", "shape:square:blue:light grey", "wav", "vtt"),
+    ("astronaut", "photo:astronaut", "flac", "srt"),
+)
+
+
+def _subtitle(clip: audio.Clip, fmt: str) -> tuple[bytes, str]:
+    if fmt == "vtt":
+        return audio.vtt_text(clip.cues).encode("utf-8"), "vtt"
+    if fmt == "srt":
+        return audio.srt_text(clip.cues).encode("utf-8"), "srt"
+    if fmt == "vtt_bad_timestamps":
+        return audio.vtt_bad_timestamps(clip.cues).encode("utf-8"), "vtt"
+    if fmt == "vtt_no_header":
+        return audio.vtt_missing_header(clip.cues).encode("utf-8"), "vtt"
+    if fmt == "vtt_latin1":
+        return audio.vtt_text(clip.cues).encode("latin-1"), "vtt"
+    raise ValueError(f"unknown subtitle variant {fmt!r}")
+
+
+def clip_ref(clip: audio.Clip, audio_fmt: str, subtitle_fmt: str, label: Label, markup: str) -> AssetRef:
+    if audio_fmt == "wav":
+        body, fmt = audio.wav_bytes(clip), "wav"
+    elif audio_fmt == "flac_truncated":
+        body, fmt = images.truncated(audio.flac_bytes(clip), 0.5), "flac"
+    else:
+        body, fmt = audio.flac_bytes(clip), "flac"
+    subtitle_body, subtitle_ext = _subtitle(clip, subtitle_fmt)
+    return AssetRef(
+        url=f"/media/audio/{clip.id}.{fmt}", kind="audio", label=label, markup=markup, shown_text=clip.text,
+        true_caption=clip.text, body=body, media_format=fmt, subtitle_url=f"/media/subs/{clip.id}.{subtitle_ext}",
+        subtitle_format=subtitle_ext, subtitle_body=subtitle_body, cues=clip.cues,
+    )
+
+
+def audio_failures(rng: random.Random) -> list[AssetRef]:
+    """Random bytes named .wav (nothing to say about it) and an audio link that 404s."""
+    noise = AssetRef(url="/media/audio/static_noise.wav", kind="audio", label=Label.BROKEN_AUDIO, markup="audio",
+                     shown_text="Field recording from the harbour", true_caption=None, body=audio.random_wav(rng),
+                     media_format="wav")
+    lost = AssetRef(url="/media/audio/lost_interview.flac", kind="audio", label=Label.BROKEN_LINK, markup="audio",
+                    shown_text="Interview with the lighthouse keeper", true_caption=None, expected_status=404,
+                    media_format="flac")
+    return [noise, lost]
