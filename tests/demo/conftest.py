@@ -1,0 +1,27 @@
+"""One small demo site per test session (pages=30 builds in about a second), shared by the demo tests."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.demo_site import SiteManifest, build_site
+from pipeline.demo_server import SiteServer, serve_site
+
+SMALL_PAGES = 30
+
+
+@pytest.fixture(scope="session")
+def demo_site(tmp_path_factory: pytest.TempPathFactory) -> SiteManifest:
+    return build_site(tmp_path_factory.mktemp("demo-site"), seed=0, pages=SMALL_PAGES)
+
+
+@pytest.fixture(scope="session")
+def ground_truth(demo_site: SiteManifest) -> list[dict]:
+    return pq.read_table(demo_site.ground_truth).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def server(demo_site: SiteManifest) -> SiteServer:
+    with serve_site(demo_site.root) as running:
+        yield running

@@ -1,0 +1,444 @@
+"""The demo site generator: determinism, layout, and that the ground truth says exactly what the files are."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import posixpath
+from collections import Counter, deque
+from datetime import timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import srt
+import webvtt
+from PIL import Image
+
+from pipeline.demo_site import MIN_PAGES, Label, build_site, write_url_list
+from pipeline.demo_site.audio import SPEECH_DIR, load_clips
+from pipeline.demo_site.images import BACKGROUNDS, BOMB_SIZE, COLOURS, SHAPES, png_claimed_size
+from pipeline.demo_site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR, NOT_ALLOWED_URL
+
+# labels whose URL is answered dynamically by the server, or never fetched: no file behind them
+NO_FILE_LABELS = {"broken_link", "redirect_loop", "timeout", "server_error", "too_large", "not_allowed_address"}
+UNDECODABLE_IMAGE_LABELS = {"corrupt", "truncated", "zero_byte", "decompression_bomb"}
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class _Refs(HTMLParser):
+    """Collects <a href> links and media references (img src/srcset, audio/source src, track src)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.media: list[str] = []
+        self.alts: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+        if tag in ("img", "audio", "source", "track") and a.get("src"):
+            self.media.append(a["src"])
+        if tag == "img":
+            self.alts.append(a.get("alt"))
+            for candidate in (a.get("srcset") or "").split(","):
+                if candidate.strip():
+                    self.media.append(candidate.split()[0])
+
+
+def resolve(page: str, ref: str) -> str:
+    """A reference as written on ``page`` → root-relative path (or the absolute off-site URL)."""
+    if ref.startswith(BASE_URL_TOKEN):
+        return ref[len(BASE_URL_TOKEN):]
+    if ref.startswith(("http://", "https://")):
+        return ref
+    if ref.startswith("/"):
+        return ref
+    return posixpath.normpath(posixpath.join(posixpath.dirname(page), ref))
+
+
+def parse_page(site: Path, page: str) -> _Refs:
+    raw = (site / page.lstrip("/")).read_bytes()
+    parser = _Refs()
+    parser.feed(raw.decode("utf-8") if b"charset=\"utf-8\"" in raw else raw.decode("latin-1"))
+    return parser
+
+
+def decode_image(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+# ---- determinism --------------------------------------------------------------------------------------------
+
+def test_same_seed_gives_byte_identical_site_and_answer_key(demo_site, tmp_path):
+    again = build_site(tmp_path / "again", seed=0, pages=demo_site.pages)
+    assert tree_hashes(again.root) == tree_hashes(demo_site.root)
+    assert again.label_counts == demo_site.label_counts
+
+
+def test_other_seed_gives_another_site(demo_site, tmp_path):
+    other = build_site(tmp_path / "other", seed=1, pages=demo_site.pages)
+    a, b = tree_hashes(demo_site.root), tree_hashes(other.root)
+    assert a["ground_truth.parquet"] != b["ground_truth.parquet"]
+    images_a = {h for k, h in a.items() if k.endswith((".jpg", ".png"))}
+    images_b = {h for k, h in b.items() if k.endswith((".jpg", ".png"))}
+    # shared: the scikit-image photos, the (seed-independent) bomb, the static HTML error page; not the synthetics
+    assert len(images_a & images_b) < len(images_a) / 2
+
+
+def test_rebuild_into_the_same_root_replaces_the_site(demo_site, tmp_path):
+    first = build_site(tmp_path, seed=1, pages=MIN_PAGES)
+    (first.site_dir / "stale.html").write_text("left over")
+    second = build_site(tmp_path, seed=1, pages=MIN_PAGES)
+    assert not (second.site_dir / "stale.html").exists()
+
+
+def test_refuses_to_delete_a_directory_it_did_not_build(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "precious.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        build_site(tmp_path, pages=MIN_PAGES)
+    assert (tmp_path / "site" / "precious.txt").exists()
+
+
+def test_too_few_pages_is_an_error(tmp_path):
+    with pytest.raises(ValueError):
+        build_site(tmp_path, pages=MIN_PAGES - 1)
+
+
+# ---- layout -----------------------------------------------------------------------------------------------
+
+def test_page_count_and_every_page_reachable_within_depth_4(demo_site):
+    site = demo_site.site_dir
+    html_files = {"/" + str(p.relative_to(site)) for p in site.rglob("*.html")}
+    assert len(html_files) == demo_site.pages == 30
+    depth = {"/index.html": 0}
+    queue = deque(["/index.html"])
+    broken_page_links = set()
+    while queue:
+        page = queue.popleft()
+        for link in parse_page(site, page).links:
+            target = resolve(page, link)
+            if not target.endswith(".html"):
+                continue  # the SRT download links
+            if target not in html_files:
+                broken_page_links.add(target)
+            elif target not in depth:
+                depth[target] = depth[page] + 1
+                queue.append(target)
+    assert set(depth) == html_files
+    assert max(depth.values()) <= 4
+    assert broken_page_links == {"/articles/archive-2019.html"}  # the one deliberate dead page link
+
+
+def test_html_references_and_ground_truth_agree_exactly(demo_site, ground_truth):
+    """Every <img>/<audio>/srcset reference on every page is a ground-truth row for that page, and vice versa."""
+    site = demo_site.site_dir
+    on_pages = set()
+    subtitles = set()
+    styles = Counter()
+    for page_file in site.rglob("*.html"):
+        page = "/" + str(page_file.relative_to(site))
+        for ref in parse_page(site, page).media:
+            styles["absolute" if ref.startswith(BASE_URL_TOKEN) else "root" if ref.startswith("/") else "relative"] += 1
+            target = resolve(page, ref)
+            (subtitles if target.endswith((".vtt", ".srt")) else on_pages).add((target, page))
+    rows = {(r["url"], r["page"]) for r in ground_truth}
+    assert on_pages == rows
+    assert len(rows) == len(ground_truth)  # one row per reference, no repeats
+    assert subtitles == {(r["subtitle_url"], r["page"]) for r in ground_truth if r["subtitle_url"]}
+    assert min(styles.values()) > 0 and len(styles) == 3  # relative, root-relative and absolute all occur
+
+
+def test_every_asset_file_is_in_the_ground_truth(demo_site, ground_truth):
+    site = demo_site.site_dir
+    files = {"/" + str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
+    pages = {f for f in files if f.endswith(".html")}
+    subtitles = {r["subtitle_url"] for r in ground_truth if r["subtitle_url"]}
+    assets = {r["url"] for r in ground_truth if r["file_exists"]}
+    assert files == pages | subtitles | assets | {"/robots.txt", f"/{HEADERS_SIDECAR}"}
+
+
+def test_answer_key_is_outside_the_served_directory(demo_site):
+    for path in (demo_site.ground_truth, demo_site.url_list_csv, demo_site.url_list_parquet):
+        assert path.exists() and demo_site.site_dir not in path.parents
+
+
+# ---- ground truth ----------------------------------------------------------------------------------------
+
+def test_vocabulary_is_closed_and_every_label_occurs(demo_site, ground_truth):
+    labels = Counter(r["label"] for r in ground_truth)
+    assert set(labels) == {label.value for label in Label}
+    assert labels == Counter(demo_site.label_counts)
+    assert demo_site.n_images == sum(r["kind"] == "image" for r in ground_truth)
+    assert demo_site.n_audio == sum(r["kind"] == "audio" for r in ground_truth) == 17
+    assert 55 <= demo_site.n_images <= 70  # about two image references per page
+    assert labels["clean"] > sum(n for k, n in labels.items() if k != "clean") / 2
+    assert labels["duplicate"] >= 2 and labels["near_duplicate"] >= 2 and labels["mismatched"] >= 3
+
+
+def test_label_counts_scale_with_the_site(tmp_path):
+    big = build_site(tmp_path, seed=3, pages=120)
+    counts = big.label_counts
+    assert 220 <= big.n_images <= 260
+    assert counts["mismatched"] >= 15 and counts["junk_text"] >= 12 and counts["duplicate"] >= 9
+    assert counts["decompression_bomb"] == 1 and counts["timeout"] == 1  # failure modes do not multiply
+
+
+def test_files_exist_exactly_where_the_ground_truth_says(demo_site, ground_truth):
+    for r in ground_truth:
+        path = demo_site.site_dir / r["url"].lstrip("/")
+        assert r["file_exists"] == (r["label"] not in NO_FILE_LABELS), r
+        if r["file_exists"]:
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == r["sha256"]
+        elif r["url"].startswith("/"):
+            assert not path.exists()
+    assert [r["url"] for r in ground_truth if r["label"] == "not_allowed_address"] == [NOT_ALLOWED_URL]
+
+
+def test_clean_images_decode_at_their_recorded_size(demo_site, ground_truth):
+    for r in ground_truth:
+        if r["kind"] == "image" and r["file_exists"] and r["label"] not in UNDECODABLE_IMAGE_LABELS:
+            image = decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes())
+            assert image.size == (r["width"], r["height"]), r["url"]
+
+
+def test_broken_images_do_not_decode(demo_site, ground_truth):
+    broken = [r for r in ground_truth if r["label"] in UNDECODABLE_IMAGE_LABELS]
+    assert {r["label"] for r in broken} == UNDECODABLE_IMAGE_LABELS
+    for r in broken:
+        with pytest.raises(Exception):
+            decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes())
+
+
+def test_decompression_bomb_claims_a_huge_size_but_is_small(demo_site, ground_truth):
+    (bomb,) = [r for r in ground_truth if r["label"] == "decompression_bomb"]
+    data = (demo_site.site_dir / bomb["url"].lstrip("/")).read_bytes()
+    assert png_claimed_size(data) == (BOMB_SIZE, BOMB_SIZE) == (bomb["width"], bomb["height"])
+    assert len(data) < 200_000
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+
+
+def test_synthetic_pixels_show_the_true_colour(demo_site, ground_truth):
+    """The shape's pixels (those far from the background) have the colour the true caption names."""
+    checked = 0
+    for r in ground_truth:
+        if r["colour"] and r["file_exists"] and r["label"] not in UNDECODABLE_IMAGE_LABELS:
+            pixels = np.asarray(decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes()), dtype=float)
+            far = np.linalg.norm(pixels - np.array(BACKGROUNDS[r["background"]]), axis=-1) > 80
+            shape_colour = np.median(pixels[far], axis=0)
+            assert np.linalg.norm(shape_colour - np.array(COLOURS[r["colour"]])) < 45, r["url"]
+            assert r["true_caption"].endswith(f"{r['colour']} {r['shape']}")
+            checked += 1
+    assert checked > 40
+
+
+def test_clean_text_describes_and_mismatched_text_does_not(ground_truth):
+    for r in ground_truth:
+        if r["colour"] is None or r["shown_text"] is None:
+            continue
+        text = r["shown_text"].lower()
+        if r["label"] in ("clean", "duplicate", "near_duplicate", "noai", "not_utf8") and r["markup"] != "figure_audio":
+            assert r["colour"] in text and r["shape"] in text, r
+        if r["label"] == "mismatched":
+            assert r["colour"] not in text and r["shape"] not in text, r
+            assert any(c in text for c in COLOURS) and any(s in text for s in SHAPES)
+
+
+def test_junk_text_is_junk(ground_truth):
+    junk = [r["shown_text"] for r in ground_truth if r["label"] == "junk_text"]
+    for text in junk:
+        assert text is None or not any(c in text.lower() for c in COLOURS)
+
+
+def test_exact_duplicates_are_byte_identical_to_a_clean_original(demo_site, ground_truth):
+    by_url = {r["url"]: r for r in ground_truth}
+    duplicates = [r for r in ground_truth if r["label"] == "duplicate"]
+    assert duplicates
+    for r in duplicates:
+        original = by_url[r["duplicate_of"]]
+        assert original["label"] == "clean" and r["url"] != original["url"]
+        assert (demo_site.site_dir / r["url"].lstrip("/")).read_bytes() == \
+            (demo_site.site_dir / original["url"].lstrip("/")).read_bytes()
+
+
+def test_near_duplicates_differ_in_bytes_but_not_in_look(demo_site, ground_truth):
+    by_url = {r["url"]: r for r in ground_truth}
+    near = [r for r in ground_truth if r["label"] == "near_duplicate"]
+    assert any(r["markup"] == "srcset" for r in near) and any(r["markup"] != "srcset" for r in near)
+    for r in near:
+        original = by_url[r["duplicate_of"]]
+        assert original["label"] == "clean"
+        a = (demo_site.site_dir / r["url"].lstrip("/")).read_bytes()
+        b = (demo_site.site_dir / original["url"].lstrip("/")).read_bytes()
+        assert a != b
+        small = (32, 32)
+        pa = np.asarray(decode_image(a).resize(small), dtype=float)
+        pb = np.asarray(decode_image(b).resize(small), dtype=float)
+        assert np.abs(pa - pb).mean() < 25, r["url"]  # unrelated images differ by ~60-100 here
+    # while images that merely share a label do not look alike
+    clean = [r for r in ground_truth if r["label"] == "clean" and r["colour"]][:2]
+    pa, pb = (np.asarray(decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes()).resize((32, 32)),
+                         dtype=float) for r in clean)
+    assert clean[0]["colour"] == clean[1]["colour"] or np.abs(pa - pb).mean() > 25
+
+
+def test_real_photos_are_captioned_from_scikit_image(ground_truth):
+    import skimage.data
+
+    photos = [r for r in ground_truth if r["real_photo"]]
+    assert len(photos) >= 4  # three in the mix plus the astronaut figure
+    for r in photos:
+        name = r["url"].rsplit("/", 1)[1].split("_")[0]
+        assert r["true_caption"] == getattr(skimage.data, name).__doc__.strip().splitlines()[0].strip()
+
+
+def test_robots_noai_and_headers_sidecar(demo_site, ground_truth):
+    site = demo_site.site_dir
+    assert "Disallow: /private/" in (site / "robots.txt").read_text()
+    blocked = [r for r in ground_truth if r["label"] == "robots_blocked"]
+    assert len(blocked) == 3 and all(r["url"].startswith("/private/") for r in blocked)
+    assert all(r["label"] == "robots_blocked" for r in ground_truth if r["page"].startswith("/private/"))
+    sidecar = json.loads((site / HEADERS_SIDECAR).read_text())
+    noai = {r["url"] for r in ground_truth if r["label"] == "noai"}
+    assert set(sidecar) == noai and len(noai) == 2
+    assert all("noai" in headers["X-Robots-Tag"] for headers in sidecar.values())
+
+
+def test_latin1_page_has_no_charset_and_is_not_utf8(demo_site, ground_truth):
+    (row,) = [r for r in ground_truth if r["label"] == "not_utf8" and r["kind"] == "image"]
+    raw = (demo_site.site_dir / row["page"].lstrip("/")).read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    assert b"charset" not in raw.lower()
+    assert row["shown_text"] in raw.decode("latin-1")
+    assert [r for r in ground_truth if r["page"] == row["page"]] == [row]  # nothing else shares its fate
+
+
+# ---- audio and subtitles -------------------------------------------------------------------------------
+
+def _cues(clip_id: str) -> list[tuple[int, int, str]]:
+    return [(c.start_ms, c.end_ms, c.text) for c in load_clips()[clip_id].cues]
+
+
+def _vtt_ms(stamp: str) -> int:
+    h, m, s = stamp.split(":")
+    return round((int(h) * 3600 + int(m) * 60 + float(s)) * 1000)
+
+
+def test_speech_assets_are_small_short_and_exactly_timed():
+    listing = json.loads((SPEECH_DIR / "speech.json").read_text())
+    total = sum((SPEECH_DIR / c["file"]).stat().st_size for c in listing["clips"])
+    assert len(listing["clips"]) >= 12 and total < 1_000_000
+    for clip in listing["clips"]:
+        info = sf.info(SPEECH_DIR / clip["file"])
+        assert info.samplerate == clip["sample_rate"] and info.channels == 1
+        assert info.frames == clip["duration_ms"] * clip["sample_rate"] // 1000
+        assert 2000 <= clip["duration_ms"] <= 6000
+        assert 2 <= len(clip["cues"]) <= 4
+        assert " ".join(c["text"] for c in clip["cues"]) == clip["text"]
+        bounds = [t for c in clip["cues"] for t in (c["start_ms"], c["end_ms"])]
+        assert bounds == sorted(bounds) and 0 < bounds[0] and bounds[-1] < clip["duration_ms"]
+        samples, rate = sf.read(SPEECH_DIR / clip["file"])
+        for gap_start, gap_end in zip(bounds[1:-1:2], bounds[2::2]):  # between phrases: true silence
+            assert np.abs(samples[gap_start * rate // 1000:gap_end * rate // 1000]).max() == 0
+
+
+def test_served_subtitles_carry_the_exact_cue_times(demo_site, ground_truth):
+    checked = 0
+    for r in ground_truth:
+        if r["kind"] != "audio" or not r["subtitle_url"]:
+            continue
+        clip_id = Path(r["subtitle_url"]).stem
+        expected = _cues(clip_id)
+        assert list(zip(r["cue_start_ms"], r["cue_end_ms"], r["cue_texts"])) == expected
+        raw = (demo_site.site_dir / r["subtitle_url"].lstrip("/")).read_bytes()
+        if r["label"] == "malformed_subtitle":
+            try:
+                parsed = list(webvtt.from_buffer(io.StringIO(raw.decode("utf-8"))))
+            except webvtt.errors.MalformedFileError:
+                parsed = []
+            assert parsed == []  # no cue survives a strict parser
+            continue
+        if r["label"] == "not_utf8":
+            with pytest.raises(UnicodeDecodeError):
+                raw.decode("utf-8")
+            text = raw.decode("latin-1")
+        else:
+            text = raw.decode("utf-8")
+        if r["subtitle_format"] == "vtt":
+            got = [(_vtt_ms(c.start), _vtt_ms(c.end), c.text) for c in webvtt.from_buffer(io.StringIO(text))]
+        else:
+            ms = timedelta(milliseconds=1)
+            got = [(s.start // ms, s.end // ms, s.content) for s in srt.parse(text)]
+        assert got == expected, r["url"]
+        checked += 1
+    assert checked >= 10
+
+
+def test_audio_decodes_unless_broken(demo_site, ground_truth):
+    for r in ground_truth:
+        if r["kind"] != "audio" or not r["file_exists"]:
+            continue
+        path = demo_site.site_dir / r["url"].lstrip("/")
+        if r["label"] == "broken_audio":
+            with pytest.raises(Exception):
+                sf.read(path)
+        else:
+            samples, rate = sf.read(path)
+            assert len(samples) * 1000 // rate == load_clips()[Path(r["url"]).stem].duration_ms
+
+
+def test_narrated_figures_tie_image_audio_and_caption(ground_truth):
+    figures: dict[str, list[dict]] = {}
+    for r in ground_truth:
+        if r["figure_id"]:
+            figures.setdefault(r["figure_id"], []).append(r)
+    assert len(figures) == 3
+    for rows in figures.values():
+        assert sorted(r["kind"] for r in rows) == ["audio", "image"]
+        image, sound = sorted(rows, key=lambda r: r["kind"], reverse=True)
+        assert image["page"] == sound["page"] and image["shown_text"] == sound["shown_text"] == sound["true_caption"]
+        if image["colour"]:
+            assert image["colour"] in sound["true_caption"] and image["shape"] in sound["true_caption"]
+
+
+# ---- URL list ------------------------------------------------------------------------------------------
+
+def test_url_list_points_at_a_third_of_the_images(demo_site, ground_truth):
+    with demo_site.url_list_csv.open(newline="") as f:
+        csv_rows = [(r["url"], r["caption"]) for r in csv.DictReader(f)]
+    table = pq.read_table(demo_site.url_list_parquet)
+    assert csv_rows == list(zip(table.column("url").to_pylist(), table.column("caption").to_pylist()))
+    listed = [r for r in ground_truth if r["in_url_list"]]
+    assert csv_rows == [(r["url"], r["shown_text"] or "") for r in listed]
+    assert all(r["kind"] == "image" for r in listed)
+    assert abs(len(listed) - demo_site.n_images / 3) <= 1
+    assert {"clean", "mismatched", "broken_link", "corrupt", "not_allowed_address"} <= {r["label"] for r in listed}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_write_url_list_makes_site_paths_absolute(demo_site, tmp_path, suffix):
+    out = write_url_list(demo_site.root, "http://127.0.0.1:8123/", tmp_path / f"urls{suffix}")
+    if suffix == ".csv":
+        with out.open(newline="") as f:
+            urls = [r["url"] for r in csv.DictReader(f)]
+    else:
+        urls = pq.read_table(out).column("url").to_pylist()
+    paths = pq.read_table(demo_site.url_list_parquet).column("url").to_pylist()
+    assert urls == ["http://127.0.0.1:8123" + p if p.startswith("/") else p for p in paths]
+    assert NOT_ALLOWED_URL in urls
