@@ -70,6 +70,7 @@ class RequestRecord:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a client that never closes must not keep the process (or stop()) waiting
+    request_queue_size = 128  # a concurrent crawler must not see SYN drops (the default backlog is 5)
 
     def __init__(self, address: tuple[str, int], site: "SiteServer"):
         self.site = site
@@ -119,8 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._static(path, send_body)
 
     # ---- responses ------------------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str, send_body: bool,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, send_body: bool, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -151,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body, content_type, send_body, site.extra_headers.get(normal))
 
     def _loop(self, path: str) -> None:
-        rest = path[len(LOOP_PREFIX):]
+        rest = path[len(LOOP_PREFIX) :]
         hop, _, name = rest.partition("/")
         if hop not in ("a", "b") or not name:
             self._not_found(True)
@@ -191,8 +193,15 @@ class _Handler(BaseHTTPRequestHandler):
 class SiteServer:
     """A running demo server. Use as a context manager, or call ``stop()``."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, *, slow_seconds: float = 5.0,
-                 huge_bytes: int = 30 * 1024 * 1024):
+    def __init__(
+        self,
+        root: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        slow_seconds: float = 5.0,
+        huge_bytes: int = 30 * 1024 * 1024,
+    ):
         address = ipaddress.ip_address(host)
         if address.version != 4 or not address.is_loopback:
             raise ValueError(f"the demo server only binds IPv4 loopback (127.0.0.1), not {host!r}")
@@ -200,7 +209,9 @@ class SiteServer:
         if not (self.site_dir / "index.html").is_file():
             raise FileNotFoundError(f"no demo site under {self.site_dir}; run build_site({root!s}) first")
         sidecar = self.site_dir / HEADERS_SIDECAR
-        self.extra_headers: dict[str, dict[str, str]] = json.loads(sidecar.read_text("utf-8")) if sidecar.exists() else {}
+        self.extra_headers: dict[str, dict[str, str]] = (
+            json.loads(sidecar.read_text("utf-8")) if sidecar.exists() else {}
+        )
         self.slow_seconds = slow_seconds
         self.huge_bytes = huge_bytes
         self._lock = threading.Lock()
@@ -210,8 +221,12 @@ class SiteServer:
         self._httpd = _Server((host, port), self)
         self.host, self.port = self._httpd.server_address[:2]
         self.base_url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": SLEEP_STEP_S},
-                                        name=f"demo-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": SLEEP_STEP_S},
+            name=f"demo-server-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         logger.info("demo site %s served at %s", self.site_dir, self.base_url)
 
@@ -254,12 +269,14 @@ class SiteServer:
     def __enter__(self) -> SiteServer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
-def serve_site(root: Path, host: str = "127.0.0.1", port: int = 0, *, slow_seconds: float = 5.0,
-               huge_bytes: int = 30 * 1024 * 1024) -> SiteServer:
+def serve_site(
+    root: Path, host: str = "127.0.0.1", port: int = 0, *, slow_seconds: float = 5.0, huge_bytes: int = 30 * 1024 * 1024
+) -> SiteServer:
     """Start serving ``root/site/`` (built by ``build_site(root)``) and return the running server."""
     return SiteServer(root, host, port, slow_seconds=slow_seconds, huge_bytes=huge_bytes)

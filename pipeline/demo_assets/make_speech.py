@@ -57,9 +57,7 @@ SENTENCES: list[tuple[str, list[str]]] = [
 
 def _synthesise(text: str) -> np.ndarray:
     """One phrase → mono float32 at SAMPLE_RATE, edges trimmed, length a whole number of milliseconds."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", VOICE, "--stdout", text], check=True, capture_output=True
-    ).stdout
+    wav = subprocess.run(["espeak-ng", "-v", VOICE, "--stdout", text], check=True, capture_output=True).stdout
     audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
     if audio.ndim > 1:
         audio = audio.mean(axis=1)

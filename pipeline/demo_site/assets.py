@@ -82,15 +82,17 @@ class Namer:
 def describe(scene: images.Scene, rng: random.Random) -> str:
     """A correct caption for ``scene``, worded like people word captions (not only "a red circle")."""
     a = images.article(scene.colour)
-    return rng.choice((
-        f"{a} {scene.colour} {scene.shape}",
-        f"{a.capitalize()} {scene.colour} {scene.shape} on a {scene.background} background",
-        f"{scene.colour.capitalize()} {scene.shape}",
-        f"Photo of {a} {scene.colour} {scene.shape}",
-        f"Illustration: {a} {scene.colour} {scene.shape} against {scene.background}",
-        f"The {scene.shape} in this picture is {scene.colour}.",
-        f"{a.capitalize()} {scene.colour} {scene.shape}, centred",
-    ))
+    return rng.choice(
+        (
+            f"{a} {scene.colour} {scene.shape}",
+            f"{a.capitalize()} {scene.colour} {scene.shape} on a {scene.background} background",
+            f"{scene.colour.capitalize()} {scene.shape}",
+            f"Photo of {a} {scene.colour} {scene.shape}",
+            f"Illustration: {a} {scene.colour} {scene.shape} against {scene.background}",
+            f"The {scene.shape} in this picture is {scene.colour}.",
+            f"{a.capitalize()} {scene.colour} {scene.shape}, centred",
+        )
+    )
 
 
 class ImagePlanner:
@@ -100,8 +102,14 @@ class ImagePlanner:
         self.rng = rng
         self.name = Namer(rng)
 
-    def _synthetic(self, label: Label, scene: images.Scene | None = None, directory: str | None = None,
-                   fmt: str | None = None, size: tuple[int, int] | None = None) -> AssetRef:
+    def _synthetic(
+        self,
+        label: Label,
+        scene: images.Scene | None = None,
+        directory: str | None = None,
+        fmt: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> AssetRef:
         rng = self.rng
         scene = scene or images.random_scene(rng)
         fmt = fmt or rng.choice(("jpeg", "jpeg", "jpeg", "png", "png"))
@@ -109,9 +117,18 @@ class ImagePlanner:
         body = images.encode(images.render_scene(scene, size), fmt)
         return AssetRef(
             url=self.name(directory or rng.choice(IMAGE_DIRS), EXTENSIONS[fmt]),
-            kind="image", label=label, markup="img", shown_text=describe(scene, rng), true_caption=scene.caption,
-            body=body, shape=scene.shape, colour=scene.colour, background=scene.background,
-            width=size[0], height=size[1], media_format=fmt,
+            kind="image",
+            label=label,
+            markup="img",
+            shown_text=describe(scene, rng),
+            true_caption=scene.caption,
+            body=body,
+            shape=scene.shape,
+            colour=scene.colour,
+            background=scene.background,
+            width=size[0],
+            height=size[1],
+            media_format=fmt,
         )
 
     def clean(self, scene: images.Scene | None = None) -> AssetRef:
@@ -120,9 +137,17 @@ class ImagePlanner:
     def photo(self, name: str) -> AssetRef:
         body, caption, size = images.photo(name)
         return AssetRef(
-            url=self.name("/images/photos/", "jpg", stem=name), kind="image", label=Label.CLEAN, markup="figure",
-            shown_text=caption, true_caption=caption, body=body, real_photo=True,
-            width=size[0], height=size[1], media_format="jpeg",
+            url=self.name("/images/photos/", "jpg", stem=name),
+            kind="image",
+            label=Label.CLEAN,
+            markup="figure",
+            shown_text=caption,
+            true_caption=caption,
+            body=body,
+            real_photo=True,
+            width=size[0],
+            height=size[1],
+            media_format="jpeg",
         )
 
     def mismatched(self, donor: AssetRef) -> AssetRef:
@@ -140,14 +165,24 @@ class ImagePlanner:
 
     def duplicate(self, original: AssetRef) -> AssetRef:
         """Byte-identical copy at another URL (a mirror / CDN path), with its own correct caption."""
-        return _copy_of(original, Label.DUPLICATE, url=self.name("/cdn/", EXTENSIONS[original.media_format]),
-                        body=original.body, shown_text=self._recaption(original))
+        return _copy_of(
+            original,
+            Label.DUPLICATE,
+            url=self.name("/cdn/", EXTENSIONS[original.media_format]),
+            body=original.body,
+            shown_text=self._recaption(original),
+        )
 
     def near_duplicate(self, original: AssetRef) -> AssetRef:
         variant = self.rng.choice(NEAR_DUPLICATE_VARIANTS)
         body, fmt = images.near_duplicate(original.body, variant, self.rng)
-        copy = _copy_of(original, Label.NEAR_DUPLICATE, url=self.name(self.rng.choice(IMAGE_DIRS), EXTENSIONS[fmt]),
-                        body=body, shown_text=self._recaption(original))
+        copy = _copy_of(
+            original,
+            Label.NEAR_DUPLICATE,
+            url=self.name(self.rng.choice(IMAGE_DIRS), EXTENSIONS[fmt]),
+            body=body,
+            shown_text=self._recaption(original),
+        )
         copy.media_format = fmt
         copy.width, copy.height = images.decode(body).size
         return copy
@@ -172,14 +207,31 @@ class ImagePlanner:
         """One or more references for every image failure mode in the vocabulary."""
         rng, out = self.rng, []
 
-        def broken(label: Label, url: str, body: bytes | None, status: int | None = 200,
-                   true_caption: str | None = None, fmt: str | None = None) -> AssetRef:
+        def broken(
+            label: Label,
+            url: str,
+            body: bytes | None,
+            status: int | None = 200,
+            true_caption: str | None = None,
+            fmt: str | None = None,
+        ) -> AssetRef:
             scene = images.random_scene(rng)
-            return AssetRef(url=url, kind="image", label=label, markup="img", shown_text=describe(scene, rng),
-                            true_caption=true_caption, body=body, expected_status=status, media_format=fmt)
+            return AssetRef(
+                url=url,
+                kind="image",
+                label=label,
+                markup="img",
+                shown_text=describe(scene, rng),
+                true_caption=true_caption,
+                body=body,
+                expected_status=status,
+                media_format=fmt,
+            )
 
         directory = lambda: rng.choice(IMAGE_DIRS)  # noqa: E731
-        out.append(broken(Label.CORRUPT, self.name(directory(), "jpg"), images.corrupt_bytes(rng, rng.randrange(2000, 8000))))
+        out.append(
+            broken(Label.CORRUPT, self.name(directory(), "jpg"), images.corrupt_bytes(rng, rng.randrange(2000, 8000)))
+        )
         out.append(broken(Label.CORRUPT, self.name(directory(), "png"), images.HTML_ERROR_PAGE))
         for fmt, fraction in (("jpeg", 0.5), ("png", 0.6)):
             whole = self._synthetic(Label.TRUNCATED, fmt=fmt, size=(256, 256))
@@ -216,9 +268,19 @@ class ImagePlanner:
 
 def _copy_of(original: AssetRef, label: Label, *, url: str, body: bytes, shown_text: str) -> AssetRef:
     return AssetRef(
-        url=url, kind="image", label=label, markup="img", shown_text=shown_text, true_caption=original.true_caption,
-        body=body, duplicate_of=original.url, shape=original.shape, colour=original.colour,
-        background=original.background, width=original.width, height=original.height,
+        url=url,
+        kind="image",
+        label=label,
+        markup="img",
+        shown_text=shown_text,
+        true_caption=original.true_caption,
+        body=body,
+        duplicate_of=original.url,
+        shape=original.shape,
+        colour=original.colour,
+        background=original.background,
+        width=original.width,
+        height=original.height,
         media_format=original.media_format,
     )
 
@@ -273,18 +335,41 @@ def clip_ref(clip: audio.Clip, audio_fmt: str, subtitle_fmt: str, label: Label, 
         body, fmt = audio.flac_bytes(clip), "flac"
     subtitle_body, subtitle_ext = _subtitle(clip, subtitle_fmt)
     return AssetRef(
-        url=f"/media/audio/{clip.id}.{fmt}", kind="audio", label=label, markup=markup, shown_text=clip.text,
-        true_caption=clip.text, body=body, media_format=fmt, subtitle_url=f"/media/subs/{clip.id}.{subtitle_ext}",
-        subtitle_format=subtitle_ext, subtitle_body=subtitle_body, cues=clip.cues,
+        url=f"/media/audio/{clip.id}.{fmt}",
+        kind="audio",
+        label=label,
+        markup=markup,
+        shown_text=clip.text,
+        true_caption=clip.text,
+        body=body,
+        media_format=fmt,
+        subtitle_url=f"/media/subs/{clip.id}.{subtitle_ext}",
+        subtitle_format=subtitle_ext,
+        subtitle_body=subtitle_body,
+        cues=clip.cues,
     )
 
 
 def audio_failures(rng: random.Random) -> list[AssetRef]:
     """Random bytes named .wav (nothing to say about it) and an audio link that 404s."""
-    noise = AssetRef(url="/media/audio/static_noise.wav", kind="audio", label=Label.BROKEN_AUDIO, markup="audio",
-                     shown_text="Field recording from the harbour", true_caption=None, body=audio.random_wav(rng),
-                     media_format="wav")
-    lost = AssetRef(url="/media/audio/lost_interview.flac", kind="audio", label=Label.BROKEN_LINK, markup="audio",
-                    shown_text="Interview with the lighthouse keeper", true_caption=None, expected_status=404,
-                    media_format="flac")
+    noise = AssetRef(
+        url="/media/audio/static_noise.wav",
+        kind="audio",
+        label=Label.BROKEN_AUDIO,
+        markup="audio",
+        shown_text="Field recording from the harbour",
+        true_caption=None,
+        body=audio.random_wav(rng),
+        media_format="wav",
+    )
+    lost = AssetRef(
+        url="/media/audio/lost_interview.flac",
+        kind="audio",
+        label=Label.BROKEN_LINK,
+        markup="audio",
+        shown_text="Interview with the lighthouse keeper",
+        true_caption=None,
+        expected_status=404,
+        media_format="flac",
+    )
     return [noise, lost]

@@ -35,8 +35,18 @@ BROKEN_PAGE_LINK = "/articles/archive-2019.html"  # a navigation link that 404s
 URL_LIST_FRACTION = 1 / 3
 # one of each of these is always in the URL list, the rest is drawn at random
 URL_LIST_MUST_HAVE = (
-    Label.CLEAN, Label.MISMATCHED, Label.JUNK_TEXT, Label.DUPLICATE, Label.NEAR_DUPLICATE, Label.BROKEN_LINK,
-    Label.CORRUPT, Label.TRUNCATED, Label.SERVER_ERROR, Label.NOT_ALLOWED_ADDRESS, Label.ROBOTS_BLOCKED, Label.NOAI,
+    Label.CLEAN,
+    Label.MISMATCHED,
+    Label.JUNK_TEXT,
+    Label.DUPLICATE,
+    Label.NEAR_DUPLICATE,
+    Label.BROKEN_LINK,
+    Label.CORRUPT,
+    Label.TRUNCATED,
+    Label.SERVER_ERROR,
+    Label.NOT_ALLOWED_ADDRESS,
+    Label.ROBOTS_BLOCKED,
+    Label.NOAI,
 )
 
 
@@ -62,7 +72,11 @@ def _image_mix(planner: ImagePlanner, rng: random.Random, pages: int) -> list[Bl
     photos = [planner.photo(name) for name in photo_names[: min(len(photo_names), max(3, pages // 12))]]
     remaining = IMAGES_PER_PAGE * pages - len(failures) - len(NARRATED_FIGURES) - len(photos)
     n_dup, n_near = max(2, round(0.05 * remaining)), max(2, round(0.04 * remaining))
-    n_srcset, n_mismatched, n_junk = max(1, round(0.03 * remaining)), max(3, round(0.08 * remaining)), max(3, round(0.07 * remaining))
+    n_srcset, n_mismatched, n_junk = (
+        max(1, round(0.03 * remaining)),
+        max(3, round(0.08 * remaining)),
+        max(3, round(0.07 * remaining)),
+    )
     n_clean = remaining - n_dup - n_near - 2 * n_srcset - n_mismatched - n_junk
 
     clean = [planner.clean() for _ in range(n_clean)]
@@ -119,13 +133,17 @@ def _layout(rng: random.Random, pages: int, image_blocks: list[Block], planner: 
     sounds = Page("/sections/sounds.html", "Sounds", paragraphs=[paragraph(rng)])
     audio_pages = []
     for clip_id, audio_fmt, subtitle_fmt, label in AUDIO_PAGES:
-        page = Page(f"/audio/{clip_id}.html", f"Recording: {clip_id.replace('_', ' ').title()}",
-                    paragraphs=[paragraph(rng)])
-        page.place(Block("audio", [clip_ref(clips[clip_id], audio_fmt, subtitle_fmt, label, "audio")],
-                         heading=page.title))
+        page = Page(
+            f"/audio/{clip_id}.html", f"Recording: {clip_id.replace('_', ' ').title()}", paragraphs=[paragraph(rng)]
+        )
+        page.place(
+            Block("audio", [clip_ref(clips[clip_id], audio_fmt, subtitle_fmt, label, "audio")], heading=page.title)
+        )
         audio_pages.append(page)
     for ref in audio_failures(rng):
-        page = Page(f"/audio/{ref.url.rsplit('/', 1)[1].split('.')[0]}.html", ref.shown_text, paragraphs=[paragraph(rng)])
+        page = Page(
+            f"/audio/{ref.url.rsplit('/', 1)[1].split('.')[0]}.html", ref.shown_text, paragraphs=[paragraph(rng)]
+        )
         page.place(Block("audio", [ref], heading=ref.shown_text))
         audio_pages.append(page)
     private = Page(f"{ROBOTS_DISALLOWED_PREFIX}index.html", "Staff Only", paragraphs=[paragraph(rng)])
@@ -138,12 +156,22 @@ def _layout(rng: random.Random, pages: int, image_blocks: list[Block], planner: 
     listings: list[Page] = []
     articles: list[Page] = []
     for section, n_articles, n_listings in zip(IMAGE_SECTIONS, articles_per_section, listings_per_section):
-        section_articles = [Page(f"/articles/{section}/{title(rng).lower().replace(' ', '-')}-{i + 1}.html",
-                                 title(rng), paragraphs=[paragraph(rng) for _ in range(rng.randrange(2, 5))])
-                            for i in range(n_articles)]
-        section_listings = [Page(f"/sections/{section}.html" if k == 0 else f"/sections/{section}-{k + 1}.html",
-                                 f"{section.title()} (page {k + 1})", paragraphs=[paragraph(rng)])
-                            for k in range(n_listings)]
+        section_articles = [
+            Page(
+                f"/articles/{section}/{title(rng).lower().replace(' ', '-')}-{i + 1}.html",
+                title(rng),
+                paragraphs=[paragraph(rng) for _ in range(rng.randrange(2, 5))],
+            )
+            for i in range(n_articles)
+        ]
+        section_listings = [
+            Page(
+                f"/sections/{section}.html" if k == 0 else f"/sections/{section}-{k + 1}.html",
+                f"{section.title()} (page {k + 1})",
+                paragraphs=[paragraph(rng)],
+            )
+            for k in range(n_listings)
+        ]
         for k, listing in enumerate(section_listings):
             listing.links = [("/index.html", "Home")] + [(p.path, str(j + 1)) for j, p in enumerate(section_listings)]
             chunk = section_articles[k::n_listings]
@@ -173,8 +201,11 @@ def _layout(rng: random.Random, pages: int, image_blocks: list[Block], planner: 
     for i, block in enumerate(image_blocks):
         order[i % len(order)].place(block)
 
-    index.links = [("/index.html", "Home")] + [(f"/sections/{s}.html", s.title()) for s in IMAGE_SECTIONS] + [
-        (sounds.path, "Sounds"), (private.path, "Staff"), (BROKEN_PAGE_LINK, "Archive 2019")]
+    index.links = (
+        [("/index.html", "Home")]
+        + [(f"/sections/{s}.html", s.title()) for s in IMAGE_SECTIONS]
+        + [(sounds.path, "Sounds"), (private.path, "Staff"), (BROKEN_PAGE_LINK, "Archive 2019")]
+    )
     index.listing = [(a.path, a.title) for a in rng.sample(articles, min(5, len(articles)))]
     sounds.links = [("/index.html", "Home")]
     sounds.listing = [(p.path, p.title) for p in audio_pages]
@@ -245,10 +276,19 @@ def build_site(root: Path, *, seed: int = 0, pages: int = 200) -> SiteManifest:
 
     counts = Counter(r.label.value for r in refs)
     manifest = SiteManifest(
-        root=root, site_dir=site, ground_truth=ground_truth, url_list_csv=url_csv, url_list_parquet=url_parquet,
-        seed=seed, pages=len(site_pages), seed_pages=("/index.html",), label_counts=dict(sorted(counts.items())),
-        n_images=sum(r.kind == "image" for r in refs), n_audio=sum(r.kind == "audio" for r in refs),
+        root=root,
+        site_dir=site,
+        ground_truth=ground_truth,
+        url_list_csv=url_csv,
+        url_list_parquet=url_parquet,
+        seed=seed,
+        pages=len(site_pages),
+        seed_pages=("/index.html",),
+        label_counts=dict(sorted(counts.items())),
+        n_images=sum(r.kind == "image" for r in refs),
+        n_audio=sum(r.kind == "audio" for r in refs),
     )
-    logger.info("demo site: %d pages, %d images, %d audio under %s", manifest.pages, manifest.n_images,
-                manifest.n_audio, site)
+    logger.info(
+        "demo site: %d pages, %d images, %d audio under %s", manifest.pages, manifest.n_images, manifest.n_audio, site
+    )
     return manifest

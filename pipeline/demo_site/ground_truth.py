@@ -15,35 +15,39 @@ import pyarrow.parquet as pq
 
 from pipeline.demo_site.assets import AssetRef
 
-GROUND_TRUTH_SCHEMA = pa.schema([
-    pa.field("url", pa.string(), nullable=False),  # root-relative path, or an absolute off-site URL
-    pa.field("page", pa.string(), nullable=False),  # root-relative path of the page holding the reference
-    pa.field("kind", pa.string(), nullable=False),  # image | audio
-    pa.field("label", pa.string(), nullable=False),  # a Label value
-    pa.field("markup", pa.string(), nullable=False),  # img | figure | srcset | audio | figure_audio
-    pa.field("shown_text", pa.string()),  # alt / figcaption / description; null = no alt attribute at all
-    pa.field("title_text", pa.string()),
-    pa.field("true_caption", pa.string()),  # what the media really shows / says
-    pa.field("duplicate_of", pa.string()),
-    pa.field("in_url_list", pa.bool_(), nullable=False),
-    pa.field("real_photo", pa.bool_(), nullable=False),
-    pa.field("shape", pa.string()),
-    pa.field("colour", pa.string()),
-    pa.field("background", pa.string()),
-    pa.field("width", pa.int32()),  # pixels (the claimed size, for the decompression bomb)
-    pa.field("height", pa.int32()),
-    pa.field("media_format", pa.string()),  # jpeg | png | flac | wav
-    pa.field("file_exists", pa.bool_(), nullable=False),  # a file is written at site/<url>
-    pa.field("sha256", pa.string()),  # of that file
-    pa.field("expected_status", pa.int32()),  # what the demo server answers; null = no answer
-    pa.field("figure_id", pa.string()),  # ties an image to its narration
-    pa.field("subtitle_url", pa.string()),
-    pa.field("subtitle_format", pa.string()),  # vtt | srt
-    pa.field("cue_start_ms", pa.list_(pa.int32())),
-    pa.field("cue_end_ms", pa.list_(pa.int32())),
-    pa.field("cue_texts", pa.list_(pa.string())),
-])
-URL_LIST_SCHEMA = pa.schema([pa.field("url", pa.string(), nullable=False), pa.field("caption", pa.string(), nullable=False)])
+GROUND_TRUTH_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),  # root-relative path, or an absolute off-site URL
+        pa.field("page", pa.string(), nullable=False),  # root-relative path of the page holding the reference
+        pa.field("kind", pa.string(), nullable=False),  # image | audio
+        pa.field("label", pa.string(), nullable=False),  # a Label value
+        pa.field("markup", pa.string(), nullable=False),  # img | figure | srcset | audio | figure_audio
+        pa.field("shown_text", pa.string()),  # alt / figcaption / description; null = no alt attribute at all
+        pa.field("title_text", pa.string()),
+        pa.field("true_caption", pa.string()),  # what the media really shows / says
+        pa.field("duplicate_of", pa.string()),
+        pa.field("in_url_list", pa.bool_(), nullable=False),
+        pa.field("real_photo", pa.bool_(), nullable=False),
+        pa.field("shape", pa.string()),
+        pa.field("colour", pa.string()),
+        pa.field("background", pa.string()),
+        pa.field("width", pa.int32()),  # pixels (the claimed size, for the decompression bomb)
+        pa.field("height", pa.int32()),
+        pa.field("media_format", pa.string()),  # jpeg | png | flac | wav
+        pa.field("file_exists", pa.bool_(), nullable=False),  # a file is written at site/<url>
+        pa.field("sha256", pa.string()),  # of that file
+        pa.field("expected_status", pa.int32()),  # what the demo server answers; null = no answer
+        pa.field("figure_id", pa.string()),  # ties an image to its narration
+        pa.field("subtitle_url", pa.string()),
+        pa.field("subtitle_format", pa.string()),  # vtt | srt
+        pa.field("cue_start_ms", pa.list_(pa.int32())),
+        pa.field("cue_end_ms", pa.list_(pa.int32())),
+        pa.field("cue_texts", pa.list_(pa.string())),
+    ]
+)
+URL_LIST_SCHEMA = pa.schema(
+    [pa.field("url", pa.string(), nullable=False), pa.field("caption", pa.string(), nullable=False)]
+)
 
 
 def row(ref: AssetRef) -> dict:
@@ -108,7 +112,9 @@ def write_url_list(root: Path, base_url: str, out_path: Path) -> Path:
     """
     table = pq.read_table(Path(root) / "url_list.parquet", schema=URL_LIST_SCHEMA)
     base = base_url.rstrip("/")
-    rows = [(base + u if u.startswith("/") else u, c)
-            for u, c in zip(table.column("url").to_pylist(), table.column("caption").to_pylist())]
+    rows = [
+        (base + u if u.startswith("/") else u, c)
+        for u, c in zip(table.column("url").to_pylist(), table.column("caption").to_pylist())
+    ]
     write_url_table(rows, out_path)
     return Path(out_path)

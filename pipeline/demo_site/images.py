@@ -74,8 +74,9 @@ class Scene:
         return f"{article(self.colour)} {self.colour} {self.shape}"
 
 
-def random_scene(rng: random.Random, shape: str | None = None, colour: str | None = None,
-                 background: str | None = None) -> Scene:
+def random_scene(
+    rng: random.Random, shape: str | None = None, colour: str | None = None, background: str | None = None
+) -> Scene:
     shape = shape or rng.choice(SHAPES)
     colour = colour or rng.choice(list(COLOURS))
     return Scene(
@@ -104,8 +105,10 @@ PNG_MAX_SIDE = 256  # noisy PNGs compress badly; smaller ones keep the site a fe
 def _polygon(shape: str, cx: float, cy: float, r: float, rotation: float) -> list[tuple[float, float]]:
     def ring(n: int, start_deg: float, radius: float) -> list[tuple[float, float]]:
         return [
-            (cx + radius * math.cos(math.radians(start_deg + rotation + 360 * i / n)),
-             cy + radius * math.sin(math.radians(start_deg + rotation + 360 * i / n)))
+            (
+                cx + radius * math.cos(math.radians(start_deg + rotation + 360 * i / n)),
+                cy + radius * math.sin(math.radians(start_deg + rotation + 360 * i / n)),
+            )
             for i in range(n)
         ]
 
@@ -179,8 +182,22 @@ def near_duplicate(data: bytes, variant: str, rng: random.Random) -> tuple[bytes
 # Real photos: (skimage.data function, format). Captions come from each loader's docstring first line, which is
 # how scikit-image itself describes the picture. All of these ship inside the wheel (no download).
 PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "horse", "moon",
-    "page", "clock", "hubble_deep_field", "immunohistochemistry", "brick", "grass", "colorwheel", "cell",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "coins",
+    "horse",
+    "moon",
+    "page",
+    "clock",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "brick",
+    "grass",
+    "colorwheel",
+    "cell",
 )
 PHOTO_MAX_SIDE = 512
 
@@ -203,6 +220,7 @@ def photo(name: str) -> tuple[bytes, str, tuple[int, int]]:
 
 
 # ---- broken files ---------------------------------------------------------------------------------------------
+
 
 def corrupt_bytes(rng: random.Random, n: int) -> bytes:
     return rng.randbytes(n)
@@ -235,7 +253,9 @@ def decompression_bomb(size: int = BOMB_SIZE) -> bytes:
         idat += compressor.compress(row * min(rows_per_block, size - start))
     idat += compressor.flush()
     header = struct.pack(">IIBBBBB", size, size, 1, 0, 0, 0, 0)  # width, height, depth 1, greyscale
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", bytes(idat)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", bytes(idat)) + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_claimed_size(data: bytes) -> tuple[int, int]:
@@ -245,4 +265,6 @@ def png_claimed_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-HTML_ERROR_PAGE = b"<!DOCTYPE html><html><head><title>Error</title></head><body><h1>Image not available</h1></body></html>\n"
+HTML_ERROR_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Error</title></head><body><h1>Image not available</h1></body></html>\n"
+)

@@ -74,7 +74,9 @@ def _attr(value: str) -> str:
 def _img(ref: AssetRef, page: Page, rng: random.Random, *, alt: str | None, srcset: AssetRef | None = None) -> str:
     parts = [f'<img src="{_attr(href(ref.url, page.path, rng))}"']
     if srcset is not None:
-        parts.append(f' srcset="{_attr(href(ref.url, page.path, rng))} 1x, {_attr(href(srcset.url, page.path, rng))} 2x"')
+        parts.append(
+            f' srcset="{_attr(href(ref.url, page.path, rng))} 1x, {_attr(href(srcset.url, page.path, rng))} 2x"'
+        )
     if alt is not None:
         parts.append(f' alt="{_attr(alt)}"')
     if ref.title_text is not None:
@@ -87,14 +89,18 @@ def _img(ref: AssetRef, page: Page, rng: random.Random, *, alt: str | None, srcs
 def _audio(ref: AssetRef, page: Page, rng: random.Random) -> str:
     # two valid ways to name the media: the src attribute, or a <source> child (used here for WAV)
     if ref.media_format == "wav":
-        lines = ['<audio controls preload="none">',
-                 f'  <source src="{_attr(href(ref.url, page.path, rng))}" type="audio/wav">']
+        lines = [
+            '<audio controls preload="none">',
+            f'  <source src="{_attr(href(ref.url, page.path, rng))}" type="audio/wav">',
+        ]
     else:
         lines = [f'<audio controls preload="none" src="{_attr(href(ref.url, page.path, rng))}">']
     if ref.subtitle_url:
         kind = "captions" if ref.subtitle_format == "vtt" else "subtitles"
-        lines.append(f'  <track kind="{kind}" src="{_attr(href(ref.subtitle_url, page.path, rng))}" '
-                     'srclang="en" label="English" default>')
+        lines.append(
+            f'  <track kind="{kind}" src="{_attr(href(ref.subtitle_url, page.path, rng))}" '
+            'srclang="en" label="English" default>'
+        )
     lines.append("</audio>")
     if ref.subtitle_format == "srt":
         lines.append(f'<p><a href="{_attr(href(ref.subtitle_url, page.path, rng))}">Subtitles (SRT)</a></p>')
@@ -108,21 +114,27 @@ def render_block(block: Block, page: Page, rng: random.Random) -> str:
     if block.markup == "figure":
         (ref,) = block.refs
         alt = rng.choice(("", ref.shown_text or ""))  # figures often leave alt empty: the figcaption speaks
-        return (f"<figure>\n{_img(ref, page, rng, alt=alt)}\n"
-                f"<figcaption>{html.escape(ref.shown_text or '')}</figcaption>\n</figure>")
+        return (
+            f"<figure>\n{_img(ref, page, rng, alt=alt)}\n"
+            f"<figcaption>{html.escape(ref.shown_text or '')}</figcaption>\n</figure>"
+        )
     if block.markup == "srcset":
         src, big = block.refs
         return f"<p>{_img(src, page, rng, alt=src.shown_text, srcset=big)}</p>"
     if block.markup == "audio":
         (ref,) = block.refs
         heading = f"<h2>{html.escape(block.heading)}</h2>\n" if block.heading else ""
-        return (f'<section class="clip">\n{heading}{_audio(ref, page, rng)}\n'
-                f'<p class="description">{html.escape(ref.shown_text or "")}</p>\n</section>')
+        return (
+            f'<section class="clip">\n{heading}{_audio(ref, page, rng)}\n'
+            f'<p class="description">{html.escape(ref.shown_text or "")}</p>\n</section>'
+        )
     if block.markup == "figure_audio":
         image, narration = block.refs
-        return (f'<figure id="{_attr(image.figure_id or "")}">\n{_img(image, page, rng, alt="")}\n'
-                f"{_audio(narration, page, rng)}\n<figcaption>{html.escape(image.shown_text or '')}</figcaption>\n"
-                "</figure>")
+        return (
+            f'<figure id="{_attr(image.figure_id or "")}">\n{_img(image, page, rng, alt="")}\n'
+            f"{_audio(narration, page, rng)}\n<figcaption>{html.escape(image.shown_text or '')}</figcaption>\n"
+            "</figure>"
+        )
     raise ValueError(f"unknown block markup {block.markup!r}")
 
 
@@ -130,19 +142,22 @@ def render(page: Page, seed: int) -> bytes:
     # a per-page RNG (str seeds hash with SHA-512: stable across processes) keeps rendering choices independent
     # of the order pages are written in
     rng = random.Random(f"{seed}:{page.path}")
-    head = ['<!DOCTYPE html>', '<html lang="en">', "<head>"]
+    head = ["<!DOCTYPE html>", '<html lang="en">', "<head>"]
     if page.encoding == "utf-8":
         head.append('<meta charset="utf-8">')
     head += [f"<title>{html.escape(page.title)}</title>", "</head>", "<body>"]
     body: list[str] = []
     if page.links:
-        nav = " | ".join(f'<a href="{_attr(href(target, page.path, rng))}">{html.escape(text)}</a>'
-                         for target, text in page.links)
+        nav = " | ".join(
+            f'<a href="{_attr(href(target, page.path, rng))}">{html.escape(text)}</a>' for target, text in page.links
+        )
         body.append(f"<nav>{nav}</nav>")
     body.append(f"<h1>{html.escape(page.title)}</h1>")
     if page.listing:
-        items = "\n".join(f'<li><a href="{_attr(href(target, page.path, rng))}">{html.escape(text)}</a></li>'
-                          for target, text in page.listing)
+        items = "\n".join(
+            f'<li><a href="{_attr(href(target, page.path, rng))}">{html.escape(text)}</a></li>'
+            for target, text in page.listing
+        )
         body.append(f"<ul>\n{items}\n</ul>")
     paragraphs = list(page.paragraphs)
     for block in page.blocks:

@@ -31,8 +31,11 @@ UNDECODABLE_IMAGE_LABELS = {"corrupt", "truncated", "zero_byte", "decompression_
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 class _Refs(HTMLParser):
@@ -60,7 +63,7 @@ class _Refs(HTMLParser):
 def resolve(page: str, ref: str) -> str:
     """A reference as written on ``page`` → root-relative path (or the absolute off-site URL)."""
     if ref.startswith(BASE_URL_TOKEN):
-        return ref[len(BASE_URL_TOKEN):]
+        return ref[len(BASE_URL_TOKEN) :]
     if ref.startswith(("http://", "https://")):
         return ref
     if ref.startswith("/"):
@@ -71,7 +74,7 @@ def resolve(page: str, ref: str) -> str:
 def parse_page(site: Path, page: str) -> _Refs:
     raw = (site / page.lstrip("/")).read_bytes()
     parser = _Refs()
-    parser.feed(raw.decode("utf-8") if b"charset=\"utf-8\"" in raw else raw.decode("latin-1"))
+    parser.feed(raw.decode("utf-8") if b'charset="utf-8"' in raw else raw.decode("latin-1"))
     return parser
 
 
@@ -82,6 +85,7 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 # ---- determinism --------------------------------------------------------------------------------------------
+
 
 def test_same_seed_gives_byte_identical_site_and_answer_key(demo_site, tmp_path):
     again = build_site(tmp_path / "again", seed=0, pages=demo_site.pages)
@@ -120,6 +124,7 @@ def test_too_few_pages_is_an_error(tmp_path):
 
 
 # ---- layout -----------------------------------------------------------------------------------------------
+
 
 def test_page_count_and_every_page_reachable_within_depth_4(demo_site):
     site = demo_site.site_dir
@@ -178,6 +183,7 @@ def test_answer_key_is_outside_the_served_directory(demo_site):
 
 
 # ---- ground truth ----------------------------------------------------------------------------------------
+
 
 def test_vocabulary_is_closed_and_every_label_occurs(demo_site, ground_truth):
     labels = Counter(r["label"] for r in ground_truth)
@@ -272,8 +278,9 @@ def test_exact_duplicates_are_byte_identical_to_a_clean_original(demo_site, grou
     for r in duplicates:
         original = by_url[r["duplicate_of"]]
         assert original["label"] == "clean" and r["url"] != original["url"]
-        assert (demo_site.site_dir / r["url"].lstrip("/")).read_bytes() == \
-            (demo_site.site_dir / original["url"].lstrip("/")).read_bytes()
+        assert (demo_site.site_dir / r["url"].lstrip("/")).read_bytes() == (
+            demo_site.site_dir / original["url"].lstrip("/")
+        ).read_bytes()
 
 
 def test_near_duplicates_differ_in_bytes_but_not_in_look(demo_site, ground_truth):
@@ -292,8 +299,10 @@ def test_near_duplicates_differ_in_bytes_but_not_in_look(demo_site, ground_truth
         assert np.abs(pa - pb).mean() < 25, r["url"]  # unrelated images differ by ~60-100 here
     # while images that merely share a label do not look alike
     clean = [r for r in ground_truth if r["label"] == "clean" and r["colour"]][:2]
-    pa, pb = (np.asarray(decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes()).resize((32, 32)),
-                         dtype=float) for r in clean)
+    pa, pb = (
+        np.asarray(decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes()).resize((32, 32)), dtype=float)
+        for r in clean
+    )
     assert clean[0]["colour"] == clean[1]["colour"] or np.abs(pa - pb).mean() > 25
 
 
@@ -331,6 +340,7 @@ def test_latin1_page_has_no_charset_and_is_not_utf8(demo_site, ground_truth):
 
 # ---- audio and subtitles -------------------------------------------------------------------------------
 
+
 def _cues(clip_id: str) -> list[tuple[int, int, str]]:
     return [(c.start_ms, c.end_ms, c.text) for c in load_clips()[clip_id].cues]
 
@@ -355,7 +365,7 @@ def test_speech_assets_are_small_short_and_exactly_timed():
         assert bounds == sorted(bounds) and 0 < bounds[0] and bounds[-1] < clip["duration_ms"]
         samples, rate = sf.read(SPEECH_DIR / clip["file"])
         for gap_start, gap_end in zip(bounds[1:-1:2], bounds[2::2]):  # between phrases: true silence
-            assert np.abs(samples[gap_start * rate // 1000:gap_end * rate // 1000]).max() == 0
+            assert np.abs(samples[gap_start * rate // 1000 : gap_end * rate // 1000]).max() == 0
 
 
 def test_served_subtitles_carry_the_exact_cue_times(demo_site, ground_truth):
@@ -418,6 +428,7 @@ def test_narrated_figures_tie_image_audio_and_caption(ground_truth):
 
 
 # ---- URL list ------------------------------------------------------------------------------------------
+
 
 def test_url_list_points_at_a_third_of_the_images(demo_site, ground_truth):
     with demo_site.url_list_csv.open(newline="") as f:
