@@ -471,7 +471,7 @@ class Fetcher:
             with self.opener.open(request, timeout=self.policy.timeout_s) as response:
                 self._refuse_by_headers(response)
                 headers = {}
-                for name in {key.lower() for key in response.headers.keys()}:
+                for name in dict.fromkeys(key.lower() for key in response.headers.keys()):
                     headers[name] = ", ".join(response.headers.get_all(name) or [])
                 result = FetchResult(
                     url=response.url,

@@ -272,6 +272,12 @@ def test_loopback_is_refused_without_allow_list_in_any_spelling(local_server, ho
     assert local_server.requests == []  # not even robots.txt was fetched
 
 
+def test_https_goes_through_the_same_address_check(local_server):
+    # Refused before any TLS handshake, so no certificate is needed to show the HTTPS handler is guarded.
+    refused = rejection(Fetcher(FetchPolicy()), f"https://127.0.0.1:{local_server.port}/")
+    assert refused.reason == Reason.ADDRESS_NOT_ALLOWED.value and local_server.requests == []
+
+
 @pytest.mark.parametrize(
     "ip",
     [
