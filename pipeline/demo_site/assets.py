@@ -5,6 +5,7 @@ about it, what it really is, and its ground-truth label. Pure planning plus medi
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from pipeline.demo_site import audio, images
@@ -151,9 +152,14 @@ class ImagePlanner:
         )
 
     def mismatched(self, donor: AssetRef) -> AssetRef:
-        """Shows ``donor``'s caption; the image itself differs from the donor's in both colour and shape."""
-        colour = self.rng.choice([c for c in images.COLOURS if c != donor.colour])
-        shape = self.rng.choice([s for s in images.SHAPES if s != donor.shape])
+        """Shows ``donor``'s caption; the image's colour and shape are words that caption never uses.
+
+        Not just "differs from the donor": a donor caption "an orange star on a black background" must not land
+        on a black image, or a word-level check could call the wrong caption half right.
+        """
+        said = set(re.findall(r"[a-z]+", (donor.shown_text or "").lower()))
+        colour = self.rng.choice([c for c in images.COLOURS if c != donor.colour and c not in said])
+        shape = self.rng.choice([s for s in images.SHAPES if s != donor.shape and s not in said])
         ref = self._synthetic(Label.MISMATCHED, images.random_scene(self.rng, shape=shape, colour=colour))
         ref.shown_text = donor.shown_text
         return ref
@@ -174,7 +180,9 @@ class ImagePlanner:
         )
 
     def near_duplicate(self, original: AssetRef) -> AssetRef:
-        variant = self.rng.choice(NEAR_DUPLICATE_VARIANTS)
+        # re-saving a PNG as PNG with the same encoder settings would give the same bytes: an exact duplicate
+        variants = [v for v in NEAR_DUPLICATE_VARIANTS if not (v == "to_png" and original.media_format == "png")]
+        variant = self.rng.choice(variants)
         body, fmt = images.near_duplicate(original.body, variant, self.rng)
         copy = _copy_of(
             original,

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 from collections import Counter, deque
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -88,13 +89,13 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def test_same_seed_gives_byte_identical_site_and_answer_key(demo_site, tmp_path):
-    again = build_site(tmp_path / "again", seed=0, pages=demo_site.pages)
+    again = build_site(tmp_path / "again", seed=demo_site.seed, pages=demo_site.pages)
     assert tree_hashes(again.root) == tree_hashes(demo_site.root)
     assert again.label_counts == demo_site.label_counts
 
 
 def test_other_seed_gives_another_site(demo_site, tmp_path):
-    other = build_site(tmp_path / "other", seed=1, pages=demo_site.pages)
+    other = build_site(tmp_path / "other", seed=demo_site.seed + 1, pages=demo_site.pages)
     a, b = tree_hashes(demo_site.root), tree_hashes(other.root)
     assert a["ground_truth.parquet"] != b["ground_truth.parquet"]
     images_a = {h for k, h in a.items() if k.endswith((".jpg", ".png"))}
@@ -129,7 +130,7 @@ def test_too_few_pages_is_an_error(tmp_path):
 def test_page_count_and_every_page_reachable_within_depth_4(demo_site):
     site = demo_site.site_dir
     html_files = {"/" + str(p.relative_to(site)) for p in site.rglob("*.html")}
-    assert len(html_files) == demo_site.pages == 30
+    assert len(html_files) == demo_site.pages
     depth = {"/index.html": 0}
     queue = deque(["/index.html"])
     broken_page_links = set()
@@ -191,7 +192,7 @@ def test_vocabulary_is_closed_and_every_label_occurs(demo_site, ground_truth):
     assert labels == Counter(demo_site.label_counts)
     assert demo_site.n_images == sum(r["kind"] == "image" for r in ground_truth)
     assert demo_site.n_audio == sum(r["kind"] == "audio" for r in ground_truth) == 17
-    assert 55 <= demo_site.n_images <= 70  # about two image references per page
+    assert 1.8 * demo_site.pages <= demo_site.n_images <= 2.4 * demo_site.pages  # about two per page
     assert labels["clean"] > sum(n for k, n in labels.items() if k != "clean") / 2
     assert labels["duplicate"] >= 2 and labels["near_duplicate"] >= 2 and labels["mismatched"] >= 3
 
@@ -253,22 +254,26 @@ def test_synthetic_pixels_show_the_true_colour(demo_site, ground_truth):
     assert checked > 40
 
 
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))  # whole words: "centred" does not say "red"
+
+
 def test_clean_text_describes_and_mismatched_text_does_not(ground_truth):
     for r in ground_truth:
         if r["colour"] is None or r["shown_text"] is None:
             continue
-        text = r["shown_text"].lower()
+        said = words(r["shown_text"])
         if r["label"] in ("clean", "duplicate", "near_duplicate", "noai", "not_utf8") and r["markup"] != "figure_audio":
-            assert r["colour"] in text and r["shape"] in text, r
+            assert {r["colour"], r["shape"]} <= said, r
         if r["label"] == "mismatched":
-            assert r["colour"] not in text and r["shape"] not in text, r
-            assert any(c in text for c in COLOURS) and any(s in text for s in SHAPES)
+            assert r["colour"] not in said and r["shape"] not in said, r
+            assert said & set(COLOURS) and said & set(SHAPES)
 
 
 def test_junk_text_is_junk(ground_truth):
     junk = [r["shown_text"] for r in ground_truth if r["label"] == "junk_text"]
     for text in junk:
-        assert text is None or not any(c in text.lower() for c in COLOURS)
+        assert text is None or not words(text) & (set(COLOURS) | set(SHAPES))
 
 
 def test_exact_duplicates_are_byte_identical_to_a_clean_original(demo_site, ground_truth):
@@ -312,7 +317,7 @@ def test_real_photos_are_captioned_from_scikit_image(ground_truth):
     photos = [r for r in ground_truth if r["real_photo"]]
     assert len(photos) >= 4  # three in the mix plus the astronaut figure
     for r in photos:
-        name = r["url"].rsplit("/", 1)[1].split("_")[0]
+        name = r["url"].rsplit("/", 1)[1].rsplit("_", 1)[0]
         assert r["true_caption"] == getattr(skimage.data, name).__doc__.strip().splitlines()[0].strip()
 
 
