@@ -12,15 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.demo_site import audio, images
-from pipeline.demo_site.assets import (
-    AUDIO_PAGES,
-    NARRATED_FIGURES,
-    AssetRef,
-    Block,
-    ImagePlanner,
-    audio_failures,
-    clip_ref,
-)
+from pipeline.demo_site.assets import AssetRef, Block, ImagePlanner
+from pipeline.demo_site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES, audio_failures, clip_ref
 from pipeline.demo_site.ground_truth import write_ground_truth, write_url_table
 from pipeline.demo_site.labels import HEADERS_SIDECAR, ROBOTS_DISALLOWED_PREFIX, ROBOTS_TXT, Label
 from pipeline.demo_site.pages import LATIN1_TEXT, Page, paragraph, render, title
