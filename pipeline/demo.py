@@ -43,7 +43,7 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
     from pipeline.demo_server import serve_site
     from pipeline.demo_site import write_url_list
 
-    root = Path(config.root) if config.root else run_root / "site"
+    root = Path(config.root) if config.root else run_root / "demo_site"
     ensure_site(root, config.seed, config.pages)
     with serve_site(root, port=config.port) as server:
         url_list = root / f"url_list.{server.port}.csv"

@@ -76,6 +76,14 @@ class _Server(ThreadingHTTPServer):
         self.site = site
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # a crawler hanging up on a capped or stalled body is expected here, not an error worth a traceback
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server

@@ -85,6 +85,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None =
     if not ray.is_initialized():
         ray.init(address=ray_address)
     scaling = config.scaling
+    storage = config.checkpoint.storage_path or str(train_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -94,6 +95,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None =
             "train_counts": train_counts,
             "val_urls": val_urls,
             "val_counts": val_counts,
+            "checkpoint_root": f"{storage.rstrip('/')}/{RAY_RUN_NAME}",
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -103,7 +105,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None =
         ),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
-            storage_path=config.checkpoint.storage_path or str(train_dir),
+            storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=config.checkpoint.max_failures),
         ),

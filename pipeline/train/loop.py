@@ -104,7 +104,8 @@ class WorkerLoop:
         model, self.train_tf, self.eval_tf, self.tokenizer, self.model_cfg = build_model(self.cfg.model)
         self.model: ContrastiveModel = model
         self.progress = Progress()
-        checkpoint = ray.train.get_checkpoint()
+        self.checkpoint_root = inputs["checkpoint_root"]
+        checkpoint = self._latest_checkpoint()
         trainer_state = None
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
@@ -148,6 +149,29 @@ class WorkerLoop:
         self._window = {"loss": 0.0, "steps": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
 
     # ---- state ------------------------------------------------------------------------------------------
+    def _latest_checkpoint(self) -> Any:
+        """The newest complete checkpoint: Ray Train's latest registered one, or the one our own record names.
+
+        Ray registers a checkpoint only when its controller next polls the workers, so a worker killed right
+        after an upload can leave Ray pointing at an older checkpoint (or at none, after a failed run). Rank 0
+        appends each checkpoint to ``checkpoints.jsonl`` once its upload returned; the newer of the two wins."""
+        import ray.train
+
+        candidates = [c for c in [ray.train.get_checkpoint()] if c is not None]
+        record = self.train_dir / "checkpoints.jsonl"
+        lines = [json.loads(x) for x in record.read_text().splitlines() if x.strip()] if record.is_file() else []
+        candidates += [ray.train.Checkpoint(path=line["path"]) for line in reversed(lines) if line.get("path")][:3]
+        best, best_seen = None, -1
+        for candidate in candidates:
+            try:
+                with candidate.as_directory() as d:
+                    seen = json.loads((Path(d) / DATA_STATE).read_text())["samples_seen"]
+            except (FileNotFoundError, OSError, KeyError, ValueError):
+                continue  # deleted by num_to_keep, or an upload that never completed
+            if seen > best_seen:
+                best, best_seen = candidate, seen
+        return best
+
     def _amp_dtype(self) -> torch.dtype | None:
         precision = self.cfg.model.precision
         if precision == "auto":
@@ -437,7 +461,7 @@ class WorkerLoop:
         metrics = {"step": p.step, "epoch": p.epoch, "samples_seen": p.samples_seen, "checkpoint_id": checkpoint_id}
         p.history.append(checkpoint_id)
         if self.rank != 0:
-            ray.train.report(metrics)
+            ray.train.report(dict(metrics))
             return
         remaining = normalize([iv for rem, _ in gathered for iv in rem]) if in_epoch else None
         progress = asdict(p) | {"remaining": None}
@@ -456,9 +480,12 @@ class WorkerLoop:
             )
             data_state = {
                 "epoch": p.epoch, "remaining": remaining, "urls": list(self.urls), "counts": list(self.counts),
+                "step": p.step, "samples_seen": p.samples_seen, "checkpoint_id": checkpoint_id,
             }
             (Path(tmp) / DATA_STATE).write_text(json.dumps(data_state))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            name = f"checkpoint-{p.step:08d}-{checkpoint_id}"
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+        metrics["path"] = f"{self.checkpoint_root.rstrip('/')}/{name}"
         with open(self.train_dir / "checkpoints.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics | {"remaining": total(remaining) if remaining else 0}) + "\n")
 

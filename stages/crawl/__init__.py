@@ -24,13 +24,15 @@ class CrawlStage(Stage[CrawlConfig]):
         from stages.crawl.url_list import UrlListDownloader, number_url_list
 
         cfg = self.config
+        # The inputs run one after another (each part materialized): on a small machine, concurrent actor pools
+        # for every input would wait on each other's CPUs.
         parts = []
         if cfg.url_lists:
             listed = ctx.work_dir / "candidates" / "url_lists"
             total = sum(number_url_list(spec, i, listed) for i, spec in enumerate(cfg.url_lists))
             ctx.log.info("crawl: %d URL-list rows", total)
             if total:
-                parts.append(UrlListDownloader(cfg, self.name).apply(ray.data.read_parquet(str(listed)), ctx))
+                parts.append(UrlListDownloader(cfg, self.name).apply(ray.data.read_parquet(str(listed)), ctx).materialize())
         if cfg.seeds:
             pages = crawl_pages(cfg, ctx.work_dir / "pages")
             to_fetch, refused = ctx.work_dir / "candidates" / "media", ctx.work_dir / "candidates" / "refused"
@@ -38,11 +40,11 @@ class CrawlStage(Stage[CrawlConfig]):
             ctx.log.info("crawl: %d pages read, %d failed, %d media references", pages - failed, failed, media)
             parts.append(ray.data.read_parquet(str(refused)))
             if media:
-                parts.append(MediaFetcher(cfg, self.name).apply(ray.data.read_parquet(str(to_fetch)), ctx))
+                parts.append(MediaFetcher(cfg, self.name).apply(ray.data.read_parquet(str(to_fetch)), ctx).materialize())
         if cfg.warcs:
             from stages.crawl.warc_source import warc_candidates
 
-            parts.append(warc_candidates(cfg, ctx))
+            parts.append(warc_candidates(cfg, ctx).materialize())
         if not parts:
             raise ValueError("crawl found no candidates: every input was empty")
         return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

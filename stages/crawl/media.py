@@ -17,6 +17,7 @@ class MediaFetcher(RecordStage[CrawlConfig]):
     """One media reference → a record carrying the fetched bytes, or a reject row naming the part that failed."""
 
     kind = "crawl"
+    num_cpus = 0.5  # waits on the network, not the CPU
 
     def setup(self) -> None:
         from stages.crawl.fetch import Fetcher

@@ -32,6 +32,7 @@ PAGE_SCHEMA = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
         pa.field("noai", pa.bool_()),
+        pa.field("noimageai", pa.bool_()),
         pa.field("links", pa.list_(pa.string())),
         pa.field("refs", pa.string()),  # JSON list of MediaRef dicts
     ]
@@ -51,16 +52,17 @@ class PageFetcher:
         from stages.crawl.html import extract_page
 
         row: dict[str, Any] = {"url": url, "depth": depth, "final_url": None, "reason": None, "detail": None,
-                               "noai": False, "links": [], "refs": "[]"}
+                               "noai": False, "noimageai": False, "links": [], "refs": "[]"}
         try:
             result = self.fetcher.fetch(url, accept=("text/html", "application/xhtml+xml"))
-            extract = extract_page(result.body, result.url, result.content_type)
+            extract = extract_page(result.body, result.url, result.content_type, self.fetcher.policy.user_agent_token)
         except Rejected as rej:
             row.update(reason=rej.reason, detail=rej.detail)
             return row
         row.update(
             final_url=result.url,
-            noai=bool(getattr(extract, "noai", False)),
+            noai=extract.noai,
+            noimageai=extract.noimageai,
             links=list(extract.links),
             refs=json.dumps([asdict(ref) for ref in extract.media]),
         )
@@ -108,7 +110,8 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
             fn_constructor_args=(config,),
             batch_format="pyarrow",
             batch_size=max(1, min(config.batch_size, len(frontier) // config.concurrency or 1)),
-            concurrency=config.concurrency,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.concurrency),
+            num_cpus=0.5,
         )
         level_file = pages_dir / f"level-{depth:03d}.parquet"
         # page results are small (links and references, no bodies): one level at a time on the driver is fine
@@ -146,6 +149,8 @@ def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -
                 record = _record_of_ref(page["url"], ref)
                 if page["noai"]:
                     refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noai robots directive"))
+                elif page["noimageai"] and record["image_url"]:
+                    refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noimageai robots directive"))
                 else:
                     to_fetch.append(record)
         pq.write_table(pa.Table.from_pylist(to_fetch, schema=RECORD_SCHEMA), fetch_dir / level_file.name)

@@ -88,6 +88,7 @@ class UrlListDownloader(RecordStage[CrawlConfig]):
     """One URL-list row → its image bytes (kept) or a reject row."""
 
     kind = "crawl"
+    num_cpus = 0.5  # waits on the network, not the CPU
 
     def setup(self) -> None:
         import os
