@@ -22,6 +22,7 @@ class Reason(str, Enum):
     ROBOTS_DISALLOWED = "robots_disallowed"
     X_ROBOTS_NOAI = "x_robots_noai"
     CONTENT_TYPE = "content_type"  # body is not the media type we went for
+    NOT_IN_ARCHIVE = "not_in_archive"  # a WARC page references media the archive does not hold
     DOWNLOAD_ERROR = "download_error"  # any other downloader failure, detail says which
     # parsing
     NOT_UTF8 = "not_utf8"
