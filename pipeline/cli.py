@@ -71,13 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("key")
     explain.set_defaults(func=_explain)
 
-    try:
-        from pipeline.train.cli import add_train_parser, run_train_command
-    except ImportError:
-        pass
-    else:
-        train = add_train_parser(sub)
-        train.set_defaults(func=run_train_command)
+    from pipeline.train.cli import add_train_parser, run_train_command
+
+    add_train_parser(sub).set_defaults(func=run_train_command)
     return parser
 
 

@@ -38,8 +38,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: Path, value: Any, *, sort_keys: bool = True) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def _replace_dir(new: Path, target: Path, trash_root: Path) -> None:

@@ -228,7 +228,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
             result.stages.append(StageOutcome(spec.name, "ran", stats, fp))
             log.info("stage %s: in=%d kept=%d rejected=%s", spec.name, stats["in"], stats["kept"], stats["rejected"])
         upstream_fp, previous = fp, spec
-        atomic_write_json(rundir.root / "stats.json", result.stats)
+        atomic_write_json(rundir.root / "stats.json", result.stats, sort_keys=False)  # stages in run order
     atomic_write_json(
         rundir.root / "manifest.json",
         {
