@@ -17,45 +17,42 @@ _SHOWN = ("source", "url", "page_url", "image_url", "audio_url", "subtitles_url"
           "audio_seconds", "scores")
 
 
-def _rows_matching(path: Path, keys: set[str]) -> list[dict[str, Any]]:
+def _rows_matching(path: Path, keys: set[str], children_of: str | None = None) -> list[dict[str, Any]]:
+    """Rows whose key is in ``keys``, plus rows derived from ``children_of``."""
     if not path.is_dir() or not any(path.glob("*.parquet")):
         return []
     dataset = pads.dataset(str(path), format="parquet")
-    names = set(dataset.schema.names)
-    wanted = pa.array(sorted(keys), pa.string())
-    condition = pc.field("key").isin(wanted)
-    if "parent" in names:
-        condition = condition | pc.field("parent").isin(wanted)
+    condition = pc.field("key").isin(pa.array(sorted(keys), pa.string()))
+    if children_of is not None and "parent" in dataset.schema.names:
+        condition = condition | (pc.field("parent") == children_of)
     columns = [c for c in dataset.schema.names if c not in ("image", "audio", "subtitles")]
     return dataset.to_table(filter=condition, columns=columns).to_pylist()
 
 
 def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
-    """Events for ``key``, its ancestors and its descendants, in stage order."""
+    """Events for ``key``, the records it came from and the records made from it, in stage order."""
     rundir = RunDir(run_dir)
     manifest = json.loads((rundir.root / "manifest.json").read_text())
     stages = [s["name"] for s in manifest["stages"]]
     keys = {key}
-    # widen to ancestors (a clip's audio, …) until stable; descendants come along through the parent match
-    for _ in range(4):
-        found = set(keys)
+    frontier = {key}
+    while frontier:  # walk up the parent chain (a clip → its recording)
+        parents = set()
         for stage in stages:
-            for row in _rows_matching(rundir.data_dir(stage), keys) + _rows_matching(rundir.rejects_dir(stage), keys):
-                if row.get("key") == key or row.get("parent") in keys or row.get("key") in keys:
-                    found.add(row["key"])
-                    if row.get("parent"):
-                        found.add(row["parent"])
-        if found == keys:
-            break
-        keys = found
+            for row in _rows_matching(rundir.data_dir(stage), frontier) + _rows_matching(rundir.rejects_dir(stage), frontier):
+                if row.get("parent") and row["parent"] not in keys:
+                    parents.add(row["parent"])
+        keys |= parents
+        frontier = parents
     events = []
     for stage in stages:
-        for row in _rows_matching(rundir.data_dir(stage), keys):
+        for row in _rows_matching(rundir.data_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "kept", **{k: row.get(k) for k in ("key", "parent", *_SHOWN)}})
-        for row in _rows_matching(rundir.rejects_dir(stage), keys):
+        for row in _rows_matching(rundir.rejects_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "rejected", **row})
+    written = {e["key"] for e in events}
     for index in sorted(rundir.shards_dir.glob("*.parquet")):
-        table = pads.dataset(str(index)).to_table(filter=pc.field("key").isin(pa.array(sorted(keys))))
+        table = pads.dataset(str(index)).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())))
         for row in table.to_pylist():
             events.append({"stage": "shards", "decision": "written", "shard": index.stem, **row})
     return events

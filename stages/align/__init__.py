@@ -35,6 +35,7 @@ class AlignStage(RecordStage[AlignConfig]):
                 return self._cue_clips(record)
             if record.get("transcript"):
                 return [self._transcribed_audio(record)]
+            self._audio(record["audio"])  # broken audio is the more basic fault than missing text
             raise Rejected(Reason.SUBTITLE_MISSING, "audio without captions, subtitles or a transcript")
         raise Rejected(Reason.NO_MEDIA, "record has neither image nor audio")
 

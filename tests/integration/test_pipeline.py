@@ -130,7 +130,7 @@ def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, 
     run_dir = tmp_path / "killed"
     proc = _cli(workflow_file, run_dir, address)
     if kill_point == "mid-crawl":
-        _wait_for(lambda: any(run_dir.glob(".work/crawl-*/pages/level-001.parquet")), proc)
+        _wait_for(lambda: any(run_dir.glob(".work/crawl-*/stage/pages/level-001.parquet")), proc)
     else:
         _wait_for(lambda: (run_dir / "crawl" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/align-*")), proc)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -142,3 +142,19 @@ def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     expected_crawl = "reused" if kill_point == "mid-align" else "ran"
     assert [s["status"] for s in manifest["stages"]] == [expected_crawl, "ran", "ran"]
+
+
+def test_explain_traces_a_clip_to_its_recording_and_a_reject_to_its_reason(finished_run):
+    from pipeline.explain import format_history, history
+
+    run_dir, _ = finished_run
+    index = pads.dataset(str(run_dir / "shards"), format="parquet").to_table().to_pylist()
+    clip_key = next(r["key"] for r in index if r["member"].endswith(".flac"))
+    events = history(run_dir, clip_key)
+    stages = [e["stage"] for e in events]
+    assert stages[0] == "crawl" and "align" in stages and "shards" in stages
+    assert events[0]["key"] != clip_key  # the recording the clip was cut from
+    assert any(e["stage"] == "align" and e["key"] == clip_key and e["parent"] == events[0]["key"] for e in events)
+    reject = pads.dataset(str(run_dir / "rejects" / "align")).to_table().to_pylist()[0]
+    text = format_history(reject["key"], history(run_dir, reject["key"]))
+    assert f"rejected {reject['key']}" in text and reject["reason"] in text
