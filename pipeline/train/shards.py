@@ -40,9 +40,11 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
 
 def _glob_one(pattern: str) -> list[str]:
     if "://" not in pattern:
+        # absolute: Ray Train workers run in their own working directory, not the driver's
+        pattern = os.path.abspath(os.path.expanduser(pattern))
         if _GLOB_CHARS & set(pattern):
-            return sorted(glob.glob(os.path.expanduser(pattern)))
-        return [pattern] if os.path.exists(os.path.expanduser(pattern)) else []
+            return sorted(glob.glob(pattern))
+        return [pattern] if os.path.exists(pattern) else []
     fs, path = fsspec.core.url_to_fs(pattern)
     if not (_GLOB_CHARS & set(path)):
         # HTTP servers cannot list directories; a literal URL is taken on trust and fails when opened

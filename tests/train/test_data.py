@@ -63,6 +63,12 @@ def test_fsspec_urls_stream_without_copying_to_disk(small_shards, decoder):
     assert sorted(keys) == expected
 
 
+def test_relative_patterns_resolve_to_absolute_paths(small_shards, monkeypatch):
+    monkeypatch.chdir(small_shards["root"].parent)
+    urls = expand_shards(f"{small_shards['root'].name}/shard-00000[0-2].tar")
+    assert urls == [str(small_shards["root"] / f"shard-00000{i}.tar") for i in range(3)]
+
+
 def test_missing_pattern_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_shards(str(tmp_path / "nothing-{0..3}.tar"))
