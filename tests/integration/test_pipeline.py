@@ -123,7 +123,7 @@ def _wait_for(condition, proc: subprocess.Popen, limit_s: float = 300) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("kill_point", ["mid-crawl", "mid-align"])
+@pytest.mark.parametrize("kill_point", ["mid-crawl", "mid-align", "mid-shard"])
 def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, tmp_path, ray_session, kill_point):
     reference_dir, _ = finished_run
     address = ray_session.get_runtime_context().gcs_address
@@ -131,8 +131,10 @@ def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, 
     proc = _cli(workflow_file, run_dir, address)
     if kill_point == "mid-crawl":
         _wait_for(lambda: any(run_dir.glob(".work/crawl-*/stage/pages/level-001.parquet")), proc)
-    else:
+    elif kill_point == "mid-align":
         _wait_for(lambda: (run_dir / "crawl" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/align-*")), proc)
+    else:
+        _wait_for(lambda: (run_dir / "align" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/shard-*")), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "shards").exists()
@@ -140,16 +142,18 @@ def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, 
     assert resumed.wait(timeout=600) == 0
     assert shard_bytes(run_dir) == shard_bytes(reference_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    expected_crawl = "reused" if kill_point == "mid-align" else "ran"
-    assert [s["status"] for s in manifest["stages"]] == [expected_crawl, "ran", "ran"]
+    expected = {"mid-crawl": ["ran", "ran", "ran"], "mid-align": ["reused", "ran", "ran"],
+                "mid-shard": ["reused", "reused", "ran"]}[kill_point]
+    assert [s["status"] for s in manifest["stages"]] == expected
 
 
 def test_explain_traces_a_clip_to_its_recording_and_a_reject_to_its_reason(finished_run):
     from pipeline.explain import format_history, history
 
     run_dir, _ = finished_run
-    index = pads.dataset(str(run_dir / "shards"), format="parquet").to_table().to_pylist()
-    clip_key = next(r["key"] for r in index if r["member"].endswith(".flac"))
+    index = pads.dataset(sorted(str(p) for p in (run_dir / "shards").glob("*.parquet"))).to_table().to_pylist()
+    with_image = {r["key"] for r in index if r["member"].endswith((".jpg", ".png"))}
+    clip_key = next(r["key"] for r in index if r["member"].endswith(".flac") and r["key"] not in with_image)
     events = history(run_dir, clip_key)
     stages = [e["stage"] for e in events]
     assert stages[0] == "crawl" and "align" in stages and "shards" in stages
