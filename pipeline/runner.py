@@ -94,26 +94,25 @@ def _reject_rows(outcomes: pa.Table, stage: str, config_hash: str) -> pa.Table:
     )
 
 
-def _run_outcome_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path, ctx: StageContext) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-    import ray
+def _kept_records(table: pa.Table) -> pa.Table:
+    return split_outcomes(table)[0]
 
+
+def _reject_rows_of(table: pa.Table, stage: str, config_hash: str) -> pa.Table:
+    return _reject_rows(split_outcomes(table)[1], stage, config_hash)
+
+
+def _run_outcome_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path, ctx: StageContext) -> dict[str, Any]:
+    # Kept records and reject rows are written by Ray workers; the driver only sees the reason column.
     outcomes = stage.apply(upstream, ctx).materialize()
+    (work / "stage" / "data").mkdir(parents=True, exist_ok=True)
+    outcomes.map_batches(_kept_records, batch_format="pyarrow").write_parquet(str(work / "stage" / "data"))
+    outcomes.map_batches(
+        _reject_rows_of, fn_kwargs={"stage": spec.name, "config_hash": spec.config_hash}, batch_format="pyarrow"
+    ).write_parquet(str(work / "rejects"))
     counts: Counter[str] = Counter()
-    data_dir, rejects_dir = work / "stage" / "data", work / "rejects"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # Stream the materialized outcome blocks once: each block becomes one kept and one reject parquet file.
-    # The driver only ever holds one block.
-    for number, ref in enumerate(outcomes.to_arrow_refs()):
-        block: pa.Table = ray.get(ref)
-        kept_rows, rejected_rows = split_outcomes(block)
-        counts["kept"] += kept_rows.num_rows
-        for reason in rejected_rows[REASON_COLUMN].to_pylist():
-            counts[reason] += 1
-        if kept_rows.num_rows:
-            pq.write_table(kept_rows, data_dir / f"part-{number:05d}.parquet")
-        if rejected_rows.num_rows:
-            pq.write_table(_reject_rows(rejected_rows, spec.name, spec.config_hash), rejects_dir / f"part-{number:05d}.parquet")
+    for batch in outcomes.select_columns([REASON_COLUMN]).iter_batches(batch_format="pyarrow", batch_size=65536):
+        counts.update(reason or "kept" for reason in batch[REASON_COLUMN].to_pylist())
     kept = counts.pop("kept", 0)
     return {"in": kept + sum(counts.values()), "kept": kept, "rejected": dict(sorted(counts.items()))}
 
@@ -186,6 +185,17 @@ def _placeholder_variables() -> dict[str, str]:
     return {name: "http://127.0.0.1:1" for name in DEMO_VARIABLES}
 
 
+def _upstream(rundir: RunDir, previous: StageSpec) -> Any:
+    import ray
+
+    from schemas.record import RECORD_SCHEMA
+
+    data = rundir.data_dir(previous.name)
+    if not any(data.glob("*.parquet")):  # the previous stage kept nothing
+        return ray.data.from_arrow(RECORD_SCHEMA.empty_table())
+    return ray.data.read_parquet(str(data))
+
+
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
     import ray
 
@@ -209,7 +219,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
             work = rundir.begin_stage(spec.name)
             ctx = StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=work / "stage")
             stage = stage_class(spec.kind)(spec.config, spec.name)
-            upstream = ray.data.read_parquet(str(rundir.data_dir(previous.name))) if previous else None
+            upstream = _upstream(rundir, previous) if previous else None
             shards = None
             if STAGE_KINDS[spec.kind].role == "sink":
                 stats, shards = _run_sink_stage(spec, stage, upstream, work)
