@@ -10,7 +10,9 @@
 
 A stage is written into ``DIR/.work/<stage>-<random>/`` and published by renames: its rejects first, its own
 directory (which holds the marker) last. A run killed at any moment leaves either a committed stage or nothing
-that counts, so restarting redoes exactly the uncommitted stages.
+that counts, so restarting redoes exactly the uncommitted stages. Within a stage, long work may record finished
+pieces in ``DIR/.progress/<stage>-<fingerprint>/`` (each piece written whole, then renamed); a restarted stage
+with the same fingerprint reuses them, and they are deleted when the stage commits.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class RunDir:
     def work_root(self) -> Path:
         return self.root / ".work"
 
+    def progress_dir(self, stage: str, fingerprint: str) -> Path:
+        return self.root / ".progress" / f"{stage}-{fingerprint}"
+
     @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
@@ -120,6 +125,8 @@ class RunDir:
             _replace_dir(shards, self.shards_dir, self.work_root)
         _replace_dir(work / "stage", self.stage_dir(stage), self.work_root)
         shutil.rmtree(work, ignore_errors=True)
+        for progress in (self.root / ".progress").glob(f"{stage}-*"):
+            shutil.rmtree(progress, ignore_errors=True)
 
     def invalidate(self, stage: str) -> None:
         """Remove a stage's marker so that it and everything after it is known to be stale."""

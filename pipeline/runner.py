@@ -217,7 +217,8 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
             log.info("stage %s: running (fingerprint %s)", spec.name, fp)
             t0 = time.perf_counter()
             work = rundir.begin_stage(spec.name)
-            ctx = StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=work / "stage")
+            ctx = StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=work / "stage",
+                               progress_dir=rundir.progress_dir(spec.name, fp))
             stage = stage_class(spec.kind)(spec.config, spec.name)
             upstream = _upstream(rundir, previous) if previous else None
             shards = None

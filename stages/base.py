@@ -35,11 +35,16 @@ ConfigT = TypeVar("ConfigT", bound=StageConfig)
 
 @dataclass
 class StageContext:
-    """Where a stage may write side outputs (inside its own uncommitted work directory) and who it is."""
+    """Who a stage is and where it may write.
+
+    ``work_dir`` is the stage's uncommitted output (discarded if the run dies). ``progress_dir`` survives a killed
+    run and belongs to this exact fingerprint: a stage may record finished pieces of long work there (a crawl's
+    BFS levels, fetched chunks) and skip them when it starts again. It is removed once the stage commits."""
 
     name: str
     config_hash: str
     work_dir: Path
+    progress_dir: Path
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("mmcurate.stage"))
 
 

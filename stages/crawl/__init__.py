@@ -7,10 +7,34 @@ subtitles) and every text field the source offered; ``align`` turns them into sa
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from schemas.stage_configs import CrawlConfig
-from stages.base import Stage, StageContext
+from stages.base import RecordStage, Stage, StageContext
+
+
+def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ctx: StageContext) -> Any:
+    """Run ``fetcher`` over candidate chunks, one Ray Data job each, keeping each chunk's outcomes in
+    ``done_dir`` (durable across a killed run): a chunk already done is not fetched again."""
+    import ray
+
+    from schemas.record import OUTCOME_SCHEMA
+
+    done_dir.mkdir(parents=True, exist_ok=True)
+    for chunk in chunks:
+        target = done_dir / chunk.stem
+        if target.exists():
+            ctx.log.info("crawl: %s already fetched by an interrupted run", chunk.stem)
+            continue
+        partial = done_dir / f".{chunk.stem}.tmp"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        fetcher.apply(ray.data.read_parquet(str(chunk)), ctx).write_parquet(str(partial))
+        partial.rename(target)
+    files = [str(f) for chunk in chunks for f in sorted((done_dir / chunk.stem).glob("*.parquet"))]
+    return ray.data.read_parquet(files) if files else ray.data.from_arrow(OUTCOME_SCHEMA.empty_table())
 
 
 class CrawlStage(Stage[CrawlConfig]):
@@ -24,23 +48,25 @@ class CrawlStage(Stage[CrawlConfig]):
         from stages.crawl.url_list import UrlListDownloader, number_url_list
 
         cfg = self.config
-        # The inputs run one after another (each part materialized): on a small machine, concurrent actor pools
-        # for every input would wait on each other's CPUs.
+        fetched = ctx.progress_dir / "fetched"
+        # The inputs run one after another, chunk by chunk: on a small machine, concurrent actor pools for every
+        # input would wait on each other's CPUs, and finished chunks survive a killed run.
         parts = []
         if cfg.url_lists:
             listed = ctx.work_dir / "candidates" / "url_lists"
             total = sum(number_url_list(spec, i, listed) for i, spec in enumerate(cfg.url_lists))
             ctx.log.info("crawl: %d URL-list rows", total)
             if total:
-                parts.append(UrlListDownloader(cfg, self.name).apply(ray.data.read_parquet(str(listed)), ctx).materialize())
+                parts.append(fetch_in_chunks(UrlListDownloader(cfg, self.name), sorted(listed.glob("*.parquet")), fetched, ctx))
         if cfg.seeds:
-            pages = crawl_pages(cfg, ctx.work_dir / "pages")
+            pages = crawl_pages(cfg, ctx.progress_dir / "pages")
+            shutil.copytree(ctx.progress_dir / "pages", ctx.work_dir / "pages")  # kept with the stage, for audits
             to_fetch, refused = ctx.work_dir / "candidates" / "media", ctx.work_dir / "candidates" / "refused"
             media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused)
             ctx.log.info("crawl: %d pages read, %d failed, %d media references", pages - failed, failed, media)
             parts.append(ray.data.read_parquet(str(refused)))
             if media:
-                parts.append(MediaFetcher(cfg, self.name).apply(ray.data.read_parquet(str(to_fetch)), ctx).materialize())
+                parts.append(fetch_in_chunks(MediaFetcher(cfg, self.name), sorted(to_fetch.glob("*.parquet")), fetched, ctx))
         if cfg.warcs:
             from stages.crawl.warc_source import warc_candidates
 

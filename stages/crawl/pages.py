@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from schemas.stage_configs import CrawlConfig
 from stages.base import rejected
 
 log = logging.getLogger("mmcurate.crawl")
+
+CHUNK_ROWS = 2000  # media references fetched (and remembered as done) together
 
 PAGE_SCHEMA = pa.schema(
     [
@@ -82,9 +85,33 @@ def _in_domains(url: str, domains: set[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
-def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
-    """Crawl from the seeds; write each level's page results to ``pages_dir``. Return the number of pages."""
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _fetch_level(config: CrawlConfig, frontier: list[str], depth: int) -> pa.Table:
     import ray
+
+    level = ray.data.from_items([{"url": u, "depth": depth} for u in frontier]).map_batches(
+        PageFetcher,
+        fn_constructor_args=(config,),
+        batch_format="pyarrow",
+        batch_size=max(1, min(config.batch_size, len(frontier) // config.concurrency or 1)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.concurrency),
+        num_cpus=0.5,
+    )
+    # page results are small (links and references, no bodies): one level at a time on the driver is fine
+    rows = [row for batch in level.iter_batches(batch_format="pyarrow", batch_size=None) for row in batch.to_pylist()]
+    order = {url: i for i, url in enumerate(frontier)}
+    rows.sort(key=lambda row: order[row["url"]])  # frontier order, whatever order Ray finished in
+    return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
+
+
+def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
+    """Crawl from the seeds, one BFS level at a time; each finished level is written to ``pages_dir``. A level
+    already there (from a run that was killed) is replayed instead of fetched again. Return the number of pages."""
 
     domains = {d.lower() for d in config.allowed_domains} or {_host(s) for s in config.seeds}
     seen: set[str] = set()
@@ -105,18 +132,11 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
         if len(frontier) > budget:
             log.warning("crawl: max_pages=%d: fetching %d of %d pages at depth %d", config.max_pages, budget, len(frontier), depth)
             frontier = frontier[:budget]
-        level = ray.data.from_items([{"url": u, "depth": depth} for u in frontier]).map_batches(
-            PageFetcher,
-            fn_constructor_args=(config,),
-            batch_format="pyarrow",
-            batch_size=max(1, min(config.batch_size, len(frontier) // config.concurrency or 1)),
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.concurrency),
-            num_cpus=0.5,
-        )
         level_file = pages_dir / f"level-{depth:03d}.parquet"
-        # page results are small (links and references, no bodies): one level at a time on the driver is fine
-        tables = list(level.iter_batches(batch_format="pyarrow", batch_size=None))
-        pq.write_table(pa.concat_tables(tables).cast(PAGE_SCHEMA) if tables else PAGE_SCHEMA.empty_table(), level_file)
+        if level_file.exists():
+            log.info("crawl: depth %d: reusing %d pages fetched by an interrupted run", depth, len(frontier))
+        else:
+            _write_atomically(_fetch_level(config, frontier, depth), level_file)
         fetched += len(frontier)
         next_frontier = []
         for links in pq.read_table(level_file, columns=["links"])["links"].to_pylist():
@@ -153,7 +173,9 @@ def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -
                     refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noimageai robots directive"))
                 else:
                     to_fetch.append(record)
-        pq.write_table(pa.Table.from_pylist(to_fetch, schema=RECORD_SCHEMA), fetch_dir / level_file.name)
+        for start in range(0, max(len(to_fetch), 1), CHUNK_ROWS):
+            chunk = pa.Table.from_pylist(to_fetch[start : start + CHUNK_ROWS], schema=RECORD_SCHEMA)
+            pq.write_table(chunk, fetch_dir / f"{level_file.stem}-{start // CHUNK_ROWS:04d}.parquet")
         pq.write_table(outcome_table(refused), refused_dir / level_file.name)
     return media, failed
 

@@ -23,7 +23,7 @@ from schemas.stage_configs import CrawlConfig, UrlListInput
 from stages.base import RecordStage, kept
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
-CHUNK_ROWS = 10_000
+CHUNK_ROWS = 2000  # rows downloaded (and remembered as done) together
 
 
 def _dataset_format(spec: UrlListInput) -> str:

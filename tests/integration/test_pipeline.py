@@ -107,39 +107,52 @@ def test_changing_align_reruns_align_and_shard_not_crawl(finished_run, site, wor
     assert images and all(max(im.size) <= 48 for im in images)
 
 
-def _cli(workflow: Path, run_dir: Path, address: str) -> subprocess.Popen:
+def _cli(workflow: Path, run_dir: Path, address: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(workflow), "--run-dir", str(run_dir), "--ray-address", address],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", str(workflow), "--run-dir", str(run_dir), "--ray-address", address],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
 
 
-def _wait_for(condition, proc: subprocess.Popen, limit_s: float = 300) -> None:
+def _tail(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "logging_progress" not in line]
+    return "\n".join(lines[-60:])
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, limit_s: float = 300) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
-        assert proc.poll() is None, "the run ended before the kill point"
+        assert proc.poll() is None, f"the run ended before the kill point:\n{_tail(log)}"
         assert time.monotonic() < deadline, "kill point never reached"
         time.sleep(0.05)
 
 
 @pytest.mark.parametrize("kill_point", ["mid-crawl", "mid-align", "mid-shard"])
-def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, tmp_path, ray_session, kill_point):
+def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, tmp_path, ray_session, site, kill_point):
     reference_dir, _ = finished_run
     address = ray_session.get_runtime_context().gcs_address
-    run_dir = tmp_path / "killed"
-    proc = _cli(workflow_file, run_dir, address)
+    run_dir, log = tmp_path / "killed", tmp_path / "cli.log"
+    proc = _cli(workflow_file, run_dir, address, log)
     if kill_point == "mid-crawl":
-        _wait_for(lambda: any(run_dir.glob(".work/crawl-*/stage/pages/level-001.parquet")), proc)
+        _wait_for(lambda: any(run_dir.glob(".progress/crawl-*/pages/level-001.parquet")), proc, log)
     elif kill_point == "mid-align":
-        _wait_for(lambda: (run_dir / "crawl" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/align-*")), proc)
+        _wait_for(lambda: (run_dir / "crawl" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/align-*")), proc, log)
     else:
-        _wait_for(lambda: (run_dir / "align" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/shard-*")), proc)
+        _wait_for(lambda: (run_dir / "align" / "_SUCCESS.json").exists() and any(run_dir.glob(".work/shard-*")), proc, log)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "shards").exists()
-    resumed = _cli(workflow_file, run_dir, address)
-    assert resumed.wait(timeout=600) == 0
+    server, _ = site
+    index_requests, all_requests = server.requests_for("/index.html"), server.request_count
+    resumed = _cli(workflow_file, run_dir, address, log)
+    assert resumed.wait(timeout=600) == 0, _tail(log)
+    # work finished before the kill is not done again: the BFS levels already fetched are replayed
+    assert server.requests_for("/index.html") == index_requests
+    if kill_point != "mid-crawl":
+        assert server.request_count == all_requests
+    assert not (run_dir / ".progress").exists() or not any((run_dir / ".progress").iterdir())
     assert shard_bytes(run_dir) == shard_bytes(reference_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     expected = {"mid-crawl": ["ran", "ran", "ran"], "mid-align": ["reused", "ran", "ran"],
