@@ -27,21 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stages.files import atomic_write_bytes
+
 MARKER = "_SUCCESS.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, value: Any, *, sort_keys: bool = True) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8"))
 
 
 def _replace_dir(new: Path, target: Path, trash_root: Path) -> None:

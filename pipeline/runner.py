@@ -139,14 +139,14 @@ def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> t
 
 
 @contextlib.contextmanager
-def _served(workflow_doc_serve: Any, run_dir: RunDir) -> Iterator[dict[str, str]]:
+def _served(serve: Any, run_dir: RunDir) -> Iterator[dict[str, str]]:
     """Start what the workflow's ``serve:`` section asks for; yield the ${...} variables it defines."""
-    if workflow_doc_serve is None or workflow_doc_serve.demo_site is None:
+    if serve is None or serve.demo_site is None:
         yield {}
         return
     from pipeline.demo import prepared_demo_site
 
-    with prepared_demo_site(workflow_doc_serve.demo_site, run_dir.root) as variables:
+    with prepared_demo_site(serve.demo_site, run_dir.root) as variables:
         yield variables
 
 
@@ -197,7 +197,6 @@ def _upstream(rundir: RunDir, previous: StageSpec) -> Any:
 
 
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
-    import ray
 
     started = datetime.now(timezone.utc).isoformat()
     result = RunResult(run_dir=rundir.root)

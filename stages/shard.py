@@ -12,7 +12,6 @@ records always give byte-identical shards.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -22,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import webdataset as wds
+
+from stages.files import atomic_write_bytes, atomic_write_parquet
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -120,24 +120,12 @@ def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> Shard
     for row in index_rows:
         row["offset"], row["size"] = offsets[row["member"]]
     size = tmp.stat().st_size
-    _atomic_write_bytes(out_dir / f"{name}.parquet", _parquet_bytes(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)))
+    atomic_write_parquet(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), out_dir / f"{name}.parquet")
     info = ShardInfo(name=name, path=str(tar_path), samples=len(records), bytes=size, images=images, audio=audio)
     stats = {k: v for k, v in asdict(info).items() if k != "path"}
-    _atomic_write_bytes(out_dir / f"{name}_stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(out_dir / f"{name}_stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
     os.replace(tmp, tar_path)
     return info
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _record_bytes(record: dict[str, Any]) -> int:

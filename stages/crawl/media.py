@@ -41,14 +41,15 @@ class MediaFetcher(RecordStage[CrawlConfig]):
             changes["subtitles"] = self._get("subtitles", record["subtitles_url"], SUBTITLE_TYPES).body
         if record.get("transcript_url"):
             body = self._get("transcript", record["transcript_url"], SUBTITLE_TYPES).body
-            changes["transcript"] = _decode_transcript(body, record["transcript_url"])
+            changes["transcript"] = transcript_text(body, record["transcript_url"])
         return [kept(record, **changes)]
 
 
-def _decode_transcript(body: bytes, url: str) -> str:
-    from schemas.reasons import Reason
+def transcript_text(body: bytes, url: str) -> str:
+    """A linked transcript's text: strict UTF-8, as for subtitles."""
+    from stages.align.subtitles import decode_utf8
 
     try:
-        return body.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise Rejected(Reason.NOT_UTF8, f"transcript {url}: {err}") from None
+        return decode_utf8(body)
+    except Rejected as rej:
+        raise Rejected(rej.reason, f"transcript {url}: {rej.detail}") from None

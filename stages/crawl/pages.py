@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from schemas.reasons import Reason, Rejected
 from schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from schemas.stage_configs import CrawlConfig
 from stages.base import rejected
+from stages.files import atomic_write_parquet
 
 log = logging.getLogger("mmcurate.crawl")
 
@@ -85,12 +85,6 @@ def _in_domains(url: str, domains: set[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def _fetch_level(config: CrawlConfig, frontier: list[str], depth: int) -> pa.Table:
     import ray
 
@@ -136,7 +130,7 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
         if level_file.exists():
             log.info("crawl: depth %d: reusing %d pages fetched by an interrupted run", depth, len(frontier))
         else:
-            _write_atomically(_fetch_level(config, frontier, depth), level_file)
+            atomic_write_parquet(_fetch_level(config, frontier, depth), level_file)
         fetched += len(frontier)
         next_frontier = []
         for links in pq.read_table(level_file, columns=["links"])["links"].to_pylist():
@@ -166,7 +160,7 @@ def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -
                 continue
             for ref in json.loads(page["refs"]):
                 media += 1
-                record = _record_of_ref(page["url"], ref)
+                record = record_of_ref(page["url"], ref)
                 if page["noai"]:
                     refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noai robots directive"))
                 elif page["noimageai"] and record["image_url"]:
@@ -180,7 +174,7 @@ def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -
     return media, failed
 
 
-def _record_of_ref(page_url: str, ref: dict[str, Any]) -> dict[str, Any]:
+def record_of_ref(page_url: str, ref: dict[str, Any]) -> dict[str, Any]:
     return empty_record(
         key=stable_key("page", page_url, ref["position"]),
         source="page",

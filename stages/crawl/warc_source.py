@@ -17,7 +17,8 @@ from schemas.record import empty_record, outcome_table, stable_key
 from schemas.stage_configs import CrawlConfig
 from stages.base import StageContext, kept, rejected
 from stages.crawl.fetch import x_robots_directives
-from stages.crawl.pages import _record_of_ref
+from stages.crawl.media import transcript_text
+from stages.crawl.pages import record_of_ref
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -30,9 +31,12 @@ class WarcReader:
     """Ray worker: one WARC path → outcome rows for every media reference found in its pages."""
 
     def __init__(self, config: CrawlConfig):
+        from stages.crawl.policy import fetch_policy
+
+        policy = fetch_policy(config.fetch)
         self.config = config
-        self.token = config.fetch.user_agent.split("/", 1)[0].strip().lower()
-        self.refused_directives = {d.lower() for d in config.fetch.disallowed_header_directives}
+        self.token = policy.user_agent_token
+        self.refused_directives = {d.lower() for d in policy.disallowed_header_directives}
 
     def read(self, path: str) -> list[dict[str, Any]]:
         from stages.crawl.html import extract_page
@@ -59,7 +63,7 @@ class WarcReader:
                 rows.append(rejected(page, rej.reason, rej.detail))
                 continue
             for ref in extract.media:
-                record = {**_record_of_ref(page_url, asdict(ref)), "source": "warc"}
+                record = {**record_of_ref(page_url, asdict(ref)), "source": "warc"}
                 try:
                     if extract.noai or (extract.noimageai and record["image_url"]):
                         raise Rejected(Reason.X_ROBOTS_NOAI, "the archived page carries a noai robots directive")
@@ -84,10 +88,7 @@ class WarcReader:
             if x_robots_directives(values, self.token) & self.refused_directives:
                 raise Rejected(Reason.X_ROBOTS_NOAI, f"{part} {url}: X-Robots-Tag: {'; '.join(values)}")
             if part == "transcript":
-                try:
-                    changes["transcript"] = response.body.decode("utf-8-sig")
-                except UnicodeDecodeError as err:
-                    raise Rejected(Reason.NOT_UTF8, f"transcript {url}: {err}") from None
+                changes["transcript"] = transcript_text(response.body, url)
             else:
                 changes[part] = response.body
         return changes
