@@ -13,9 +13,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.report import funnel_table
-    from pipeline.runner import run_workflow
-    from schemas.workflow import WorkflowError
+    from mmcurate.pipeline.report import funnel_table
+    from mmcurate.pipeline.runner import run_workflow
+    from mmcurate.schemas.workflow import WorkflowError
 
     run_dir = args.run_dir or str(Path("runs") / Path(args.workflow).stem)
     try:
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import demo_workflow_path
+    from mmcurate.pipeline.demo import demo_workflow_path
 
     args.workflow = str(demo_workflow_path())
     args.set = [*args.set, f"serve.demo_site.seed={args.seed}", f"serve.demo_site.pages={args.pages}"]
@@ -40,7 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from pipeline.explain import format_history, history
+    from mmcurate.pipeline.explain import format_history, history
 
     print(format_history(args.key, history(args.run_dir, args.key)))
     return 0
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("key")
     explain.set_defaults(func=_explain)
 
-    from pipeline.train.cli import add_train_parser, run_train_command
+    from mmcurate.pipeline.train.cli import add_train_parser, run_train_command
 
     add_train_parser(sub).set_defaults(func=run_train_command)
     return parser

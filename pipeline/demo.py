@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from schemas.workflow import DemoSiteConfig
+from mmcurate.schemas.workflow import DemoSiteConfig
 
 log = logging.getLogger("mmcurate.demo")
 
@@ -20,12 +20,15 @@ DEMO_VARIABLES = ("demo_site.base_url", "demo_site.url_list")
 
 
 def demo_workflow_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "workflows" / "demo.yaml"
+    """The demo workflow as installed with the package (``workflows/`` in the repository)."""
+    from importlib.resources import files
+
+    return Path(str(files("mmcurate.workflows") / "demo.yaml"))
 
 
 def ensure_site(root: Path, seed: int, pages: int) -> None:
     """Build the site unless this exact one (seed, pages) is already there; the build is deterministic."""
-    from pipeline.demo_site import build_site
+    from mmcurate.pipeline.demo_site import build_site
 
     stamp = root / "site_build.json"
     wanted = {"seed": seed, "pages": pages}
@@ -33,15 +36,15 @@ def ensure_site(root: Path, seed: int, pages: int) -> None:
         return
     log.info("demo: building the sample site (seed %d, %d pages) in %s", seed, pages, root)
     build_site(root, seed=seed, pages=pages)
-    from pipeline.rundir import atomic_write_json
+    from mmcurate.pipeline.rundir import atomic_write_json
 
     atomic_write_json(stamp, wanted)
 
 
 @contextmanager
 def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[str, str]]:
-    from pipeline.demo_server import serve_site
-    from pipeline.demo_site import write_url_list
+    from mmcurate.pipeline.demo_server import serve_site
+    from mmcurate.pipeline.demo_site import write_url_list
 
     root = Path(config.root) if config.root else run_root / "demo_site"
     ensure_site(root, config.seed, config.pages)

@@ -1,4 +1,4 @@
-"""A local HTTP server for the demo site (``pipeline.demo_site``), with the failure modes a crawler must survive.
+"""A local HTTP server for the demo site (``mmcurate.pipeline.demo_site``), with the failure modes a crawler must survive.
 
 ``serve_site(root)`` serves ``root/site/`` on 127.0.0.1 at an ephemeral port, in a background thread::
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
-from pipeline.demo_site.labels import (
+from mmcurate.pipeline.demo_site.labels import (
     BASE_URL_TOKEN,
     ERROR_PREFIX,
     HEADERS_SIDECAR,

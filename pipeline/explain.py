@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipeline.rundir import RunDir
+from mmcurate.pipeline.rundir import RunDir
 
 _SHOWN = ("source", "url", "page_url", "image_url", "audio_url", "subtitles_url", "text", "text_source",
           "caption", "alt", "title", "figcaption", "clip_start", "clip_end", "image_width", "image_height",

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stages.files import atomic_write_bytes
+from mmcurate.stages.files import atomic_write_bytes
 
 MARKER = "_SUCCESS.json"
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.rundir import RunDir, atomic_write_json
-from pipeline.stages_registry import stage_class
-from schemas.record import DETAIL_COLUMN, REASON_COLUMN, REJECT_SCHEMA
-from schemas.stage_configs import STAGE_KINDS
-from schemas.workflow import StageSpec, Workflow, load_workflow
-from stages.base import StageContext, split_outcomes
+from mmcurate.pipeline.rundir import RunDir, atomic_write_json
+from mmcurate.pipeline.stages_registry import stage_class
+from mmcurate.schemas.record import DETAIL_COLUMN, REASON_COLUMN, REJECT_SCHEMA
+from mmcurate.schemas.stage_configs import STAGE_KINDS
+from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow
+from mmcurate.stages.base import StageContext, split_outcomes
 
 log = logging.getLogger("mmcurate.run")
 
@@ -125,7 +125,7 @@ def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> t
     written = sum(i.samples for i in infos)
     counts = Counter(r[REASON_COLUMN] for r in refused)
     if refused:
-        from schemas.record import outcome_table
+        from mmcurate.schemas.record import outcome_table
 
         pq.write_table(_reject_rows(outcome_table(refused), spec.name, spec.config_hash), work / "rejects" / "part-00000.parquet")
     stats = {
@@ -144,7 +144,7 @@ def _served(serve: Any, run_dir: RunDir) -> Iterator[dict[str, str]]:
     if serve is None or serve.demo_site is None:
         yield {}
         return
-    from pipeline.demo import prepared_demo_site
+    from mmcurate.pipeline.demo import prepared_demo_site
 
     with prepared_demo_site(serve.demo_site, run_dir.root) as variables:
         yield variables
@@ -180,7 +180,7 @@ def run_workflow(
 
 
 def _placeholder_variables() -> dict[str, str]:
-    from pipeline.demo import DEMO_VARIABLES
+    from mmcurate.pipeline.demo import DEMO_VARIABLES
 
     return {name: "http://127.0.0.1:1" for name in DEMO_VARIABLES}
 
@@ -188,7 +188,7 @@ def _placeholder_variables() -> dict[str, str]:
 def _upstream(rundir: RunDir, previous: StageSpec) -> Any:
     import ray
 
-    from schemas.record import RECORD_SCHEMA
+    from mmcurate.schemas.record import RECORD_SCHEMA
 
     data = rundir.data_dir(previous.name)
     if not any(data.glob("*.parquet")):  # the previous stage kept nothing

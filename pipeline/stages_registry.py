@@ -6,9 +6,9 @@ import importlib
 from typing import Any
 
 IMPLEMENTATIONS = {
-    "crawl": "stages.crawl:CrawlStage",
-    "align": "stages.align:AlignStage",
-    "shard": "stages.shard:ShardStage",
+    "crawl": "mmcurate.stages.crawl:CrawlStage",
+    "align": "mmcurate.stages.align:AlignStage",
+    "shard": "mmcurate.stages.shard:ShardStage",
 }
 
 

@@ -24,6 +24,7 @@ class Reason(str, Enum):
     CONTENT_TYPE = "content_type"  # body is not the media type we went for
     NOT_IN_ARCHIVE = "not_in_archive"  # a WARC page references media the archive does not hold
     DOWNLOAD_ERROR = "download_error"  # any other downloader failure, detail says which
+    CRAWL_LIMIT = "crawl_limit"  # a page discovered but not fetched: beyond max_depth or max_pages
     # parsing
     NOT_UTF8 = "not_utf8"
     HTML_MALFORMED = "html_malformed"
@@ -43,6 +44,9 @@ class Reason(str, Enum):
     NO_TEXT = "no_text"
     JUNK_TEXT = "junk_text"
     TEXT_TOO_SHORT = "text_too_short"
+    # pipeline
+    DUPLICATE_KEY = "duplicate_key"  # a second record with a key already written; the first (in sort order) wins
+    INTERNAL_ERROR = "internal_error"  # an unexpected exception on this record; detail: type, message, trace digest
 
 
 class Rejected(Exception):

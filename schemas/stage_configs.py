@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.record import TEXT_FIELDS
+from mmcurate.schemas.record import TEXT_FIELDS
 
 TextField = Literal["caption", "alt", "title", "figcaption", "transcript"]
 assert set(TextField.__args__) == set(TEXT_FIELDS)  # type: ignore[attr-defined]
@@ -68,7 +68,7 @@ class CrawlConfig(StageConfig):
 class AlignConfig(StageConfig):
     caption_priority: tuple[TextField, ...] = ("caption", "figcaption", "alt", "title")
     min_caption_chars: int = Field(3, ge=1)
-    junk_patterns: tuple[str, ...] | None = None  # None: the built-in list (stages.align.text.DEFAULT_JUNK_PATTERNS)
+    junk_patterns: tuple[str, ...] | None = None  # None: the built-in list (mmcurate.stages.align.text.DEFAULT_JUNK_PATTERNS)
     image_max_side: int = Field(512, ge=8)
     image_min_side: int = Field(16, ge=1)
     image_max_pixels: int = Field(40_000_000, ge=1)

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.stage_configs import STAGE_KINDS, StageConfig, StrictModel
+from mmcurate.schemas.stage_configs import STAGE_KINDS, StageConfig, StrictModel
 
 
 class WorkflowError(ValueError):

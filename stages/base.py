@@ -1,6 +1,6 @@
 """The stage contract.
 
-A stage takes a Ray Dataset of records (``schemas.record.RECORD_SCHEMA``) and gives a Dataset of *outcome rows*:
+A stage takes a Ray Dataset of records (``mmcurate.schemas.record.RECORD_SCHEMA``) and gives a Dataset of *outcome rows*:
 the same columns plus ``_reason``/``_detail``. A null reason means kept; anything else is a reject. Every
 candidate a stage considers yields exactly one outcome row, which is what lets the runner prove
 kept + rejected = in for every stage.
@@ -26,9 +26,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 
-from schemas.reasons import Reason, Rejected
-from schemas.record import DETAIL_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_COLUMNS, outcome_table
-from schemas.stage_configs import StageConfig
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.schemas.record import DETAIL_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_COLUMNS, outcome_table
+from mmcurate.schemas.stage_configs import StageConfig
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
 

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import webdataset as wds
 
-from stages.files import atomic_write_bytes, atomic_write_parquet
+from mmcurate.stages.files import atomic_write_bytes, atomic_write_parquet
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -190,8 +190,8 @@ class ShardStage:
     def write(self, upstream: Any, out_dir: Path) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
         """Write shards from a Ray Dataset of records; return the shards and the outcome rows of records that
         cannot become a sample (no caption, no media)."""
-        from schemas.reasons import Reason
-        from stages.base import rejected
+        from mmcurate.schemas.reasons import Reason
+        from mmcurate.stages.base import rejected
 
         refused: list[dict[str, Any]] = []
 

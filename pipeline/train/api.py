@@ -5,7 +5,7 @@ Run directory layout (``RUN_DIR/train``):
   shards-train.json    shard URLs and sample counts the epoch order is built on (also -val, -eval)
   metrics.jsonl        one line per logged step (and per validation)
   attempts.jsonl       one line per start of the worker loop; checkpoints.jsonl one per checkpoint
-  ledger/              every consumed sample key, per attempt and rank (pipeline.train.ledger)
+  ledger/              every consumed sample key, per attempt and rank (mmcurate.pipeline.train.ledger)
   ray/                 Ray Train's run: checkpoints (each also an open_clip model directory)
   best/, final/        open_clip model directories: best validation loss, last step
   eval.json            retrieval recall on the held-out shards, with chance levels
@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.train.config import TrainConfig
-from pipeline.train.shards import count_all, expand_shards
+from mmcurate.pipeline.train.config import TrainConfig
+from mmcurate.pipeline.train.shards import count_all, expand_shards
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ RAY_RUN_NAME = "ray"
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    scorer_dir: Path  # best/ when validation ran, else final/: load with pipeline.train.load_scorer
+    scorer_dir: Path  # best/ when validation ran, else final/: load with mmcurate.pipeline.train.load_scorer
     checkpoint: str | None  # the latest Ray Train checkpoint
     metrics: dict[str, Any]
     eval: dict[str, Any] | None
@@ -64,9 +64,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None =
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.train.evaluate import evaluate_checkpoint
-    from pipeline.train.loop import train_loop_per_worker
-    from pipeline.train.model import resolve_model_config
+    from mmcurate.pipeline.train.evaluate import evaluate_checkpoint
+    from mmcurate.pipeline.train.loop import train_loop_per_worker
+    from mmcurate.pipeline.train.model import resolve_model_config
 
     run_dir = Path(run_dir).resolve()
     train_dir = run_dir / "train"

@@ -22,8 +22,8 @@ import numpy as np
 import open_clip
 import torch
 
-from pipeline.train.config import AudioTowerConfig
-from pipeline.train.model import AudioTower, ContrastiveModel
+from mmcurate.pipeline.train.config import AudioTowerConfig
+from mmcurate.pipeline.train.model import AudioTower, ContrastiveModel
 
 log = logging.getLogger(__name__)
 

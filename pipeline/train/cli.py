@@ -1,7 +1,7 @@
 """``mmcurate train CONFIG [--run-dir DIR] [--set key=value ...] [--ray-address ADDR]``.
 
-``add_train_parser`` plugs the subcommand into the ``mmcurate`` console script; ``python -m pipeline.train.cli
-train ...`` runs it standalone (e.g. ``ray job submit -- python -m pipeline.train.cli train ...``).
+``add_train_parser`` plugs the subcommand into the ``mmcurate`` console script; ``python -m mmcurate.pipeline.train.cli
+train ...`` runs it standalone (e.g. ``ray job submit -- python -m mmcurate.pipeline.train.cli train ...``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
-    from pipeline.train.api import train
-    from pipeline.train.config import TrainConfig
+    from mmcurate.pipeline.train.api import train
+    from mmcurate.pipeline.train.config import TrainConfig
 
     try:
         config = TrainConfig.from_yaml(args.config, args.overrides)

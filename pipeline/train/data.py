@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.train.config import AudioTowerConfig
-from pipeline.train.order import EpochOrder, Interval
-from pipeline.train.shards import StreamReader
+from mmcurate.pipeline.train.config import AudioTowerConfig
+from mmcurate.pipeline.train.order import EpochOrder, Interval
+from mmcurate.pipeline.train.shards import StreamReader
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-# Reason codes of samples consumed without training; the first four match schemas.reasons.Reason values.
+# Reason codes of samples consumed without training; the first four match mmcurate.schemas.reasons.Reason values.
 IMAGE_CORRUPT, AUDIO_CORRUPT, NOT_UTF8, NO_TEXT = "image_corrupt", "audio_corrupt", "not_utf8", "no_text"
 SHARD_TRUNCATED = "shard_truncated"  # the shard held fewer readable samples than its count said
 NO_TRAINABLE_MODALITY = "no_trainable_modality"  # e.g. an audio+text sample while the audio tower is off

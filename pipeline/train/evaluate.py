@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from pipeline.train.checkpoint import AUDIO_WEIGHTS, load_audio_tower, load_scorer
-from pipeline.train.config import AudioTowerConfig
-from pipeline.train.data import Decoder, ShardStream, make_loader
-from pipeline.train.order import assign
+from mmcurate.pipeline.train.checkpoint import AUDIO_WEIGHTS, load_audio_tower, load_scorer
+from mmcurate.pipeline.train.config import AudioTowerConfig
+from mmcurate.pipeline.train.data import Decoder, ShardStream, make_loader
+from mmcurate.pipeline.train.order import assign
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 import torch.distributed as dist
 
-from pipeline.train.checkpoint import (
+from mmcurate.pipeline.train.checkpoint import (
     DATA_STATE,
     TRAINER_STATE,
     export_model,
@@ -31,12 +31,12 @@ from pipeline.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from pipeline.train.config import OptimConfig, TrainConfig
-from pipeline.train.data import Decoder, ShardStream, make_loader
-from pipeline.train.ledger import LedgerWriter, record_attempt
-from pipeline.train.loss import MaskedClipLoss
-from pipeline.train.model import ContrastiveModel, build_model
-from pipeline.train.order import Interval, assign, normalize, take, total
+from mmcurate.pipeline.train.config import OptimConfig, TrainConfig
+from mmcurate.pipeline.train.data import Decoder, ShardStream, make_loader
+from mmcurate.pipeline.train.ledger import LedgerWriter, record_attempt
+from mmcurate.pipeline.train.loss import MaskedClipLoss
+from mmcurate.pipeline.train.model import ContrastiveModel, build_model
+from mmcurate.pipeline.train.order import Interval, assign, normalize, take, total
 
 log = logging.getLogger(__name__)
 
@@ -491,5 +491,5 @@ class WorkerLoop:
 
 
 def train_loop_per_worker(inputs: dict[str, Any]) -> None:
-    """Entry point Ray Train runs in every worker process (see ``pipeline.train.api.train``)."""
+    """Entry point Ray Train runs in every worker process (see ``mmcurate.pipeline.train.api.train``)."""
     WorkerLoop(inputs).run()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.train.config import AudioTowerConfig, ModelConfig
+from mmcurate.pipeline.train.config import AudioTowerConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 

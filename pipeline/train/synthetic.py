@@ -1,6 +1,6 @@
 """Synthetic paired data whose caption describes the media: coloured shapes ("a red circle") and tones
 ("a high beep"). For smoke tests and loader benchmarks, where a model must be able to learn the pairing on a CPU
-in seconds. Records follow the shard writer's input (``stages.shard.write_shards``)."""
+in seconds. Records follow the shard writer's input (``mmcurate.stages.shard.write_shards``)."""
 
 from __future__ import annotations
 

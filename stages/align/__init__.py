@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.reasons import Reason, Rejected
-from schemas.record import TEXT_FIELDS, stable_key
-from schemas.stage_configs import AlignConfig
-from stages.base import RecordStage, kept, rejected
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.schemas.record import TEXT_FIELDS, stable_key
+from mmcurate.schemas.stage_configs import AlignConfig
+from mmcurate.stages.base import RecordStage, kept, rejected
 
 
 class AlignStage(RecordStage[AlignConfig]):
     kind = "align"
 
     def setup(self) -> None:
-        from stages.align.text import DEFAULT_JUNK_PATTERNS
+        from mmcurate.stages.align.text import DEFAULT_JUNK_PATTERNS
 
         self.junk_patterns = list(self.config.junk_patterns) if self.config.junk_patterns is not None else DEFAULT_JUNK_PATTERNS
 
@@ -54,7 +54,7 @@ class AlignStage(RecordStage[AlignConfig]):
         return kept(record, **changes)
 
     def _transcribed_audio(self, record: dict[str, Any]) -> dict[str, Any]:
-        from stages.align.text import choose_caption
+        from mmcurate.stages.align.text import choose_caption
 
         text, source = choose_caption({"transcript": record.get("transcript")}, priority=["transcript"],
                                       min_chars=self.config.min_caption_chars, junk_patterns=self.junk_patterns)
@@ -63,8 +63,8 @@ class AlignStage(RecordStage[AlignConfig]):
                     text=text, text_source=source, subtitles=None)
 
     def _cue_clips(self, record: dict[str, Any]) -> list[dict[str, Any]]:
-        from stages.align.audio import cut_clips
-        from stages.align.subtitles import parse_subtitles
+        from mmcurate.stages.align.audio import cut_clips
+        from mmcurate.stages.align.subtitles import parse_subtitles
 
         cues = parse_subtitles(record["subtitles"], url_or_name=record.get("subtitles_url") or "")
         if not cues:
@@ -90,20 +90,20 @@ class AlignStage(RecordStage[AlignConfig]):
     # --- parts
 
     def _caption(self, record: dict[str, Any]) -> tuple[str, str]:
-        from stages.align.text import choose_caption
+        from mmcurate.stages.align.text import choose_caption
 
         fields = {name: record.get(name) for name in TEXT_FIELDS}
         return choose_caption(fields, priority=list(self.config.caption_priority),
                               min_chars=self.config.min_caption_chars, junk_patterns=self.junk_patterns)
 
     def _image(self, data: bytes) -> Any:
-        from stages.align.image import normalise_image
+        from mmcurate.stages.align.image import normalise_image
 
         cfg = self.config
         return normalise_image(data, max_side=cfg.image_max_side, max_pixels=cfg.image_max_pixels,
                                min_side=cfg.image_min_side, encode_format=cfg.image_format, quality=cfg.image_quality)
 
     def _audio(self, data: bytes) -> Any:
-        from stages.align.audio import normalise_audio
+        from mmcurate.stages.align.audio import normalise_audio
 
         return normalise_audio(data, rate=self.config.audio_rate, max_seconds=self.config.max_audio_s)

@@ -27,8 +27,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from schemas.reasons import Reason, Rejected
-from stages.align.subtitles import Cue
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.align.subtitles import Cue
 
 # libsndfile writes the stream length after the audio; WAV writers that stream leave these placeholders.
 _WAV_UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from schemas.reasons import Reason, Rejected
+from mmcurate.schemas.reasons import Reason, Rejected
 
 OutputFormat = Literal["jpg", "png"]
 EncodeFormat = Literal["jpg", "png", "keep"]

@@ -39,7 +39,7 @@ import srt
 import webvtt
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
-from schemas.reasons import Reason, Rejected
+from mmcurate.schemas.reasons import Reason, Rejected
 
 SubtitleFormat = Literal["vtt", "srt"]
 

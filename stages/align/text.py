@@ -19,7 +19,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from schemas.reasons import Reason, Rejected
+from mmcurate.schemas.reasons import Reason, Rejected
 
 _PLACEHOLDER_WORDS = (
     r"image|img|photo|photograph|picture|pic|graphic|icon|logo|banner|thumbnail|thumb|spacer|placeholder|"

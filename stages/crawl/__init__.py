@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from schemas.stage_configs import CrawlConfig
-from stages.base import RecordStage, Stage, StageContext
+from mmcurate.schemas.stage_configs import CrawlConfig
+from mmcurate.stages.base import RecordStage, Stage, StageContext
 
 
 def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ctx: StageContext) -> Any:
@@ -20,7 +20,7 @@ def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ct
     ``done_dir`` (durable across a killed run): a chunk already done is not fetched again."""
     import ray
 
-    from schemas.record import OUTCOME_SCHEMA
+    from mmcurate.schemas.record import OUTCOME_SCHEMA
 
     done_dir.mkdir(parents=True, exist_ok=True)
     for chunk in chunks:
@@ -43,9 +43,9 @@ class CrawlStage(Stage[CrawlConfig]):
     def apply(self, upstream: Any, ctx: StageContext) -> Any:
         import ray
 
-        from stages.crawl.media import MediaFetcher
-        from stages.crawl.pages import candidates_from_pages, crawl_pages
-        from stages.crawl.url_list import UrlListDownloader, number_url_list
+        from mmcurate.stages.crawl.media import MediaFetcher
+        from mmcurate.stages.crawl.pages import candidates_from_pages, crawl_pages
+        from mmcurate.stages.crawl.url_list import UrlListDownloader, number_url_list
 
         cfg = self.config
         fetched = ctx.progress_dir / "fetched"
@@ -68,7 +68,7 @@ class CrawlStage(Stage[CrawlConfig]):
             if media:
                 parts.append(fetch_in_chunks(MediaFetcher(cfg, self.name), sorted(to_fetch.glob("*.parquet")), fetched, ctx))
         if cfg.warcs:
-            from stages.crawl.warc_source import warc_candidates
+            from mmcurate.stages.crawl.warc_source import warc_candidates
 
             parts.append(warc_candidates(cfg, ctx).materialize())
         if not parts:

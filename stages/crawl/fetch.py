@@ -34,8 +34,8 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 
-from schemas.reasons import Reason, Rejected
-from stages.crawl.robots import ROBOTS_MAX_BYTES, RobotsCache, RobotsRules
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.crawl.robots import ROBOTS_MAX_BYTES, RobotsCache, RobotsRules
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

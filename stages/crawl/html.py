@@ -25,7 +25,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 from bs4 import BeautifulSoup, Tag
 
-from schemas.reasons import Reason, Rejected
+from mmcurate.schemas.reasons import Reason, Rejected
 
 _AUDIO_ELEMENTS = ("audio", "video")  # a video's soundtrack is audio for audio-text pairs
 _TRACK_KINDS = ("captions", "subtitles")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.reasons import Rejected
-from schemas.stage_configs import CrawlConfig
-from stages.base import RecordStage, kept
+from mmcurate.schemas.reasons import Rejected
+from mmcurate.schemas.stage_configs import CrawlConfig
+from mmcurate.stages.base import RecordStage, kept
 
 IMAGE_TYPES = ("image/",)
 AUDIO_TYPES = ("audio/", "video/", "application/ogg")
@@ -20,8 +20,8 @@ class MediaFetcher(RecordStage[CrawlConfig]):
     num_cpus = 0.5  # waits on the network, not the CPU
 
     def setup(self) -> None:
-        from stages.crawl.fetch import Fetcher
-        from stages.crawl.policy import fetch_policy
+        from mmcurate.stages.crawl.fetch import Fetcher
+        from mmcurate.stages.crawl.policy import fetch_policy
 
         self.fetcher = Fetcher(fetch_policy(self.config.fetch))
 
@@ -47,7 +47,7 @@ class MediaFetcher(RecordStage[CrawlConfig]):
 
 def transcript_text(body: bytes, url: str) -> str:
     """A linked transcript's text: strict UTF-8, as for subtitles."""
-    from stages.align.subtitles import decode_utf8
+    from mmcurate.stages.align.subtitles import decode_utf8
 
     try:
         return decode_utf8(body)

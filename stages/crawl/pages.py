@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.reasons import Reason, Rejected
-from schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
-from schemas.stage_configs import CrawlConfig
-from stages.base import rejected
-from stages.files import atomic_write_parquet
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
+from mmcurate.schemas.stage_configs import CrawlConfig
+from mmcurate.stages.base import rejected
+from mmcurate.stages.files import atomic_write_parquet
 
 log = logging.getLogger("mmcurate.crawl")
 
@@ -46,13 +46,13 @@ class PageFetcher:
     """Ray worker: fetch and parse pages. Plain callable over an Arrow batch of ``url, depth``."""
 
     def __init__(self, config: CrawlConfig):
-        from stages.crawl.fetch import Fetcher
-        from stages.crawl.policy import fetch_policy
+        from mmcurate.stages.crawl.fetch import Fetcher
+        from mmcurate.stages.crawl.policy import fetch_policy
 
         self.fetcher = Fetcher(fetch_policy(config.fetch))
 
     def page(self, url: str, depth: int) -> dict[str, Any]:
-        from stages.crawl.html import extract_page
+        from mmcurate.stages.crawl.html import extract_page
 
         row: dict[str, Any] = {"url": url, "depth": depth, "final_url": None, "reason": None, "detail": None,
                                "noai": False, "noimageai": False, "links": [], "refs": "[]"}

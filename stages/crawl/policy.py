@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.stage_configs import FetchConfig
-from stages.crawl.fetch import FetchPolicy
+from mmcurate.schemas.stage_configs import FetchConfig
+from mmcurate.stages.crawl.fetch import FetchPolicy
 
 
 def fetch_policy(config: FetchConfig) -> FetchPolicy:

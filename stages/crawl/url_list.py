@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from schemas.reasons import Reason, Rejected
-from schemas.record import RECORD_SCHEMA, empty_record, stable_key
-from schemas.stage_configs import CrawlConfig, UrlListInput
-from stages.base import RecordStage, kept
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, stable_key
+from mmcurate.schemas.stage_configs import CrawlConfig, UrlListInput
+from mmcurate.stages.base import RecordStage, kept
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 CHUNK_ROWS = 2000  # rows downloaded (and remembered as done) together
@@ -96,8 +96,8 @@ class UrlListDownloader(RecordStage[CrawlConfig]):
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         from img2dataset.downloader import download_image_with_retry
 
-        from stages.crawl.fetch import install_global_opener
-        from stages.crawl.policy import fetch_policy
+        from mmcurate.stages.crawl.fetch import install_global_opener
+        from mmcurate.stages.crawl.policy import fetch_policy
 
         self._policy = fetch_policy(self.config.fetch)
         install_global_opener(self._policy)

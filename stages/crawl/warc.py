@@ -26,7 +26,7 @@ from warcio.exceptions import ArchiveLoadFailed
 from warcio.limitreader import LimitReader
 from warcio.statusandheaders import StatusAndHeadersParserException
 
-from schemas.reasons import Reason, Rejected
+from mmcurate.schemas.reasons import Reason, Rejected
 
 _TAIL_KEPT = 64 * 1024  # enough to see what follows the last good record
 

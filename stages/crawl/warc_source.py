@@ -12,13 +12,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.reasons import Reason, Rejected
-from schemas.record import empty_record, outcome_table, stable_key
-from schemas.stage_configs import CrawlConfig
-from stages.base import StageContext, kept, rejected
-from stages.crawl.fetch import x_robots_directives
-from stages.crawl.media import transcript_text
-from stages.crawl.pages import record_of_ref
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.schemas.record import empty_record, outcome_table, stable_key
+from mmcurate.schemas.stage_configs import CrawlConfig
+from mmcurate.stages.base import StageContext, kept, rejected
+from mmcurate.stages.crawl.fetch import x_robots_directives
+from mmcurate.stages.crawl.media import transcript_text
+from mmcurate.stages.crawl.pages import record_of_ref
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -31,7 +31,7 @@ class WarcReader:
     """Ray worker: one WARC path → outcome rows for every media reference found in its pages."""
 
     def __init__(self, config: CrawlConfig):
-        from stages.crawl.policy import fetch_policy
+        from mmcurate.stages.crawl.policy import fetch_policy
 
         policy = fetch_policy(config.fetch)
         self.config = config
@@ -39,8 +39,8 @@ class WarcReader:
         self.refused_directives = {d.lower() for d in policy.disallowed_header_directives}
 
     def read(self, path: str) -> list[dict[str, Any]]:
-        from stages.crawl.html import extract_page
-        from stages.crawl.warc import iter_warc_responses
+        from mmcurate.stages.crawl.html import extract_page
+        from mmcurate.stages.crawl.warc import iter_warc_responses
 
         pages: list[tuple[str, Any]] = []
         bodies: dict[str, Any] = {}

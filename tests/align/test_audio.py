@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from schemas.reasons import Reason, Rejected
-from stages.align.audio import ClipCuts, cut_clips, decode_audio, encode_flac, normalise_audio
-from stages.align.subtitles import Cue
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.align.audio import ClipCuts, cut_clips, decode_audio, encode_flac, normalise_audio
+from mmcurate.stages.align.subtitles import Cue
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:

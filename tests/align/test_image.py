@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.reasons import Reason, Rejected
-from stages.align.image import NormalisedImage, normalise_image
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.align.image import NormalisedImage, normalise_image
 
 DEFAULTS = dict(max_side=256, max_pixels=50_000_000, min_side=16, encode_format="jpg", quality=90)
 GPS_IFD = 0x8825

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.reasons import Reason, Rejected
-from stages.align.subtitles import Cue, parse_subtitles, parse_transcript
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.align.subtitles import Cue, parse_subtitles, parse_transcript
 
 VTT_WITH_TAGS = """WEBVTT - lecture
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.reasons import Reason, Rejected
-from stages.align.text import DEFAULT_JUNK_PATTERNS, ChosenCaption, choose_caption, junk_match
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.align.text import DEFAULT_JUNK_PATTERNS, ChosenCaption, choose_caption, junk_match
 
 PRIORITY = ["figcaption", "alt", "title"]
 

@@ -24,13 +24,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pipeline.train.config import TrainConfig, apply_overrides  # noqa: E402
-from pipeline.train.data import Decoder, ShardStream, make_loader  # noqa: E402
-from pipeline.train.loop import param_groups  # noqa: E402
-from pipeline.train.loss import MaskedClipLoss  # noqa: E402
-from pipeline.train.model import build_model  # noqa: E402
-from pipeline.train.order import assign  # noqa: E402
-from pipeline.train.shards import count_all, expand_shards  # noqa: E402
+from mmcurate.pipeline.train.config import TrainConfig, apply_overrides  # noqa: E402
+from mmcurate.pipeline.train.data import Decoder, ShardStream, make_loader  # noqa: E402
+from mmcurate.pipeline.train.loop import param_groups  # noqa: E402
+from mmcurate.pipeline.train.loss import MaskedClipLoss  # noqa: E402
+from mmcurate.pipeline.train.model import build_model  # noqa: E402
+from mmcurate.pipeline.train.order import assign  # noqa: E402
+from mmcurate.pipeline.train.shards import count_all, expand_shards  # noqa: E402
 
 log = logging.getLogger("bench_loader")
 
@@ -39,8 +39,8 @@ def shards_for(cfg: TrainConfig, workdir: Path) -> list[str]:
     try:
         return expand_shards(cfg.data.train_shards)
     except FileNotFoundError:
-        from pipeline.train.synthetic import records
-        from stages.shard import write_shards
+        from mmcurate.pipeline.train.synthetic import records
+        from mmcurate.stages.shard import write_shards
 
         size = int((cfg.model.custom or {}).get("vision_cfg", {}).get("image_size", 64))
         log.info("%s matches nothing: synthesising 2048 samples (%dpx images, every 4th a tone)",

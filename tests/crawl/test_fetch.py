@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.reasons import Reason, Rejected
-from stages.crawl.fetch import (
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.crawl.fetch import (
     CappedResponse,
     FetchPolicy,
     Fetcher,

@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
-from schemas.reasons import Reason, Rejected
-from stages.crawl.fetch import FetchPolicy, install_global_opener
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.crawl.fetch import FetchPolicy, install_global_opener
 
 img2dataset_downloader = pytest.importorskip("img2dataset.downloader")
 

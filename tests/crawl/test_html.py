@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.reasons import Reason, Rejected
-from stages.crawl.html import MediaRef, Track, extract_page
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.crawl.html import MediaRef, Track, extract_page
 
 PAGE = "https://example.com/articles/cats.html"
 

@@ -6,7 +6,7 @@ import urllib.robotparser
 
 import pytest
 
-from stages.crawl.robots import RobotsCache, RobotsRules
+from mmcurate.stages.crawl.robots import RobotsCache, RobotsRules
 
 
 def verdict(text: str, path: str, agent: str = "mmcurate") -> tuple[bool, str]:

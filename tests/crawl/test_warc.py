@@ -9,8 +9,8 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from schemas.reasons import Reason, Rejected
-from stages.crawl.warc import WarcResponse, iter_warc_responses
+from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.crawl.warc import WarcResponse, iter_warc_responses
 
 
 def http(status: str, headers: list[tuple[str, str]]) -> StatusAndHeaders:

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from pipeline.demo_server import serve_site
-from pipeline.demo_site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR
+from mmcurate.pipeline.demo_server import serve_site
+from mmcurate.pipeline.demo_site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR
 
 
 def fetch(server, path: str, method: str = "GET", timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:

@@ -25,8 +25,8 @@ stages:
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
     """The seeded demo site (30 pages), served for the whole session; tests read its request counter."""
-    from pipeline.demo_server import serve_site
-    from pipeline.demo_site import build_site, write_url_list
+    from mmcurate.pipeline.demo_server import serve_site
+    from mmcurate.pipeline.demo_site import build_site, write_url_list
 
     root = tmp_path_factory.mktemp("site")
     build_site(root, seed=3, pages=30)
@@ -46,7 +46,7 @@ def workflow_file(site, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def finished_run(ray_session, workflow_file, tmp_path_factory):
     """One uninterrupted run, the reference every other integration test compares against."""
-    from pipeline.runner import run_workflow
+    from mmcurate.pipeline.runner import run_workflow
 
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
     result = run_workflow(workflow_file, run_dir)

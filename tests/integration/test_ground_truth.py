@@ -55,7 +55,7 @@ def outcomes(run_dir) -> dict[tuple[str, str], set[str]]:
 
 
 def test_page_references_end_with_the_decision_their_label_calls_for(finished_run, site):
-    from pipeline.demo_site import read_ground_truth
+    from mmcurate.pipeline.demo_site import read_ground_truth
 
     run_dir, _ = finished_run
     _, root = site

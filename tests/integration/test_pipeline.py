@@ -79,7 +79,7 @@ def test_shards_read_back_with_webdataset_and_datasets(finished_run):
 
 
 def test_second_run_on_finished_dir_makes_no_http_request(finished_run, site, workflow_file):
-    from pipeline.runner import run_workflow
+    from mmcurate.pipeline.runner import run_workflow
 
     run_dir, _ = finished_run
     server, _ = site
@@ -93,7 +93,7 @@ def test_second_run_on_finished_dir_makes_no_http_request(finished_run, site, wo
 def test_changing_align_reruns_align_and_shard_not_crawl(finished_run, site, workflow_file, tmp_path):
     import webdataset as wds
 
-    from pipeline.runner import run_workflow
+    from mmcurate.pipeline.runner import run_workflow
 
     run_dir = tmp_path / "changed"
     shutil.copytree(finished_run[0], run_dir)
@@ -111,7 +111,7 @@ def _cli(workflow: Path, run_dir: Path, address: str, log: Path) -> subprocess.P
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", str(workflow), "--run-dir", str(run_dir), "--ray-address", address],
+            [sys.executable, "-m", "mmcurate.pipeline.cli", "run", str(workflow), "--run-dir", str(run_dir), "--ray-address", address],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -161,7 +161,7 @@ def test_sigkill_then_rerun_gives_identical_shards(finished_run, workflow_file, 
 
 
 def test_explain_traces_a_clip_to_its_recording_and_a_reject_to_its_reason(finished_run):
-    from pipeline.explain import format_history, history
+    from mmcurate.pipeline.explain import format_history, history
 
     run_dir, _ = finished_run
     index = pads.dataset(sorted(str(p) for p in (run_dir / "shards").glob("*.parquet"))).to_table().to_pylist()

@@ -11,10 +11,10 @@ import open_clip
 import pytest
 import webdataset as wds
 
-from pipeline.train.data import SHARD_TRUNCATED, Decoder, ShardStream, SkipSample, make_loader
-from pipeline.train.order import assign
-from pipeline.train.shards import count_all, expand_shards
-from pipeline.train.synthetic import records, shape_image
+from mmcurate.pipeline.train.data import SHARD_TRUNCATED, Decoder, ShardStream, SkipSample, make_loader
+from mmcurate.pipeline.train.order import assign
+from mmcurate.pipeline.train.shards import count_all, expand_shards
+from mmcurate.pipeline.train.synthetic import records, shape_image
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_corrupt_samples_are_counted_and_skipped_with_throttled_warnings(tmp_pat
         w.write({"__key__": "latin1", "png": _png(1), "txt": "caf\xe9".encode("latin-1")})
         w.write({"__key__": "audioonly", "flac": b"fLaC", "txt": b"a beep"})
         w.write({"__key__": "good1", "png": _png(2), "txt": b"a red circle"})
-    with caplog.at_level(logging.WARNING, logger="pipeline.train.data"):
+    with caplog.at_level(logging.WARNING, logger="mmcurate.pipeline.train.data"):
         keys, skipped = stream_keys([str(path)], decoder)
     assert sorted(keys) == ["good0", "good1"]
     reasons = dict(skipped)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.train.ledger import committed
-from pipeline.train.shards import iter_shard
+from mmcurate.pipeline.train.ledger import committed
+from mmcurate.pipeline.train.shards import iter_shard
 from train_helpers import tiny_config
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def test_sigkill_of_the_driver_mid_epoch_resumes_with_each_key_once(ray_session,
     run_dir = tmp_path / "run"
     train_dir = run_dir / "train"
     address = ray_session.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "pipeline.cli", "train", str(config_path), "--run-dir", str(run_dir),
+    command = [sys.executable, "-m", "mmcurate.pipeline.cli", "train", str(config_path), "--run-dir", str(run_dir),
                "--ray-address", address]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
     total_cpus = ray_session.cluster_resources().get("CPU", 0)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.train.config import TrainConfig, apply_overrides
-from pipeline.train.ledger import LedgerWriter, committed, record_attempt
+from mmcurate.pipeline.train.config import TrainConfig, apply_overrides
+from mmcurate.pipeline.train.ledger import LedgerWriter, committed, record_attempt
 
 REPO = Path(__file__).resolve().parents[2]
 

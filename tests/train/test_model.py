@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from open_clip.loss import ClipLoss
 
-from pipeline.train.config import AudioTowerConfig, ModelConfig
-from pipeline.train.data import Decoder, ShardStream, make_loader
-from pipeline.train.loss import MaskedClipLoss
-from pipeline.train.model import build_model, mel_filterbank
-from pipeline.train.order import assign
-from pipeline.train.shards import count_all
+from mmcurate.pipeline.train.config import AudioTowerConfig, ModelConfig
+from mmcurate.pipeline.train.data import Decoder, ShardStream, make_loader
+from mmcurate.pipeline.train.loss import MaskedClipLoss
+from mmcurate.pipeline.train.model import build_model, mel_filterbank
+from mmcurate.pipeline.train.order import assign
+from mmcurate.pipeline.train.shards import count_all
 
 from train_helpers import TINY_CLIP, write_synthetic
 

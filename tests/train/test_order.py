@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.train.order import EpochOrder, assign, normalize, split_even, take, total
+from mmcurate.pipeline.train.order import EpochOrder, assign, normalize, split_even, take, total
 
 
 def positions(intervals):

@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 
-from pipeline.train import load_scorer
-from pipeline.train.api import train
-from pipeline.train.checkpoint import CLIP_CONFIG, CLIP_WEIGHTS
-from pipeline.train.cli import add_train_parser, run_train_command
-from pipeline.train.config import TrainConfig
-from pipeline.train.ledger import committed
-from pipeline.train.shards import iter_shard
+from mmcurate.pipeline.train import load_scorer
+from mmcurate.pipeline.train.api import train
+from mmcurate.pipeline.train.checkpoint import CLIP_CONFIG, CLIP_WEIGHTS
+from mmcurate.pipeline.train.cli import add_train_parser, run_train_command
+from mmcurate.pipeline.train.config import TrainConfig
+from mmcurate.pipeline.train.ledger import committed
+from mmcurate.pipeline.train.shards import iter_shard
 from train_helpers import tiny_config
 
 pytestmark = pytest.mark.integration

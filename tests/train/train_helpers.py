@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.train.synthetic import records
-from stages.shard import write_shards
+from mmcurate.pipeline.train.synthetic import records
+from mmcurate.stages.shard import write_shards
 
 # learns "a <colour> <shape>" on a CPU in seconds (shared ENVIRONMENT notes)
 TINY_CLIP = {

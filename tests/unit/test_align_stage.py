@@ -7,9 +7,9 @@ import pyarrow as pa
 import soundfile as sf
 from PIL import Image
 
-from schemas.record import REASON_COLUMN, RECORD_SCHEMA, empty_record
-from schemas.stage_configs import AlignConfig
-from stages.align import AlignStage
+from mmcurate.schemas.record import REASON_COLUMN, RECORD_SCHEMA, empty_record
+from mmcurate.schemas.stage_configs import AlignConfig
+from mmcurate.stages.align import AlignStage
 
 
 def png(size=(64, 48), colour="red") -> bytes:

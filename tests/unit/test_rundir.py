@@ -1,6 +1,6 @@
 import json
 
-from pipeline.rundir import MARKER, RunDir
+from mmcurate.pipeline.rundir import MARKER, RunDir
 
 
 def test_commit_publishes_rejects_then_stage_and_clears_work(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from schemas.record import empty_record
-from stages.shard import write_shards
+from mmcurate.schemas.record import empty_record
+from mmcurate.stages.shard import write_shards
 
 
 def jpeg(colour: str, size: int = 16) -> bytes:

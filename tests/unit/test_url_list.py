@@ -1,8 +1,8 @@
 import pyarrow.parquet as pq
 
-from schemas.reasons import Reason
-from schemas.stage_configs import UrlListInput
-from stages.crawl.url_list import number_url_list, reason_of_download_error
+from mmcurate.schemas.reasons import Reason
+from mmcurate.schemas.stage_configs import UrlListInput
+from mmcurate.stages.crawl.url_list import number_url_list, reason_of_download_error
 
 
 def test_numbering_gives_unique_stable_keys_even_for_repeated_urls(tmp_path):

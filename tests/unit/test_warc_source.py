@@ -5,9 +5,9 @@ import io
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from schemas.record import REASON_COLUMN
-from schemas.stage_configs import CrawlConfig
-from stages.crawl.warc_source import WarcReader
+from mmcurate.schemas.record import REASON_COLUMN
+from mmcurate.schemas.stage_configs import CrawlConfig
+from mmcurate.stages.crawl.warc_source import WarcReader
 
 PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>t</title></head><body>
 <figure><img src="/a.jpg" alt="a red circle"><figcaption>a red circle on grey</figcaption></figure>

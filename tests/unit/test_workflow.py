@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.workflow import WorkflowError, load_workflow
+from mmcurate.schemas.workflow import WorkflowError, load_workflow
 
 GOOD = """
 name: t
