@@ -26,6 +26,10 @@ class StageConfig(StrictModel):
     batch_size: int = Field(16, ge=1, description="records per batch handed to the stage")
     concurrency: int = Field(2, ge=1, description="Ray workers running the stage")
 
+    def input_files(self) -> tuple[str, ...]:
+        """Local files the stage reads besides its upstream; their bytes are part of the stage's fingerprint."""
+        return ()
+
 
 class FetchConfig(StrictModel):
     """Per-fetch limits and politeness. Private, loopback and link-local targets are refused unless listed
@@ -56,7 +60,11 @@ class CrawlConfig(StageConfig):
     allowed_domains: tuple[str, ...] = ()  # page crawl stays within these hosts; empty: the seeds' hosts
     max_depth: int = Field(3, ge=0)
     max_pages: int = Field(1000, ge=1)
+    chunk_rows: int = Field(2000, ge=1, description="candidates fetched, and kept across a kill, together")
     fetch: FetchConfig = FetchConfig()
+
+    def input_files(self) -> tuple[str, ...]:
+        return (*(spec.path for spec in self.url_lists), *self.warcs)
 
     @model_validator(mode="after")
     def _has_input(self) -> CrawlConfig:
