@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 def _run(args: argparse.Namespace) -> int:
     from mmcurate.pipeline.report import funnel_table
-    from mmcurate.pipeline.runner import run_workflow
+    from mmcurate.pipeline.runner import StageFailed, run_workflow
     from mmcurate.schemas.workflow import WorkflowError
 
     run_dir = args.run_dir or str(Path("runs") / Path(args.workflow).stem)
@@ -23,6 +23,9 @@ def _run(args: argparse.Namespace) -> int:
     except WorkflowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(funnel_table(result.stats))
     print(f"\nrun directory: {result.run_dir}")
     if (result.run_dir / "shards").is_dir():

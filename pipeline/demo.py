@@ -2,6 +2,8 @@
 
 ``workflows/demo.yaml`` names ``serve: demo_site`` and refers to the served site through two variables:
 ``${demo_site.base_url}`` and ``${demo_site.url_list}`` (an absolute URL list written for this server).
+The site is served on a fixed port (``serve.demo_site.port``), so its URLs, the sample keys made from them and
+the crawl progress saved by a killed run are the same on every invocation.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
 
     root = Path(config.root) if config.root else run_root / "demo_site"
     ensure_site(root, config.seed, config.pages)
-    with serve_site(root, port=config.port) as server:
+    try:
+        server = serve_site(root, port=config.port)
+    except OSError as err:
+        raise OSError(
+            f"demo: cannot serve on 127.0.0.1:{config.port} ({err.strerror}); is another demo running? "
+            f"Pick another port with --set serve.demo_site.port=N (the same N on every re-run of this run dir)"
+        ) from err
+    with server:
         url_list = root / f"url_list.{server.port}.csv"
         write_url_list(root, server.base_url, url_list)
         log.info("demo: serving %s at %s", root / "site", server.base_url)

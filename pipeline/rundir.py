@@ -1,49 +1,90 @@
 """The run directory: committed stage outputs, reject rows, stats and the manifest.
 
-    DIR/manifest.json            workflow file + sha256, per-stage config hash and fingerprint, versions, times
-    DIR/stats.json               per stage {"in", "kept", "rejected": {reason: n}, "seconds"}
-    DIR/<stage>/_SUCCESS.json    completion marker: fingerprint, stats; present only for a committed stage
-    DIR/<stage>/data/*.parquet   kept records
-    DIR/rejects/<stage>/*.parquet  one row per rejected sample: key, url, stage, reason, detail, config_hash
-    DIR/shards/                  WebDataset shards with their parquet indexes and stats (the shard stage's output)
+    DIR/manifest.json            workflow file + sha256, per-stage fingerprint and what it covers, versions, times
+    DIR/stats.json               per stage {"in", "out", "kept", "rejected": {reason: n}, "seconds"}
+    DIR/<stage>                  link to the stage's current generation, DIR/.generations/<stage>/<id>/:
+        _SUCCESS.json            completion marker: fingerprint, stats
+        data/*.parquet           kept records
+        rejects/*.parquet        one row per rejected candidate: key, url, stage, reason, detail, config_hash
+        shards/                  a sink's WebDataset shards, indexes and stats (+ _READERS.lock)
+    DIR/rejects/<stage>          link to <stage>/rejects (fixed; follows the stage's link)
+    DIR/shards                   link to <sink>/shards (fixed; follows the sink's link)
     DIR/logs/run.log
+    DIR/.work/                   a stage being written (discarded when the next run takes the lock)
+    DIR/.progress/<stage>-<fp>/  finished pieces of an uncommitted stage (kept across a kill, removed at commit)
+    DIR/.cache/                  file digests by (path, size, mtime)
 
-A stage is written into ``DIR/.work/<stage>-<random>/`` and published by renames: its rejects first, its own
-directory (which holds the marker) last. A run killed at any moment leaves either a committed stage or nothing
-that counts, so restarting redoes exactly the uncommitted stages. Within a stage, long work may record finished
-pieces in ``DIR/.progress/<stage>-<fingerprint>/`` (each piece written whole, then renamed); a restarted stage
-with the same fingerprint reuses them, and they are deleted when the stage commits.
+Publishing a stage is one atomic step: its generation directory is written and fsynced in full under
+``.work/``, moved under ``.generations/``, and then the stage's link is replaced by a single ``rename`` of a new
+link over it. A run killed at any moment leaves each stage's link pointing at a complete generation (or at
+nothing), so a restart redoes exactly the stages whose marker does not match. The previous generation stays on
+disk until no reader holds its ``_READERS.lock`` (the trainer takes a shared lock on the shards it reads), so
+``mmcurate run`` never pulls shards out from under a training job.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mmcurate.stages.files import atomic_write_bytes
+from mmcurate.stages.files import atomic_write_bytes, fsync_dir, fsync_tree
 
 MARKER = "_SUCCESS.json"
+READERS_LOCK = "_READERS.lock"
+# Testing aid: SIGKILL this process group at a named point of a commit ("publish:<stage>:before|after").
+KILL_AT_ENV = "MMCURATE_KILL_AT"
+
+log = logging.getLogger("mmcurate.rundir")
 
 
 def atomic_write_json(path: Path, value: Any, *, sort_keys: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8"))
 
 
-def _replace_dir(new: Path, target: Path, trash_root: Path) -> None:
-    """Put ``new`` at ``target``; an old ``target`` is moved aside first (rename is atomic, rmtree is not)."""
-    if target.exists():
-        trash = trash_root / f"trash-{uuid.uuid4().hex[:8]}"
-        os.rename(target, trash)
+def _kill_point(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        log.warning("%s=%s: killing this process group", KILL_AT_ENV, name)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _replace_link(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` in one rename. A real directory there (an older layout) is moved aside."""
+    if link.exists() and not link.is_symlink():
+        trash = link.with_name(f".{link.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(link, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(new, target)
+    tmp = link.with_name(f".{link.name}.link-{uuid.uuid4().hex[:8]}")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
+def _ensure_link(link: Path, target: str) -> None:
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    _replace_link(link, target)
+
+
+def _held_by_reader(generation: Path) -> bool:
+    """True when a reader holds a lock file inside ``generation`` (checked without waiting)."""
+    for lock_path in generation.rglob(READERS_LOCK):
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 class RunDir:
@@ -68,6 +109,14 @@ class RunDir:
     def work_root(self) -> Path:
         return self.root / ".work"
 
+    @property
+    def generations_root(self) -> Path:
+        return self.root / ".generations"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / ".cache"
+
     def progress_dir(self, stage: str, fingerprint: str) -> Path:
         return self.root / ".progress" / f"{stage}-{fingerprint}"
 
@@ -84,7 +133,11 @@ class RunDir:
 
     def is_done(self, stage: str, fingerprint: str) -> bool:
         marker = self.marker(stage)
-        return bool(marker and marker.get("fingerprint") == fingerprint and self.rejects_dir(stage).is_dir())
+        return bool(marker and marker.get("fingerprint") == fingerprint)
+
+    def current_generation(self, stage: str) -> Path | None:
+        link = self.stage_dir(stage)
+        return Path(os.path.realpath(link)) if link.is_symlink() and link.exists() else None
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -96,6 +149,7 @@ class RunDir:
             except BlockingIOError as err:
                 raise RuntimeError(f"{self.root} is in use by another mmcurate run") from err
             self._clear_work()
+            self.collect_generations()
             yield
 
     def _clear_work(self) -> None:
@@ -104,24 +158,52 @@ class RunDir:
         self.work_root.mkdir(parents=True)
 
     def begin_stage(self, stage: str) -> Path:
+        """A fresh generation directory under ``.work/`` with ``rejects/`` ready; the stage writes the rest."""
         work = self.work_root / f"{stage}-{uuid.uuid4().hex[:8]}"
-        (work / "stage").mkdir(parents=True)
-        (work / "rejects").mkdir()
+        (work / "rejects").mkdir(parents=True)
         return work
 
-    def commit_stage(self, stage: str, work: Path, marker: dict[str, Any], shards: Path | None = None) -> None:
-        """Publish a finished stage. Order matters: the marker is inside the stage directory, renamed last."""
-        atomic_write_json(work / "stage" / MARKER, marker)
-        _replace_dir(work / "rejects", self.rejects_dir(stage), self.work_root)
-        if shards is not None:
-            _replace_dir(shards, self.shards_dir, self.work_root)
-        _replace_dir(work / "stage", self.stage_dir(stage), self.work_root)
-        shutil.rmtree(work, ignore_errors=True)
+    def commit_stage(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool = False) -> None:
+        """Publish a finished generation: fsync it whole, move it under ``.generations/``, swap the link."""
+        atomic_write_json(work / MARKER, marker)
+        if sink:
+            (work / "shards").mkdir(exist_ok=True)
+            (work / "shards" / READERS_LOCK).touch()
+        fsync_tree(work)
+        generation = self.generations_root / stage / f"{marker['fingerprint']}-{uuid.uuid4().hex[:8]}"
+        generation.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(work, generation)
+        fsync_dir(generation.parent)
+        _kill_point(f"publish:{stage}:before")
+        _replace_link(self.stage_dir(stage), os.path.relpath(generation, self.root))
+        # the fixed links follow the stage link, so they never need a second step to be current
+        _ensure_link(self.rejects_dir(stage), os.path.join("..", stage, "rejects"))
+        if sink:
+            _ensure_link(self.shards_dir, os.path.join(stage, "shards"))
+        _kill_point(f"publish:{stage}:after")
         for progress in (self.root / ".progress").glob(f"{stage}-*"):
             shutil.rmtree(progress, ignore_errors=True)
+        self.collect_generations(stage)
+
+    def collect_generations(self, stage: str | None = None) -> None:
+        """Delete generations no link points at, unless a reader still holds one."""
+        if not self.generations_root.is_dir():
+            return
+        stage_roots = [self.generations_root / stage] if stage else sorted(self.generations_root.iterdir())
+        for stage_root in stage_roots:
+            if not stage_root.is_dir():
+                continue
+            current = self.current_generation(stage_root.name)
+            for generation in sorted(stage_root.iterdir()):
+                if current is not None and generation.resolve() == current:
+                    continue
+                if _held_by_reader(generation):
+                    log.info("keeping %s: a reader holds it", generation)
+                    continue
+                shutil.rmtree(generation, ignore_errors=True)
 
     def invalidate(self, stage: str) -> None:
-        """Remove a stage's marker so that it and everything after it is known to be stale."""
-        marker = self.stage_dir(stage) / MARKER
-        if marker.exists():
-            marker.unlink()
+        """Remove a stage's link so that it and everything after it is known to be stale."""
+        link = self.stage_dir(stage)
+        if link.is_symlink():
+            link.unlink()

@@ -1,14 +1,19 @@
-"""Run a workflow on Ray into a run directory, skipping stages whose committed output is still valid."""
+"""Run a workflow on Ray into a run directory, skipping stages whose committed output is still valid.
+
+Every stage is checked, not trusted: the runner counts the records that entered a stage (the first outcome row of
+each input record, see ``stages.base``) and compares them with the upstream's committed row count; a stage that
+loses a record fails, named. Unexpected per-record exceptions are quarantined as ``internal_error`` rows up to
+the workflow's ``max_error_fraction``; past it the run fails with the first errors in the message.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,18 +21,22 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir, atomic_write_json
 from mmcurate.pipeline.stages_registry import stage_class
-from mmcurate.schemas.record import DETAIL_COLUMN, REASON_COLUMN, REJECT_SCHEMA
+from mmcurate.schemas.reasons import Reason
+from mmcurate.schemas.record import DETAIL_COLUMN, FIRST_COLUMN, REASON_COLUMN, REJECT_SCHEMA
 from mmcurate.schemas.stage_configs import STAGE_KINDS
 from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow
 from mmcurate.stages.base import StageContext, split_outcomes
 
 log = logging.getLogger("mmcurate.run")
 
-# Bumped when a stage's behaviour changes in a way that makes old outputs wrong.
-PIPELINE_VERSION = "1"
 VERSIONED_PACKAGES = ("mmcurate", "ray", "img2dataset", "webdataset", "open_clip_torch", "torch", "pyarrow", "pillow")
+
+
+class StageFailed(RuntimeError):
+    """A stage broke the contract (lost records) or quarantined too many; nothing of it was committed."""
 
 
 @dataclass
@@ -36,6 +45,7 @@ class StageOutcome:
     status: str  # "ran" | "reused"
     stats: dict[str, Any]
     fingerprint: str
+    covers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,10 +58,6 @@ class RunResult:
         return {s.name: s.stats for s in self.stages}
 
 
-def fingerprint(upstream: str, spec: StageSpec) -> str:
-    return hashlib.sha256(f"{PIPELINE_VERSION}|{upstream}|{spec.config_hash}".encode()).hexdigest()[:16]
-
-
 def init_ray(address: str | None) -> None:
     """Local Ray by default; an existing cluster when ``address`` (or RAY_ADDRESS) is given."""
     import ray
@@ -59,12 +65,27 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # token auth guards a cluster; the local Ray this process starts and owns needs none
+        with _environment(RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled")):
+            ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _versions() -> dict[str, str]:
@@ -102,40 +123,87 @@ def _reject_rows_of(table: pa.Table, stage: str, config_hash: str) -> pa.Table:
     return _reject_rows(split_outcomes(table)[1], stage, config_hash)
 
 
+def tally_outcomes(batches: Iterable[pa.Table], is_source: bool) -> dict[str, Any]:
+    """in (records that entered), out (outcome rows), kept and rejected by reason, from two small columns."""
+    counts: Counter[str] = Counter()
+    entered = rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        entered += sum(1 for first in batch[FIRST_COLUMN].to_pylist() if first)
+        counts.update(reason or "kept" for reason in batch[REASON_COLUMN].to_pylist())
+    kept = counts.pop("kept", 0)
+    # a source's candidates are its rows; a map stage counts each input record once, however many rows it made
+    return {"in": rows if is_source else entered, "out": rows, "kept": kept, "rejected": dict(sorted(counts.items()))}
+
+
+def _count_outcomes(outcomes: Any, is_source: bool) -> dict[str, Any]:
+    columns = outcomes.select_columns([REASON_COLUMN, FIRST_COLUMN])
+    return tally_outcomes(columns.iter_batches(batch_format="pyarrow", batch_size=65536), is_source)
+
+
 def _run_outcome_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path, ctx: StageContext) -> dict[str, Any]:
     # Kept records and reject rows are written by Ray workers; the driver only sees the reason column.
     outcomes = stage.apply(upstream, ctx).materialize()
-    (work / "stage" / "data").mkdir(parents=True, exist_ok=True)
-    outcomes.map_batches(_kept_records, batch_format="pyarrow").write_parquet(str(work / "stage" / "data"))
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    outcomes.map_batches(_kept_records, batch_format="pyarrow").write_parquet(str(work / "data"))
     outcomes.map_batches(
         _reject_rows_of, fn_kwargs={"stage": spec.name, "config_hash": spec.config_hash}, batch_format="pyarrow"
     ).write_parquet(str(work / "rejects"))
-    counts: Counter[str] = Counter()
-    for batch in outcomes.select_columns([REASON_COLUMN]).iter_batches(batch_format="pyarrow", batch_size=65536):
-        counts.update(reason or "kept" for reason in batch[REASON_COLUMN].to_pylist())
-    kept = counts.pop("kept", 0)
-    return {"in": kept + sum(counts.values()), "kept": kept, "rejected": dict(sorted(counts.items()))}
+    return _count_outcomes(outcomes, STAGE_KINDS[spec.kind].role == "source")
 
 
-def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> tuple[dict[str, Any], Path]:
+def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    shards_dir = work / "shards"
-    infos, refused = stage.write(upstream, shards_dir)
+    from mmcurate.schemas.record import outcome_table
+
+    infos, refused = stage.write(upstream, work / "shards")
     written = sum(i.samples for i in infos)
     counts = Counter(r[REASON_COLUMN] for r in refused)
     if refused:
-        from mmcurate.schemas.record import outcome_table
-
-        pq.write_table(_reject_rows(outcome_table(refused), spec.name, spec.config_hash), work / "rejects" / "part-00000.parquet")
-    stats = {
+        rows = _reject_rows(outcome_table(refused), spec.name, spec.config_hash)
+        pq.write_table(rows, work / "rejects" / "part-00000.parquet")
+    return {
         "in": written + len(refused),
+        "out": written + len(refused),
         "kept": written,
         "rejected": dict(sorted(counts.items())),
         "shards": len(infos),
         "shard_bytes": sum(i.bytes for i in infos),
     }
-    return stats, shards_dir
+
+
+def check_accounting(stage: str, stats: dict[str, Any], upstream_rows: int | None) -> None:
+    """The records a stage says entered it must be the rows its upstream committed, and every row it wrote
+    must be kept or rejected."""
+    if stats["kept"] + sum(stats["rejected"].values()) != stats["out"]:
+        raise StageFailed(f"stage {stage}: {stats['out']} outcome rows but kept + rejected = "
+                          f"{stats['kept'] + sum(stats['rejected'].values())}")
+    if upstream_rows is not None and stats["in"] != upstream_rows:
+        raise StageFailed(
+            f"stage {stage}: {upstream_rows} records came from upstream but {stats['in']} entered the stage: "
+            f"{abs(upstream_rows - stats['in'])} {'lost without an outcome row' if stats['in'] < upstream_rows else 'invented'}"
+        )
+
+
+def check_error_fraction(stage: str, stats: dict[str, Any], limit: float, rejects_dir: Path) -> None:
+    errors = stats["rejected"].get(Reason.INTERNAL_ERROR.value, 0)
+    if not errors or errors <= limit * max(stats["in"], 1):
+        return
+    import pyarrow.dataset as pads
+
+    first = (
+        pads.dataset(str(rejects_dir), format="parquet")
+        .to_table(columns=["key", "detail"], filter=pads.field("reason") == Reason.INTERNAL_ERROR.value)
+        .slice(0, 5)
+        .to_pylist()
+    )
+    listed = "\n".join(f"  {row['key']}: {row['detail']}" for row in first)
+    raise StageFailed(
+        f"stage {stage}: {errors} of {stats['in']} records raised an unexpected error "
+        f"(max_error_fraction {limit}); nothing was committed. First errors:\n{listed}\n"
+        f"Full tracebacks are in the run log; raise max_error_fraction to accept them as internal_error rejects."
+    )
 
 
 @contextlib.contextmanager
@@ -185,60 +253,82 @@ def _placeholder_variables() -> dict[str, str]:
     return {name: "http://127.0.0.1:1" for name in DEMO_VARIABLES}
 
 
-def _upstream(rundir: RunDir, previous: StageSpec) -> Any:
+def _upstream(rundir: RunDir, previous: StageSpec) -> tuple[Any, int]:
+    """The previous stage's committed records as a Dataset, and their row count from the parquet footers."""
+    import pyarrow.dataset as pads
     import ray
 
     from mmcurate.schemas.record import RECORD_SCHEMA
 
-    data = rundir.data_dir(previous.name)
-    if not any(data.glob("*.parquet")):  # the previous stage kept nothing
-        return ray.data.from_arrow(RECORD_SCHEMA.empty_table())
-    return ray.data.read_parquet(str(data))
+    data = Path(os.path.realpath(rundir.data_dir(previous.name)))  # this generation, whatever the link does later
+    files = sorted(str(p) for p in data.glob("*.parquet"))
+    if not files:  # the previous stage kept nothing
+        return ray.data.from_arrow(RECORD_SCHEMA.empty_table()), 0
+    return ray.data.read_parquet(files), pads.dataset(files, format="parquet").count_rows()
 
 
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
-
     started = datetime.now(timezone.utc).isoformat()
     result = RunResult(run_dir=rundir.root)
-    upstream_fp = ""
-    previous: StageSpec | None = None
+    files = FileDigests(rundir.cache_dir / "file_digests.json")
+    serve = workflow.serve.model_dump(mode="json")
+    previous: StageOutcome | None = None
+    previous_spec: StageSpec | None = None
     ray_started = False
     for spec in workflow.stages:
-        fp = fingerprint(upstream_fp, spec)
+        role = STAGE_KINDS[spec.kind].role
+        fp, covers = stage_fingerprint(
+            kind=spec.kind, config=spec.config, upstream=[previous.fingerprint] if previous else [],
+            files=files, serve=serve if role == "source" else None,
+        )
+        files.save()
         if rundir.is_done(spec.name, fp):
             marker = rundir.marker(spec.name)
             log.info("stage %s: already done (fingerprint %s), reusing", spec.name, fp)
-            result.stages.append(StageOutcome(spec.name, "reused", marker["stats"], fp))
+            outcome = StageOutcome(spec.name, "reused", marker["stats"], fp, covers)
         else:
             if not ray_started:
                 init_ray(ray_address)
                 ray_started = True
             log.info("stage %s: running (fingerprint %s)", spec.name, fp)
-            t0 = time.perf_counter()
-            work = rundir.begin_stage(spec.name)
-            ctx = StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=work / "stage",
-                               progress_dir=rundir.progress_dir(spec.name, fp))
-            stage = stage_class(spec.kind)(spec.config, spec.name)
-            upstream = _upstream(rundir, previous) if previous else None
-            shards = None
-            if STAGE_KINDS[spec.kind].role == "sink":
-                stats, shards = _run_sink_stage(spec, stage, upstream, work)
-            else:
-                stats = _run_outcome_stage(spec, stage, upstream, work, ctx)
-            stats["seconds"] = round(time.perf_counter() - t0, 2)
-            marker = {
-                "stage": spec.name,
-                "kind": spec.kind,
-                "fingerprint": fp,
-                "config_hash": spec.config_hash,
-                "stats": stats,
-                "finished": datetime.now(timezone.utc).isoformat(),
-            }
-            rundir.commit_stage(spec.name, work, marker, shards=shards)
-            result.stages.append(StageOutcome(spec.name, "ran", stats, fp))
-            log.info("stage %s: in=%d kept=%d rejected=%s", spec.name, stats["in"], stats["kept"], stats["rejected"])
-        upstream_fp, previous = fp, spec
+            outcome = StageOutcome(spec.name, "ran", _run_stage(workflow, spec, fp, rundir, previous_spec), fp, covers)
+            log.info("stage %s: in=%d out=%d kept=%d rejected=%s", spec.name, outcome.stats["in"],
+                     outcome.stats["out"], outcome.stats["kept"], outcome.stats["rejected"])
+        result.stages.append(outcome)
+        previous, previous_spec = outcome, spec
         atomic_write_json(rundir.root / "stats.json", result.stats, sort_keys=False)  # stages in run order
+    _write_manifest(workflow, rundir, result, ray_address, started)
+    return result
+
+
+def _run_stage(workflow: Workflow, spec: StageSpec, fp: str, rundir: RunDir, previous: StageSpec | None) -> dict:
+    t0 = time.perf_counter()
+    work = rundir.begin_stage(spec.name)
+    ctx = StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=work,
+                       progress_dir=rundir.progress_dir(spec.name, fp))
+    stage = stage_class(spec.kind)(spec.config, spec.name)
+    upstream, upstream_rows = _upstream(rundir, previous) if previous else (None, None)
+    is_sink = STAGE_KINDS[spec.kind].role == "sink"
+    if is_sink:
+        stats = _run_sink_stage(spec, stage, upstream, work)
+    else:
+        stats = _run_outcome_stage(spec, stage, upstream, work, ctx)
+    check_accounting(spec.name, stats, upstream_rows)
+    check_error_fraction(spec.name, stats, workflow.max_error_fraction, work / "rejects")
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    marker = {
+        "stage": spec.name,
+        "kind": spec.kind,
+        "fingerprint": fp,
+        "config_hash": spec.config_hash,
+        "stats": stats,
+        "finished": datetime.now(timezone.utc).isoformat(),
+    }
+    rundir.commit_stage(spec.name, work, marker, sink=is_sink)
+    return stats
+
+
+def _write_manifest(workflow: Workflow, rundir: RunDir, result: RunResult, ray_address: str | None, started: str):
     atomic_write_json(
         rundir.root / "manifest.json",
         {
@@ -249,15 +339,15 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
                     "kind": spec.kind,
                     "config_hash": spec.config_hash,
                     "fingerprint": s.fingerprint,
+                    "covers": {k: v for k, v in s.covers.items() if k != "config"},
                     "status": s.status,
                 }
                 for s, spec in zip(result.stages, workflow.stages)
             ],
+            "max_error_fraction": workflow.max_error_fraction,
             "versions": _versions(),
-            "pipeline_version": PIPELINE_VERSION,
             "ray": "cluster" if (ray_address or os.environ.get("RAY_ADDRESS")) else "local",
             "started": started,
             "finished": datetime.now(timezone.utc).isoformat(),
         },
     )
-    return result

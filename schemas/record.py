@@ -51,10 +51,17 @@ RECORD_SCHEMA = pa.schema(
 )
 RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
 
-# Rows leave a stage with these two extra columns: null reason = kept, otherwise the row is a reject.
+# Rows leave a stage with these extra columns: null reason = kept, otherwise the row is a reject. A map stage
+# marks the first outcome row of each input record with ``_first``, which is how the runner counts the records
+# that entered it (a stage that fans out, e.g. one clip per subtitle cue, writes more rows than it read).
 REASON_COLUMN = "_reason"
 DETAIL_COLUMN = "_detail"
-OUTCOME_SCHEMA = RECORD_SCHEMA.append(pa.field(REASON_COLUMN, pa.string())).append(pa.field(DETAIL_COLUMN, pa.string()))
+FIRST_COLUMN = "_first"
+OUTCOME_SCHEMA = (
+    RECORD_SCHEMA.append(pa.field(REASON_COLUMN, pa.string()))
+    .append(pa.field(DETAIL_COLUMN, pa.string()))
+    .append(pa.field(FIRST_COLUMN, pa.bool_()))
+)
 
 REJECT_SCHEMA = pa.schema(
     [

@@ -18,13 +18,16 @@ class WorkflowError(ValueError):
     """A workflow file that cannot run; the message names the file, the stage and the field."""
 
 
+DEMO_PORT = 18321  # fixed, so that URLs, keys and saved crawl progress are the same on every invocation
+
+
 class DemoSiteConfig(StrictModel):
     """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
 
     seed: int = 0
     pages: int = Field(200, ge=5)
-    port: int = Field(0, ge=0, le=65535)  # 0: an ephemeral port
-    root: str | None = None  # where the site is built; default: <run dir>/site
+    port: int = Field(DEMO_PORT, ge=0, le=65535)  # 0: an ephemeral port (URLs and keys then change every run)
+    root: str | None = None  # where the site is built; default: <run dir>/demo_site
 
 
 class ServeConfig(StrictModel):
@@ -36,11 +39,13 @@ class StageSpec(BaseModel):
     name: str  # the stage's name in the run directory (``id`` in the file, defaulting to the stage kind)
     kind: str
     config: StageConfig
-    raw: dict[str, Any]  # the config as written, before ${...} substitution: what the stage's hash covers
+    raw: dict[str, Any]  # the config as written, before ${...} substitution
 
     @property
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps({"kind": self.kind, **self.raw}, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the resolved config, defaults and ${...} values included: what reject rows cite."""
+        resolved = {"kind": self.kind, **self.config.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Workflow(BaseModel):
@@ -49,6 +54,8 @@ class Workflow(BaseModel):
     path: str
     sha256: str
     serve: ServeConfig
+    # records whose processing may raise unexpectedly (each becomes an internal_error row) before a stage fails
+    max_error_fraction: float = Field(0.01, ge=0, le=1)
     stages: tuple[StageSpec, ...]
 
 
@@ -82,6 +89,9 @@ def _format_error(path: str, where: str, err: ValidationError) -> str:
 def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
     """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.demo_site.port=8000``."""
     head, _, rest = dotted.partition(".")
+    if head == "max_error_fraction" and not rest:
+        doc[head] = value
+        return
     if not rest:
         raise WorkflowError(f"--set {dotted}: expected <stage>.<field>=<value> or serve.<...>=<value>")
     if head == "serve":
@@ -101,7 +111,7 @@ def load_workflow(
     path: str | Path, *, overrides: list[str] = (), variables: dict[str, str] | None = None
 ) -> Workflow:
     """Parse and validate a workflow file. ``overrides`` are ``stage.field=yaml-value`` strings; ``variables``
-    fill ``${name}`` placeholders (e.g. ``${demo_site.base_url}``) without changing any stage's config hash."""
+    fill ``${name}`` placeholders (e.g. ``${demo_site.base_url}``)."""
     path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -118,9 +128,10 @@ def load_workflow(
         if not sep:
             raise WorkflowError(f"--set {item}: expected key=value")
         _set_dotted(doc, key.strip(), yaml.safe_load(value))
-    unknown_top = set(doc) - {"name", "serve", "stages"}
+    known_top = ("name", "serve", "max_error_fraction", "stages")
+    unknown_top = set(doc) - set(known_top)
     if unknown_top:
-        raise WorkflowError(f"{path}: unknown top-level field(s) {sorted(unknown_top)} (known: name, serve, stages)")
+        raise WorkflowError(f"{path}: unknown top-level field(s) {sorted(unknown_top)} (known: {', '.join(known_top)})")
     try:
         serve = ServeConfig.model_validate(doc.get("serve") or {})
     except ValidationError as err:
@@ -145,13 +156,17 @@ def load_workflow(
             raise WorkflowError(_format_error(path, where, err)) from err
         specs.append(StageSpec(name=name, kind=kind, config=config, raw=raw))
     _check_order(path, specs)
-    return Workflow(
-        name=str(doc.get("name") or Path(path).stem),
-        path=path,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
-        serve=serve,
-        stages=tuple(specs),
-    )
+    try:
+        return Workflow(
+            name=str(doc.get("name") or Path(path).stem),
+            path=path,
+            sha256=hashlib.sha256(text.encode()).hexdigest(),
+            serve=serve,
+            max_error_fraction=doc.get("max_error_fraction", 0.01),
+            stages=tuple(specs),
+        )
+    except ValidationError as err:
+        raise WorkflowError(_format_error(path, "workflow", err)) from err
 
 
 def _check_order(path: str, specs: list[StageSpec]) -> None:

@@ -8,6 +8,9 @@ kept + rejected = in for every stage.
 Roles, one base class each:
   * ``RecordStage`` (role ``map``): one record in, one or more outcome rows out. Subclasses fill ``process``;
     ``setup`` loads models once per Ray worker (the runner uses a class-based ``map_batches`` actor pool).
+    The base marks each record's first outcome row (``_first``), so the runner can count the records that
+    entered and check them against the upstream row count, and turns an unexpected exception on one record
+    into an ``internal_error`` reject row (type, message, a digest of the traceback) instead of a failed stage.
   * a source (``crawl``) implements ``apply`` itself: it has no upstream and makes candidates from its inputs.
   * a ``global`` stage (a threshold over the whole data set, dedupe by hash key) implements ``apply`` with Ray
     Data aggregations (``groupby`` on keys, then a join or map back); it never pulls the data set to the driver.
@@ -16,8 +19,10 @@ Roles, one base class each:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +32,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 import pyarrow as pa
 
 from mmcurate.schemas.reasons import Reason, Rejected
-from mmcurate.schemas.record import DETAIL_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_COLUMNS, outcome_table
+from mmcurate.schemas.record import (
+    DETAIL_COLUMN,
+    FIRST_COLUMN,
+    OUTCOME_SCHEMA,
+    REASON_COLUMN,
+    RECORD_COLUMNS,
+    outcome_table,
+)
 from mmcurate.schemas.stage_configs import StageConfig
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
@@ -66,6 +78,7 @@ def kept(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
     row.update(changes)
     row[REASON_COLUMN] = None
     row[DETAIL_COLUMN] = None
+    row[FIRST_COLUMN] = None
     return row
 
 
@@ -76,6 +89,27 @@ def rejected(record: dict[str, Any], reason: Reason | str, detail: str = "", **c
     row[REASON_COLUMN] = Reason(reason).value
     row[DETAIL_COLUMN] = detail[:500]
     return row
+
+
+_logged_traces: set[str] = set()
+
+
+def internal_error(record: dict[str, Any], err: BaseException) -> dict[str, Any]:
+    """An ``internal_error`` reject row for a record whose processing raised ``err`` unexpectedly.
+
+    The detail names the exception and a digest of where it was raised (file, line, function: the same bug gives
+    the same digest on every record), and the full traceback is logged once per digest and process."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = "|".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in frames)
+    digest = hashlib.sha1(f"{type(err).__name__}|{where}".encode()).hexdigest()[:10]
+    if digest not in _logged_traces:
+        _logged_traces.add(digest)
+        logging.getLogger("mmcurate.stage").error(
+            "internal error on key %s (trace %s):\n%s", record.get("key"), digest,
+            "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+        )
+    last = f" at {where.rsplit('|', 1)[-1]}" if where else ""
+    return rejected(record, Reason.INTERNAL_ERROR, f"{type(err).__name__}: {err}"[:400] + f"{last} [trace {digest}]")
 
 
 class RecordStage(Stage[ConfigT]):
@@ -103,10 +137,13 @@ class RecordStage(Stage[ConfigT]):
                 produced = self.process(record)
             except Rejected as rej:
                 produced = [rejected(record, rej.reason, rej.detail)]
+            except Exception as err:  # one bad record must not fail the stage: it becomes a reason row
+                produced = [internal_error(record, err)]
             if not produced:
                 # a record that vanishes without a row would break kept + rejected = in
                 raise RuntimeError(f"{type(self).__name__}.process returned no outcome for key {record.get('key')}")
-            for row in produced:
+            for i, row in enumerate(produced):
+                row[FIRST_COLUMN] = i == 0
                 self.counts[row[REASON_COLUMN] or "kept"] += 1
             rows.extend(produced)
         self.seconds += time.perf_counter() - started
@@ -116,16 +153,26 @@ class RecordStage(Stage[ConfigT]):
     num_cpus: ClassVar[float] = 1.0
 
     def apply(self, upstream: Any, ctx: StageContext) -> Any:
-        import ray
-
-        return upstream.map_batches(
-            RecordStageWorker,
-            fn_constructor_args=(type(self), self.config, self.name),
-            batch_format="pyarrow",
-            batch_size=self.config.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.config.concurrency),
-            num_cpus=self.num_cpus,
+        return on_actor_pool(
+            upstream, RecordStageWorker, (type(self), self.config, self.name),
+            batch_size=self.config.batch_size, concurrency=self.config.concurrency, num_cpus=self.num_cpus,
         )
+
+
+def on_actor_pool(
+    dataset: Any, worker: type, args: tuple[Any, ...], *, batch_size: int, concurrency: int, num_cpus: float
+) -> Any:
+    """``dataset.map_batches`` over Arrow batches on an elastic pool of ``worker`` actors, built once each."""
+    import ray
+
+    return dataset.map_batches(
+        worker,
+        fn_constructor_args=args,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
+        num_cpus=num_cpus,
+    )
 
 
 class RecordStageWorker:
@@ -144,7 +191,10 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     import pyarrow.compute as pc
 
     is_kept = pc.is_null(table[REASON_COLUMN])
-    return table.filter(is_kept).drop_columns([REASON_COLUMN, DETAIL_COLUMN]), table.filter(pc.invert(is_kept))
+    return (
+        table.filter(is_kept).drop_columns([REASON_COLUMN, DETAIL_COLUMN, FIRST_COLUMN]),
+        table.filter(pc.invert(is_kept)),
+    )
 
 
 __all__ = [
@@ -153,7 +203,9 @@ __all__ = [
     "RecordStageWorker",
     "Stage",
     "StageContext",
+    "internal_error",
     "kept",
+    "on_actor_pool",
     "rejected",
     "split_outcomes",
 ]

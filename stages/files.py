@@ -1,4 +1,5 @@
-"""Atomic file writes: the whole file appears under its name, or nothing does (temp file, fsync, rename)."""
+"""Atomic, durable file writes: the whole file appears under its name, or nothing does (temp file, fsync,
+rename, fsync of the directory)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (files written by other processes, e.g. Ray workers)."""
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(directory))

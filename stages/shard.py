@@ -93,10 +93,14 @@ def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> Shard
     tmp = out_dir / f".{name}.tar.tmp"
     index_rows: list[dict[str, Any]] = []
     images = audio = 0
+    keys: set[str] = set()
     with open(tmp, "wb") as stream:
         # fixed mtime/user/group: identical input gives identical bytes
         writer = wds.TarWriter(stream, mtime=0, user="mmcurate", group="mmcurate", mode=0o444)
         for record in records:
+            if record["key"] in keys:  # two members with one name: readers raise or silently pick one
+                raise ValueError(f"shard {name}: a second sample with key {record['key']}")
+            keys.add(record["key"])
             members = sample_members(record)
             images += "jpg" in members or "png" in members
             audio += "flac" in members
@@ -175,11 +179,34 @@ def write_shards(
     return infos
 
 
+def _tiebreak(record: dict[str, Any]) -> tuple[str, ...]:
+    """Orders records that share a key by their content, so which one wins does not depend on scheduling."""
+    digest = hashlib.sha256()
+    for column in ("image", "audio"):
+        digest.update(bytes(record.get(column) or b"") + b"\0")
+    return (record.get("url") or "", record.get("page_url") or "", record.get("text") or "", digest.hexdigest())
+
+
+def first_of_each_key(records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """From records sorted by key: (the record that wins its key, the others with that key)."""
+    group: list[dict[str, Any]] = []
+    for record in records:
+        if group and record["key"] != group[0]["key"]:
+            group.sort(key=_tiebreak)
+            yield group[0], group[1:]
+            group = []
+        group.append(record)
+    if group:
+        group.sort(key=_tiebreak)
+        yield group[0], group[1:]
+
+
 class ShardStage:
     """The ``shard`` sink: sorts kept records by key and writes them as shards into ``<work_dir>/shards``.
 
     Sorting makes shard contents independent of how upstream partitions were scheduled, so an interrupted and
-    resumed run writes byte-identical shards."""
+    resumed run writes byte-identical shards. Keys are unique by construction upstream; should two records still
+    share one, the first by content order is written and the others are rejected as ``duplicate_key``."""
 
     kind = "shard"
 
@@ -191,19 +218,29 @@ class ShardStage:
         """Write shards from a Ray Dataset of records; return the shards and the outcome rows of records that
         cannot become a sample (no caption, no media)."""
         from mmcurate.schemas.reasons import Reason
-        from mmcurate.stages.base import rejected
+        from mmcurate.stages.base import internal_error, rejected
 
         refused: list[dict[str, Any]] = []
 
-        def writable() -> Iterator[dict[str, Any]]:
+        def sorted_records() -> Iterator[dict[str, Any]]:
             for batch in upstream.sort("key").iter_batches(batch_format="pyarrow", batch_size=256):
-                for record in batch.to_pylist():
-                    if not (record.get("text") or "").strip():
-                        refused.append(rejected(record, Reason.NO_TEXT, "record reached the shard writer without a caption"))
-                    elif record.get("image") is None and record.get("audio") is None:
-                        refused.append(rejected(record, Reason.NO_MEDIA, "record has neither image nor audio"))
-                    else:
-                        yield record
+                yield from batch.to_pylist()
+
+        def writable() -> Iterator[dict[str, Any]]:
+            for record, duplicates in first_of_each_key(sorted_records()):
+                for other in duplicates:
+                    refused.append(rejected(other, Reason.DUPLICATE_KEY, f"key already written for {record.get('url')}"))
+                if not (record.get("text") or "").strip():
+                    refused.append(rejected(record, Reason.NO_TEXT, "record reached the shard writer without a caption"))
+                elif record.get("image") is None and record.get("audio") is None:
+                    refused.append(rejected(record, Reason.NO_MEDIA, "record has neither image nor audio"))
+                else:
+                    try:
+                        sample_members(record)
+                    except Exception as err:  # e.g. a scores value that is not JSON: one row, not a failed stage
+                        refused.append(internal_error(record, err))
+                        continue
+                    yield record
 
         infos = write_shards(
             writable(),

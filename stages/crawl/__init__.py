@@ -7,12 +7,23 @@ subtitles) and every text field the source offered; ``align`` turns them into sa
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
 
 from mmcurate.schemas.stage_configs import CrawlConfig
 from mmcurate.stages.base import RecordStage, Stage, StageContext
+from mmcurate.stages.files import fsync_dir, fsync_tree
+
+
+def _chunk_id(chunk: Path) -> str:
+    """A chunk's name and a digest of the candidate keys in it: saved outcomes are reused only for the same
+    candidates, whatever produced the chunk file this time."""
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(chunk, columns=["key"])["key"].to_pylist()
+    return f"{chunk.stem}-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:16]}"
 
 
 def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ctx: StageContext) -> Any:
@@ -23,8 +34,10 @@ def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ct
     from mmcurate.schemas.record import OUTCOME_SCHEMA
 
     done_dir.mkdir(parents=True, exist_ok=True)
+    targets = []
     for chunk in chunks:
-        target = done_dir / chunk.stem
+        target = done_dir / _chunk_id(chunk)
+        targets.append(target)
         if target.exists():
             ctx.log.info("crawl: %s already fetched by an interrupted run", chunk.stem)
             continue
@@ -32,8 +45,10 @@ def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ct
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         fetcher.apply(ray.data.read_parquet(str(chunk)), ctx).write_parquet(str(partial))
+        fsync_tree(partial)
         partial.rename(target)
-    files = [str(f) for chunk in chunks for f in sorted((done_dir / chunk.stem).glob("*.parquet"))]
+        fsync_dir(done_dir)
+    files = [str(f) for target in targets for f in sorted(target.glob("*.parquet"))]
     return ray.data.read_parquet(files) if files else ray.data.from_arrow(OUTCOME_SCHEMA.empty_table())
 
 
@@ -54,7 +69,7 @@ class CrawlStage(Stage[CrawlConfig]):
         parts = []
         if cfg.url_lists:
             listed = ctx.work_dir / "candidates" / "url_lists"
-            total = sum(number_url_list(spec, i, listed) for i, spec in enumerate(cfg.url_lists))
+            total = sum(number_url_list(spec, i, listed, cfg.chunk_rows) for i, spec in enumerate(cfg.url_lists))
             ctx.log.info("crawl: %d URL-list rows", total)
             if total:
                 parts.append(fetch_in_chunks(UrlListDownloader(cfg, self.name), sorted(listed.glob("*.parquet")), fetched, ctx))
@@ -62,7 +77,7 @@ class CrawlStage(Stage[CrawlConfig]):
             pages = crawl_pages(cfg, ctx.progress_dir / "pages")
             shutil.copytree(ctx.progress_dir / "pages", ctx.work_dir / "pages")  # kept with the stage, for audits
             to_fetch, refused = ctx.work_dir / "candidates" / "media", ctx.work_dir / "candidates" / "refused"
-            media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused)
+            media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused, cfg.chunk_rows)
             ctx.log.info("crawl: %d pages read, %d failed, %d media references", pages - failed, failed, media)
             parts.append(ray.data.read_parquet(str(refused)))
             if media:

@@ -7,6 +7,7 @@ a page that can contributes one candidate per media reference and no row of its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict
@@ -25,7 +26,7 @@ from mmcurate.stages.files import atomic_write_parquet
 
 log = logging.getLogger("mmcurate.crawl")
 
-CHUNK_ROWS = 2000  # media references fetched (and remembered as done) together
+FRONTIER_KEY = b"mmcurate.frontier_sha256"  # parquet metadata of a saved level: the frontier it was fetched from
 
 PAGE_SCHEMA = pa.schema(
     [
@@ -103,9 +104,39 @@ def _fetch_level(config: CrawlConfig, frontier: list[str], depth: int) -> pa.Tab
     return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
 
 
+def _frontier_digest(frontier: list[str]) -> str:
+    return hashlib.sha256("\n".join(frontier).encode("utf-8")).hexdigest()
+
+
+def _saved_level(level_file: Path, frontier: list[str]) -> bool:
+    """A level saved by an interrupted run is reused only if it was fetched from this very frontier."""
+    if not level_file.exists():
+        return False
+    metadata = pq.read_schema(level_file).metadata or {}
+    if metadata.get(FRONTIER_KEY) == _frontier_digest(frontier).encode():
+        return True
+    log.warning("crawl: %s was fetched from another frontier; fetching it again", level_file.name)
+    level_file.unlink()
+    return False
+
+
+def _write_level(table: pa.Table, frontier: list[str], level_file: Path) -> None:
+    metadata = {**(table.schema.metadata or {}), FRONTIER_KEY: _frontier_digest(frontier).encode()}
+    atomic_write_parquet(table.replace_schema_metadata(metadata), level_file)
+
+
+def _cut_pages(urls: list[str], depth: int, why: str) -> pa.Table:
+    """Pages discovered but not fetched, as page rows with reason ``crawl_limit``: counted, not vanished."""
+    rows = [{"url": url, "depth": depth, "final_url": None, "reason": Reason.CRAWL_LIMIT.value, "detail": why,
+             "noai": False, "noimageai": False, "links": [], "refs": "[]"} for url in urls]
+    return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
+
+
 def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
     """Crawl from the seeds, one BFS level at a time; each finished level is written to ``pages_dir``. A level
-    already there (from a run that was killed) is replayed instead of fetched again. Return the number of pages."""
+    already there (from a run that was killed) is replayed instead of fetched again, if the frontier it was fetched
+    from is this run's. Pages cut by ``max_pages`` or ``max_depth`` go to ``pages_dir/level-*-cut.parquet``.
+    Return the number of pages fetched."""
 
     domains = {d.lower() for d in config.allowed_domains} or {_host(s) for s in config.seeds}
     seen: set[str] = set()
@@ -116,21 +147,25 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
             frontier.append(seed)
     pages_dir.mkdir(parents=True, exist_ok=True)
     fetched = 0
-    for depth in range(config.max_depth + 1):
+    for depth in range(config.max_depth + 2):
         if not frontier:
             break
         budget = config.max_pages - fetched
-        if budget <= 0:
-            log.warning("crawl: max_pages=%d reached; %d discovered pages not fetched", config.max_pages, len(frontier))
+        if depth > config.max_depth or budget <= 0:
+            why = f"depth {depth} > max_depth {config.max_depth}" if depth > config.max_depth else f"max_pages {config.max_pages} reached"
+            log.warning("crawl: %s; %d discovered pages not fetched", why, len(frontier))
+            atomic_write_parquet(_cut_pages(frontier, depth, why), pages_dir / f"level-{depth:03d}-cut.parquet")
             break
         if len(frontier) > budget:
-            log.warning("crawl: max_pages=%d: fetching %d of %d pages at depth %d", config.max_pages, budget, len(frontier), depth)
+            why = f"max_pages {config.max_pages} reached"
+            log.warning("crawl: %s: fetching %d of %d pages at depth %d", why, budget, len(frontier), depth)
+            atomic_write_parquet(_cut_pages(frontier[budget:], depth, why), pages_dir / f"level-{depth:03d}-cut.parquet")
             frontier = frontier[:budget]
         level_file = pages_dir / f"level-{depth:03d}.parquet"
-        if level_file.exists():
+        if _saved_level(level_file, frontier):
             log.info("crawl: depth %d: reusing %d pages fetched by an interrupted run", depth, len(frontier))
         else:
-            atomic_write_parquet(_fetch_level(config, frontier, depth), level_file)
+            _write_level(_fetch_level(config, frontier, depth), frontier, level_file)
         fetched += len(frontier)
         next_frontier = []
         for links in pq.read_table(level_file, columns=["links"])["links"].to_pylist():
@@ -143,7 +178,7 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
     return fetched
 
 
-def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -> tuple[int, int]:
+def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path, chunk_rows: int) -> tuple[int, int]:
     """Turn page results into candidates: a record to fetch per media reference of a readable page (into
     ``fetch_dir``), and an outcome row per unreadable page or per reference of a noai page (into ``refused_dir``).
     Returns (media references, failed pages)."""
@@ -167,9 +202,9 @@ def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path) -
                     refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noimageai robots directive"))
                 else:
                     to_fetch.append(record)
-        for start in range(0, max(len(to_fetch), 1), CHUNK_ROWS):
-            chunk = pa.Table.from_pylist(to_fetch[start : start + CHUNK_ROWS], schema=RECORD_SCHEMA)
-            pq.write_table(chunk, fetch_dir / f"{level_file.stem}-{start // CHUNK_ROWS:04d}.parquet")
+        for start in range(0, len(to_fetch), chunk_rows):
+            chunk = pa.Table.from_pylist(to_fetch[start : start + chunk_rows], schema=RECORD_SCHEMA)
+            pq.write_table(chunk, fetch_dir / f"{level_file.stem}-{start // chunk_rows:04d}.parquet")
         pq.write_table(outcome_table(refused), refused_dir / level_file.name)
     return media, failed
 

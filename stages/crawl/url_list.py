@@ -35,7 +35,7 @@ def _dataset_format(spec: UrlListInput) -> str:
     return _FORMATS[suffix]
 
 
-def number_url_list(spec: UrlListInput, list_index: int, out_dir: Path) -> int:
+def number_url_list(spec: UrlListInput, list_index: int, out_dir: Path, chunk_rows: int = CHUNK_ROWS) -> int:
     """Write the list's rows as candidate records into ``out_dir`` (parquet chunks); return the row count."""
     source = pads.dataset(spec.path, format=_dataset_format(spec))
     missing = {spec.url_column, *([spec.caption_column] if spec.caption_column else [])} - set(source.schema.names)
@@ -44,7 +44,7 @@ def number_url_list(spec: UrlListInput, list_index: int, out_dir: Path) -> int:
     columns = [spec.url_column, *([spec.caption_column] if spec.caption_column else [])]
     out_dir.mkdir(parents=True, exist_ok=True)
     position = 0
-    for chunk_number, batch in enumerate(source.to_batches(columns=columns, batch_size=CHUNK_ROWS)):
+    for chunk_number, batch in enumerate(source.to_batches(columns=columns, batch_size=chunk_rows)):
         rows = []
         for row in batch.to_pylist():
             url = str(row[spec.url_column]) if row[spec.url_column] is not None else ""

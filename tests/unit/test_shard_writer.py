@@ -75,3 +75,26 @@ def test_webdataset_reads_back_every_sample(tmp_path):
 def test_rejects_bad_limits(tmp_path):
     with pytest.raises(ValueError):
         write_shards(records(1), tmp_path, samples_per_shard=0)
+
+
+def test_the_writer_refuses_a_second_member_with_the_same_name(tmp_path):
+    import pytest
+
+    from mmcurate.schemas.record import empty_record
+    from mmcurate.stages.shard import write_shards
+
+    twice = [empty_record(key="same", text="a", image=b"x", image_format="jpg")] * 2
+    with pytest.raises(ValueError, match="a second sample with key same"):
+        write_shards(twice, tmp_path)
+
+
+def test_records_sharing_a_key_keep_the_first_by_content_whatever_their_arrival_order():
+    from mmcurate.schemas.record import empty_record
+    from mmcurate.stages.shard import first_of_each_key
+
+    a = empty_record(key="k1", url="http://a/", text="x", image=b"1")
+    b = empty_record(key="k1", url="http://b/", text="x", image=b"2")
+    c = empty_record(key="k2", url="http://c/", text="y", image=b"3")
+    for order in ([a, b, c], [b, a, c]):
+        groups = list(first_of_each_key(order))
+        assert [(w["url"], [d["url"] for d in dups]) for w, dups in groups] == [("http://a/", ["http://b/"]), ("http://c/", [])]

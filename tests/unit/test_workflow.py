@@ -91,14 +91,30 @@ def test_crawl_needs_an_input(tmp_path):
         load_workflow(write(tmp_path, GOOD.replace('seeds: ["http://127.0.0.1:1/index.html"]', "max_depth: 1")))
 
 
-def test_overrides_and_variables_do_not_change_hash_of_untouched_stages(tmp_path):
+def test_variables_are_part_of_the_resolved_config_and_overrides_touch_only_their_stage(tmp_path):
     path = write(tmp_path, GOOD.replace("http://127.0.0.1:1", "${demo_site.base_url}"))
     a = load_workflow(path, variables={"demo_site.base_url": "http://127.0.0.1:1000"})
     b = load_workflow(path, variables={"demo_site.base_url": "http://127.0.0.1:2000"}, overrides=["align.image_max_side=64"])
+    c = load_workflow(path, variables={"demo_site.base_url": "http://127.0.0.1:1000"}, overrides=["align.image_max_side=64"])
     assert a.stages[0].config.seeds == ("http://127.0.0.1:1000/index.html",)
     assert b.stages[0].config.seeds == ("http://127.0.0.1:2000/index.html",)
-    assert a.stages[0].config_hash == b.stages[0].config_hash  # the port is not part of the crawl's identity
-    assert a.stages[1].config_hash != b.stages[1].config_hash
+    # another server is another crawl: output fetched from port 1000 must never be reused for port 2000
+    assert a.stages[0].config_hash != b.stages[0].config_hash
+    assert a.stages[0].config_hash == c.stages[0].config_hash
+    assert a.stages[1].config_hash != c.stages[1].config_hash
     assert b.stages[1].config.image_max_side == 64
     with pytest.raises(WorkflowError, match="unknown variable"):
         load_workflow(path)
+
+
+def test_a_default_written_out_hashes_like_the_default_left_out(tmp_path):
+    plain = load_workflow(write(tmp_path, GOOD))
+    explicit = load_workflow(write(tmp_path, GOOD), overrides=["align.image_min_side=16"])
+    assert plain.stages[1].config_hash == explicit.stages[1].config_hash
+
+
+def test_max_error_fraction_is_a_validated_workflow_field(tmp_path):
+    assert load_workflow(write(tmp_path, GOOD)).max_error_fraction == 0.01
+    assert load_workflow(write(tmp_path, GOOD), overrides=["max_error_fraction=0.5"]).max_error_fraction == 0.5
+    with pytest.raises(WorkflowError, match="max_error_fraction"):
+        load_workflow(write(tmp_path, GOOD), overrides=["max_error_fraction=2"])
