@@ -51,7 +51,7 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
     root = Path(config.root) if config.root else run_root / "demo_site"
     ensure_site(root, config.seed, config.pages)
     try:
-        server = serve_site(root, port=config.port)
+        server = serve_site(root, port=config.port, access_log=root / "access.log")
     except OSError as err:
         raise OSError(
             f"demo: cannot serve on 127.0.0.1:{config.port} ({err.strerror}); is another demo running? "

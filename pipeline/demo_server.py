@@ -94,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         ok = super().parse_request()
         if ok:
-            self.server.site._count()
+            self.server.site._count(self.command or "", self.path)
         return ok
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -209,6 +209,7 @@ class SiteServer:
         *,
         slow_seconds: float = 5.0,
         huge_bytes: int = 30 * 1024 * 1024,
+        access_log: Path | None = None,
     ):
         address = ipaddress.ip_address(host)
         if address.version != 4 or not address.is_loopback:
@@ -226,7 +227,14 @@ class SiteServer:
         self._count_value = 0
         self._log: list[RequestRecord] = []
         self._stopping = threading.Event()
-        self._httpd = _Server((host, port), self)
+        # an access log, like any web server's: "METHOD PATH" per request received, appended across runs
+        self._access_log = open(access_log, "ab", buffering=0) if access_log is not None else None
+        try:
+            self._httpd = _Server((host, port), self)
+        except OSError:
+            if self._access_log is not None:
+                self._access_log.close()
+            raise
         self.host, self.port = self._httpd.server_address[:2]
         self.base_url = f"http://{self.host}:{self.port}"
         self._thread = threading.Thread(
@@ -239,9 +247,12 @@ class SiteServer:
         logger.info("demo site %s served at %s", self.site_dir, self.base_url)
 
     # called from handler threads
-    def _count(self) -> None:
+    def _count(self, method: str, path: str) -> None:
         with self._lock:
             self._count_value += 1
+            if self._access_log is not None:
+                # one write per line, unbuffered: the log stays whole even if this process is SIGKILLed
+                self._access_log.write(f"{method} {path}\n".encode("utf-8", "backslashreplace"))
 
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
@@ -273,6 +284,8 @@ class SiteServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+        if self._access_log is not None:
+            self._access_log.close()
 
     def __enter__(self) -> SiteServer:
         return self
@@ -284,7 +297,13 @@ class SiteServer:
 
 
 def serve_site(
-    root: Path, host: str = "127.0.0.1", port: int = 0, *, slow_seconds: float = 5.0, huge_bytes: int = 30 * 1024 * 1024
+    root: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    slow_seconds: float = 5.0,
+    huge_bytes: int = 30 * 1024 * 1024,
+    access_log: Path | None = None,
 ) -> SiteServer:
     """Start serving ``root/site/`` (built by ``build_site(root)``) and return the running server."""
-    return SiteServer(root, host, port, slow_seconds=slow_seconds, huge_bytes=huge_bytes)
+    return SiteServer(root, host, port, slow_seconds=slow_seconds, huge_bytes=huge_bytes, access_log=access_log)

@@ -1,0 +1,202 @@
+"""The user's path, end to end: a non-editable install in a fresh venv, the ``mmcurate demo`` command run from
+another directory with its own server and its own Ray per invocation, SIGKILLed to its process group at points
+spread over the crawl, align, shard and the commit, and run again as a user would.
+
+Kill points are printed with their delays. The delays are drawn from ``MMCURATE_KILL_SEED`` (default: a fresh
+seed, printed), so a failing kill can be replayed: ``MMCURATE_KILL_SEED=<seed> pytest tests/e2e -k <point>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = 40  # the smallest site that still has every failure mode
+CHUNK_ROWS = 20  # two URL-list chunks and several media chunks, so a kill can land between and inside them
+SHARD_SAMPLES = 40  # several shards
+KILL_SEED = int(os.environ.get("MMCURATE_KILL_SEED", random.randrange(1_000_000)))
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    name: str
+    reached: Callable[[Path], bool] | None  # watched from outside; None: the run kills itself (MMCURATE_KILL_AT)
+    kill_at: str | None = None
+
+    def delay(self) -> float:
+        return random.Random(f"{KILL_SEED}-{self.name}").uniform(0.0, 1.5) if self.reached else 0.0
+
+
+def _any(run: Path, pattern: str) -> bool:
+    return any(run.glob(pattern))
+
+
+KILL_POINTS = [
+    KillPoint("crawl-url-list-chunks", lambda run: _any(run, ".progress/crawl-*/fetched/.list0-*.tmp")),
+    KillPoint("crawl-bfs-level", lambda run: _any(run, ".progress/crawl-*/pages/level-001.parquet")),
+    KillPoint("crawl-media-chunks", lambda run: _any(run, ".progress/crawl-*/fetched/level-*-0000-*")),
+    KillPoint("align", lambda run: (run / "crawl" / "_SUCCESS.json").exists() and _any(run, ".work/align-*")),
+    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".work/shard-*")),
+    KillPoint("commit-crawl-after-link-swap", None, "publish:crawl:after"),
+    KillPoint("commit-align-before-link-swap", None, "publish:align:before"),
+]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """``pip install .`` (not editable) into a fresh venv; the heavy dependencies come from this interpreter's
+    site-packages through a .pth line, so the test needs no network and no second 5 GB install."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = Path(subprocess.check_output(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    ).strip())
+    (site / "_parent_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(REPO)],
+        check=True, cwd=tmp_path_factory.mktemp("build"),
+    )
+    return venv
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTHON"))}
+    return {**env, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def _demo_command(venv: Path, run: Path, *extra: str) -> list[str]:
+    return [str(venv / "bin" / "mmcurate"), "demo", "--run-dir", str(run), "--pages", str(PAGES),
+            "--set", f"crawl.chunk_rows={CHUNK_ROWS}", "--set", f"shard.samples_per_shard={SHARD_SAMPLES}", *extra]
+
+
+def _run_demo(venv: Path, run: Path, cwd: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log = open(run.parent / f"{run.name}.log", "ab")
+    return subprocess.Popen(_demo_command(venv, run, *extra), cwd=cwd, env=env or _env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _tail(run: Path) -> str:
+    lines = (run.parent / f"{run.name}.log").read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines[-80:] if "logging_progress" not in line)
+
+
+def _finish(proc: subprocess.Popen, run: Path) -> None:
+    assert proc.wait(timeout=900) == 0, _tail(run)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the CLI's process group, then wait until nothing of its session (Ray included) is left."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        alive = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+        if not alive.strip():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processes of the killed run outlived it: {alive.split()}")
+
+
+def shard_files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "shards").iterdir()) if p.suffix in (".tar", ".parquet", ".json")}
+
+
+def requests(run: Path) -> list[str]:
+    log = run / "demo_site" / "access.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("elsewhere")  # not the repository: the installed package must stand alone
+
+
+@pytest.fixture(scope="module")
+def reference(installed, elsewhere) -> Path:
+    run = elsewhere / "reference"
+    _finish(_run_demo(installed, run, elsewhere), run)
+    return run
+
+
+def test_the_wheel_installs_under_one_namespace_and_carries_the_demo(installed, elsewhere):
+    python = installed / "bin" / "python"
+    probe = ("import importlib.util as u, mmcurate.stages, mmcurate.pipeline, mmcurate.schemas;"
+             "print([n for n in ('pipeline', 'stages', 'schemas') if u.find_spec(n)]);"
+             "print(mmcurate.stages.__file__)")
+    found, where = subprocess.check_output([python, "-c", probe], cwd=elsewhere, env=_env(), text=True).splitlines()
+    assert found == "[]"  # no top-level pipeline / stages / schemas module
+    assert str(installed) in where and str(REPO) not in where
+    site = Path(where).parents[1]
+    assert (site / "mmcurate" / "workflows" / "demo.yaml").is_file()
+    assert not any((site / name).exists() for name in ("pipeline", "stages", "schemas"))
+
+
+def test_the_demo_runs_from_another_directory_and_a_rerun_makes_no_request(installed, reference, elsewhere):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["ran", "ran", "ran"]
+    assert len(shard_files(reference)) >= 3
+    before = len(requests(reference))
+    _finish(_run_demo(installed, reference, elsewhere), reference)
+    assert len(requests(reference)) == before
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["reused", "reused", "reused"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=lambda p: p.name)
+def test_a_demo_killed_at_any_point_resumes_to_the_same_shards(installed, reference, elsewhere, point):
+    run = elsewhere / f"killed-{point.name}"
+    print(f"\nkill point {point.name}: seed {KILL_SEED}, delay {point.delay():.2f} s, kill_at {point.kill_at}")
+    env = {**_env(), "MMCURATE_KILL_AT": point.kill_at} if point.kill_at else None
+    proc = _run_demo(installed, run, elsewhere, env=env)
+    if point.reached is None:
+        assert proc.wait(timeout=900) == -signal.SIGKILL, _tail(run)
+        _kill_group(proc)
+    else:
+        deadline = time.monotonic() + 600
+        while not point.reached(run):
+            assert proc.poll() is None, f"the run ended before {point.name}:\n{_tail(run)}"
+            assert time.monotonic() < deadline, f"{point.name} never reached"
+            time.sleep(0.02)
+        time.sleep(point.delay())
+        assert proc.poll() is None, f"the run ended before the kill at {point.name}"
+        _kill_group(proc)
+    assert not (run / "shards" / "shard-000000.tar").exists()
+    done_before = {stage for stage in ("crawl", "align") if (run / stage / "_SUCCESS.json").exists()}
+    saved_levels = sorted(p.name for p in run.glob(".progress/crawl-*/pages/level-*.parquet"))
+    seen_before = len(requests(run))
+
+    _finish(_run_demo(installed, run, elsewhere), run)
+
+    assert shard_files(run) == shard_files(reference)
+    again = requests(run)[seen_before:]
+    if "crawl" in done_before:
+        assert again == [], f"a committed crawl was fetched again: {again[:5]}"
+    if "level-000.parquet" in saved_levels:
+        assert "GET /index.html" not in again  # the saved BFS level is replayed, not fetched
+    assert not any((run / ".progress").glob("*")) and not any((run / ".work").glob("*"))
+    statuses = {s["name"]: s["status"] for s in json.loads((run / "manifest.json").read_text())["stages"]}
+    assert all(statuses[stage] == "reused" for stage in done_before), statuses
+
+
+def test_a_different_seed_on_the_same_run_dir_runs_again(installed, reference, elsewhere, tmp_path):
+    run = tmp_path / "reseeded"
+    shutil.copytree(reference, run, symlinks=True)
+    _finish(_run_demo(installed, run, elsewhere, "--seed", "1"), run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["ran", "ran", "ran"]
+    assert shard_files(run) != shard_files(reference)
