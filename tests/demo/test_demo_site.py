@@ -19,16 +19,26 @@ import pytest
 import soundfile as sf
 import srt
 import webvtt
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mmcurate.pipeline.demo_site import MIN_PAGES, Label, build_site, write_url_list
 from mmcurate.pipeline.demo_site.audio import SPEECH_DIR, load_clips
+from mmcurate.pipeline.demo_site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES
 from mmcurate.pipeline.demo_site.images import BACKGROUNDS, BOMB_SIZE, COLOURS, SHAPES, png_claimed_size
 from mmcurate.pipeline.demo_site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR, NOT_ALLOWED_URL
 
 # labels whose URL is answered dynamically by the server, or never fetched: no file behind them
 NO_FILE_LABELS = {"broken_link", "redirect_loop", "timeout", "server_error", "too_large", "not_allowed_address"}
 UNDECODABLE_IMAGE_LABELS = {"corrupt", "truncated", "zero_byte", "decompression_bomb"}
+# what Pillow raises for each undecodable label (truncated: a plain OSError saying so, from ImageFile.load)
+UNDECODABLE_IMAGE_ERRORS = {
+    "corrupt": (UnidentifiedImageError, "cannot identify image file"),
+    "zero_byte": (UnidentifiedImageError, "cannot identify image file"),
+    "truncated": (OSError, "image file is truncated"),
+    "decompression_bomb": (Image.DecompressionBombError, "could be decompression bomb"),
+}
+# audio the site plans from its fixed tables: every page clip and every narrated figure carries subtitles
+SUBTITLED_CLIPS = len(AUDIO_PAGES) + len(NARRATED_FIGURES)
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -114,13 +124,13 @@ def test_rebuild_into_the_same_root_replaces_the_site(demo_site, tmp_path):
 def test_refuses_to_delete_a_directory_it_did_not_build(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "precious.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="is not a demo site"):
         build_site(tmp_path, pages=MIN_PAGES)
     assert (tmp_path / "site" / "precious.txt").exists()
 
 
 def test_too_few_pages_is_an_error(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"pages must be at least {MIN_PAGES}"):
         build_site(tmp_path, pages=MIN_PAGES - 1)
 
 
@@ -163,8 +173,10 @@ def test_html_references_and_ground_truth_agree_exactly(demo_site, ground_truth)
             target = resolve(page, ref)
             (subtitles if target.endswith((".vtt", ".srt")) else on_pages).add((target, page))
     rows = {(r["url"], r["page"]) for r in ground_truth}
+    assert len(on_pages) == demo_site.n_images + demo_site.n_audio > 0  # the pages really reference every asset
     assert on_pages == rows
     assert len(rows) == len(ground_truth)  # one row per reference, no repeats
+    assert len(subtitles) == SUBTITLED_CLIPS
     assert subtitles == {(r["subtitle_url"], r["page"]) for r in ground_truth if r["subtitle_url"]}
     assert min(styles.values()) > 0 and len(styles) == 3  # relative, root-relative and absolute all occur
 
@@ -175,6 +187,8 @@ def test_every_asset_file_is_in_the_ground_truth(demo_site, ground_truth):
     pages = {f for f in files if f.endswith(".html")}
     subtitles = {r["subtitle_url"] for r in ground_truth if r["subtitle_url"]}
     assets = {r["url"] for r in ground_truth if r["file_exists"]}
+    assert len(pages) == demo_site.pages and len(subtitles) == SUBTITLED_CLIPS
+    assert len(assets) > demo_site.n_images / 2  # most image references have a file behind them
     assert files == pages | subtitles | assets | {"/robots.txt", f"/{HEADERS_SIDECAR}"}
 
 
@@ -206,28 +220,41 @@ def test_label_counts_scale_with_the_site(tmp_path):
 
 
 def test_files_exist_exactly_where_the_ground_truth_says(demo_site, ground_truth):
+    hashed, absent = set(), set()  # labels checked each way
     for r in ground_truth:
         path = demo_site.site_dir / r["url"].lstrip("/")
         assert r["file_exists"] == (r["label"] not in NO_FILE_LABELS), r
         if r["file_exists"]:
             assert hashlib.sha256(path.read_bytes()).hexdigest() == r["sha256"]
+            hashed.add(r["label"])
         elif r["url"].startswith("/"):
             assert not path.exists()
+            absent.add(r["label"])
+    assert hashed == {label.value for label in Label} - NO_FILE_LABELS
+    assert absent == NO_FILE_LABELS - {"not_allowed_address"}  # the only off-site reference
     assert [r["url"] for r in ground_truth if r["label"] == "not_allowed_address"] == [NOT_ALLOWED_URL]
 
 
 def test_clean_images_decode_at_their_recorded_size(demo_site, ground_truth):
+    decoded = Counter()
     for r in ground_truth:
         if r["kind"] == "image" and r["file_exists"] and r["label"] not in UNDECODABLE_IMAGE_LABELS:
             image = decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes())
             assert image.size == (r["width"], r["height"]), r["url"]
+            decoded[r["label"]] += 1
+    # every decodable image label was exercised, and every clean image (the bulk of the site) among them
+    audio_only = {"broken_audio", "malformed_subtitle"}
+    assert set(decoded) == {label.value for label in Label} - NO_FILE_LABELS - UNDECODABLE_IMAGE_LABELS - audio_only
+    clean_images = sum(r["kind"] == "image" and r["label"] == "clean" for r in ground_truth)
+    assert decoded["clean"] == clean_images > demo_site.n_images / 3
 
 
 def test_broken_images_do_not_decode(demo_site, ground_truth):
     broken = [r for r in ground_truth if r["label"] in UNDECODABLE_IMAGE_LABELS]
     assert {r["label"] for r in broken} == UNDECODABLE_IMAGE_LABELS
     for r in broken:
-        with pytest.raises(Exception):
+        error, message = UNDECODABLE_IMAGE_ERRORS[r["label"]]
+        with pytest.raises(error, match=message):
             decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes())
 
 
@@ -258,20 +285,26 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))  # whole words: "centred" does not say "red"
 
 
-def test_clean_text_describes_and_mismatched_text_does_not(ground_truth):
+def test_clean_text_describes_and_mismatched_text_does_not(demo_site, ground_truth):
+    described, mismatched = set(), 0
     for r in ground_truth:
         if r["colour"] is None or r["shown_text"] is None:
             continue
         said = words(r["shown_text"])
         if r["label"] in ("clean", "duplicate", "near_duplicate", "noai", "not_utf8") and r["markup"] != "figure_audio":
             assert {r["colour"], r["shape"]} <= said, r
+            described.add(r["label"])
         if r["label"] == "mismatched":
             assert r["colour"] not in said and r["shape"] not in said, r
             assert said & set(COLOURS) and said & set(SHAPES)
+            mismatched += 1
+    assert described == {"clean", "duplicate", "near_duplicate", "noai", "not_utf8"}
+    assert mismatched == demo_site.label_counts["mismatched"] >= 3  # every mismatched reference was checked
 
 
 def test_junk_text_is_junk(ground_truth):
     junk = [r["shown_text"] for r in ground_truth if r["label"] == "junk_text"]
+    assert len(junk) >= 3  # the generator plans at least three (max(3, 7%))
     for text in junk:
         assert text is None or not words(text) & (set(COLOURS) | set(SHAPES))
 
@@ -279,7 +312,7 @@ def test_junk_text_is_junk(ground_truth):
 def test_exact_duplicates_are_byte_identical_to_a_clean_original(demo_site, ground_truth):
     by_url = {r["url"]: r for r in ground_truth}
     duplicates = [r for r in ground_truth if r["label"] == "duplicate"]
-    assert duplicates
+    assert len(duplicates) >= 2
     for r in duplicates:
         original = by_url[r["duplicate_of"]]
         assert original["label"] == "clean" and r["url"] != original["url"]
@@ -304,6 +337,7 @@ def test_near_duplicates_differ_in_bytes_but_not_in_look(demo_site, ground_truth
         assert np.abs(pa - pb).mean() < 25, r["url"]  # unrelated images differ by ~60-100 here
     # while images that merely share a label do not look alike
     clean = [r for r in ground_truth if r["label"] == "clean" and r["colour"]][:2]
+    assert len(clean) == 2
     pa, pb = (
         np.asarray(decode_image((demo_site.site_dir / r["url"].lstrip("/")).read_bytes()).resize((32, 32)), dtype=float)
         for r in clean
@@ -326,7 +360,8 @@ def test_robots_noai_and_headers_sidecar(demo_site, ground_truth):
     assert "Disallow: /private/" in (site / "robots.txt").read_text()
     blocked = [r for r in ground_truth if r["label"] == "robots_blocked"]
     assert len(blocked) == 3 and all(r["url"].startswith("/private/") for r in blocked)
-    assert all(r["label"] == "robots_blocked" for r in ground_truth if r["page"].startswith("/private/"))
+    on_private = [r for r in ground_truth if r["page"].startswith("/private/")]
+    assert on_private and all(r["label"] == "robots_blocked" for r in on_private)
     sidecar = json.loads((site / HEADERS_SIDECAR).read_text())
     noai = {r["url"] for r in ground_truth if r["label"] == "noai"}
     assert set(sidecar) == noai and len(noai) == 2
@@ -374,7 +409,7 @@ def test_speech_assets_are_small_short_and_exactly_timed():
 
 
 def test_served_subtitles_carry_the_exact_cue_times(demo_site, ground_truth):
-    checked = 0
+    checked, malformed, latin1, formats = 0, 0, 0, set()
     for r in ground_truth:
         if r["kind"] != "audio" or not r["subtitle_url"]:
             continue
@@ -383,16 +418,20 @@ def test_served_subtitles_carry_the_exact_cue_times(demo_site, ground_truth):
         assert list(zip(r["cue_start_ms"], r["cue_end_ms"], r["cue_texts"])) == expected
         raw = (demo_site.site_dir / r["subtitle_url"].lstrip("/")).read_bytes()
         if r["label"] == "malformed_subtitle":
-            try:
-                parsed = list(webvtt.from_buffer(io.StringIO(raw.decode("utf-8"))))
-            except webvtt.errors.MalformedFileError:
-                parsed = []
-            assert parsed == []  # no cue survives a strict parser
+            # no cue survives a strict parser: without the header the file is refused, with bad timestamps every
+            # cue block is dropped
+            if raw.startswith(b"WEBVTT"):
+                assert list(webvtt.from_buffer(io.StringIO(raw.decode("utf-8")))) == [], r["subtitle_url"]
+            else:
+                with pytest.raises(webvtt.errors.MalformedFileError):
+                    webvtt.from_buffer(io.StringIO(raw.decode("utf-8")))
+            malformed += 1
             continue
         if r["label"] == "not_utf8":
             with pytest.raises(UnicodeDecodeError):
                 raw.decode("utf-8")
             text = raw.decode("latin-1")
+            latin1 += 1
         else:
             text = raw.decode("utf-8")
         if r["subtitle_format"] == "vtt":
@@ -402,20 +441,30 @@ def test_served_subtitles_carry_the_exact_cue_times(demo_site, ground_truth):
             got = [(s.start // ms, s.end // ms, s.content) for s in srt.parse(text)]
         assert got == expected, r["url"]
         checked += 1
-    assert checked >= 10
+        formats.add(r["subtitle_format"])
+    assert malformed == sum(label is Label.MALFORMED_SUBTITLE for *_, label in AUDIO_PAGES) >= 2
+    assert latin1 == sum(label is Label.NOT_UTF8 for *_, label in AUDIO_PAGES) >= 1
+    assert checked + malformed == SUBTITLED_CLIPS and formats == {"vtt", "srt"}
 
 
 def test_audio_decodes_unless_broken(demo_site, ground_truth):
+    broken, decoded = 0, 0
     for r in ground_truth:
         if r["kind"] != "audio" or not r["file_exists"]:
             continue
         path = demo_site.site_dir / r["url"].lstrip("/")
         if r["label"] == "broken_audio":
-            with pytest.raises(Exception):
+            with pytest.raises(sf.LibsndfileError):  # truncated FLAC: lost sync; random bytes: not recognised
                 sf.read(path)
+            broken += 1
         else:
             samples, rate = sf.read(path)
             assert len(samples) * 1000 // rate == load_clips()[Path(r["url"]).stem].duration_ms
+            decoded += 1
+    # the truncated page clip plus the random-bytes .wav; every other page clip and every narration decodes
+    planned_broken = sum(label is Label.BROKEN_AUDIO for *_, label in AUDIO_PAGES)
+    assert broken == planned_broken + 1
+    assert decoded == SUBTITLED_CLIPS - planned_broken
 
 
 def test_narrated_figures_tie_image_audio_and_caption(ground_truth):
@@ -423,13 +472,16 @@ def test_narrated_figures_tie_image_audio_and_caption(ground_truth):
     for r in ground_truth:
         if r["figure_id"]:
             figures.setdefault(r["figure_id"], []).append(r)
-    assert len(figures) == 3
+    assert len(figures) == len(NARRATED_FIGURES) >= 1
+    coloured = 0
     for rows in figures.values():
         assert sorted(r["kind"] for r in rows) == ["audio", "image"]
         image, sound = sorted(rows, key=lambda r: r["kind"], reverse=True)
         assert image["page"] == sound["page"] and image["shown_text"] == sound["shown_text"] == sound["true_caption"]
         if image["colour"]:
             assert image["colour"] in sound["true_caption"] and image["shape"] in sound["true_caption"]
+            coloured += 1
+    assert coloured == sum(spec.startswith("shape:") for _, spec, _, _ in NARRATED_FIGURES) >= 1
 
 
 # ---- URL list ------------------------------------------------------------------------------------------
