@@ -117,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/":
             path = "/index.html"
         if path.startswith(LOOP_PREFIX):
-            self._loop(path)
+            self._loop(path, send_body)
         elif path.startswith(SLOW_PREFIX):
             self._slow(send_body)
         elif path.startswith(ERROR_PREFIX):
@@ -160,11 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = CONTENT_TYPES.get(suffix, "application/octet-stream")
         self._send(200, body, content_type, send_body, site.extra_headers.get(normal))
 
-    def _loop(self, path: str) -> None:
+    def _loop(self, path: str, send_body: bool) -> None:
         rest = path[len(LOOP_PREFIX) :]
         hop, _, name = rest.partition("/")
         if hop not in ("a", "b") or not name:
-            self._not_found(True)
+            self._not_found(send_body)  # a HEAD answer carries no body
             return
         self.send_response(302)
         self.send_header("Location", f"{LOOP_PREFIX}{'b' if hop == 'a' else 'a'}/{name}")

@@ -60,17 +60,21 @@ KILL_POINTS = [
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """``pip install .`` (not editable) into a fresh venv; the heavy dependencies come from this interpreter's
-    site-packages through a .pth line, so the test needs no network and no second 5 GB install."""
+    site-packages through a .pth line, so the test needs no network and no second 5 GB install. The wheel is
+    built by this interpreter (its setuptools is the one pyproject.toml asks for; a fresh venv's is older)."""
+    wheels = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        check=True, cwd=wheels,
+    )
+    (wheel,) = wheels.glob("mmcurate-*.whl")
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     site = Path(subprocess.check_output(
         [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
     ).strip())
     (site / "_parent_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run(
-        [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(REPO)],
-        check=True, cwd=tmp_path_factory.mktemp("build"),
-    )
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     return venv
 
 
@@ -141,7 +145,7 @@ def test_the_wheel_installs_under_one_namespace_and_carries_the_demo(installed, 
     found, where = subprocess.check_output([python, "-c", probe], cwd=elsewhere, env=_env(), text=True).splitlines()
     assert found == "[]"  # no top-level pipeline / stages / schemas module
     assert str(installed) in where and str(REPO) not in where
-    site = Path(where).parents[1]
+    site = Path(where).parents[2]  # site-packages/mmcurate/stages/__init__.py
     assert (site / "mmcurate" / "workflows" / "demo.yaml").is_file()
     assert not any((site / name).exists() for name in ("pipeline", "stages", "schemas"))
 
