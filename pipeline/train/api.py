@@ -1,8 +1,9 @@
 """``train(config, run_dir)``: resolve shards on the driver, run the Ray Train job, evaluate the result.
 
 Run directory layout (``RUN_DIR/train``):
+  .lock                held (flock) by the one trainer using this run directory
   config.yaml          the resolved TrainConfig
-  shards-train.json    shard URLs and sample counts the epoch order is built on (also -val, -eval)
+  shards-train.json    per shard: URL, path read, sample count, content digest (also -val, -eval; see manifest)
   metrics.jsonl        one line per logged step (and per validation)
   attempts.jsonl       one line per start of the worker loop; checkpoints.jsonl one per checkpoint
   ledger/              every consumed sample key, per attempt and rank (mmcurate.pipeline.train.ledger)
@@ -10,7 +11,8 @@ Run directory layout (``RUN_DIR/train``):
   best/, final/        open_clip model directories: best validation loss, last step
   eval.json            retrieval recall on the held-out shards, with chance levels
 
-Running the same command again with the same run directory resumes from the latest checkpoint.
+Running the same command again with the same run directory resumes from the latest checkpoint, provided the
+shards hold the content recorded when the run started.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from typing import Any
 
 import yaml
 
+from mmcurate.pipeline.train import manifest
 from mmcurate.pipeline.train.config import TrainConfig
-from mmcurate.pipeline.train.shards import count_all, expand_shards
+from mmcurate.pipeline.train.locks import reader_locks, run_lock
+from mmcurate.pipeline.train.manifest import ShardEntry
+from mmcurate.pipeline.train.shards import expand_shards, resolve_local
 
 log = logging.getLogger(__name__)
 
@@ -40,46 +45,58 @@ class TrainResult:
     eval: dict[str, Any] | None
 
 
-def resolve_shards(train_dir: Path, role: str, spec: str | list[str] | None) -> tuple[list[str], list[int]]:
-    """Expand ``spec`` and count each shard's samples, reusing the counts stored by an earlier start of this run
-    when the shard list is unchanged (so a resumed run builds the same epoch order without a recount)."""
-    if spec is None:
-        return [], []
-    urls = expand_shards(spec)
-    cache = train_dir / f"shards-{role}.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved["urls"] == urls:
-            return urls, saved["counts"]
-        log.warning("%s shards differ from the ones this run directory was started with; recounting", role)
-    counts = count_all(urls)
-    if sum(counts) == 0:
-        raise ValueError(f"{role} shards {spec!r} hold no samples")
-    cache.write_text(json.dumps({"urls": urls, "counts": counts}, indent=1))
-    return urls, counts
-
-
 def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None = None) -> TrainResult:
+    """Train, holding the run directory (``locks.run_lock``) and the shard generations it reads
+    (``locks.reader_locks``) until the evaluation is written."""
+    run_dir = Path(run_dir).resolve()
+    train_dir = run_dir / "train"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(train_dir):  # before any file is written: a second trainer must not touch this run's files
+        (train_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        from mmcurate.pipeline.train.model import resolve_model_config  # torch: after the lock, which fails fast
+
+        resolve_model_config(config.model)  # an unknown model name fails here, before shards are read
+        specs = {
+            "train": config.data.train_shards,
+            "val": config.data.val_shards,
+            "eval": config.data.eval_shards or config.data.val_shards,
+        }
+        urls = {role: expand_shards(spec) if spec is not None else [] for role, spec in specs.items()}
+        paths = {role: [resolve_local(u) for u in role_urls] for role, role_urls in urls.items()}
+        with reader_locks([p for role_paths in paths.values() for p in role_paths]):
+            resuming = _has_checkpoint(train_dir)
+            shards = {}
+            for role, spec in specs.items():
+                if spec is None:
+                    shards[role] = []
+                    continue
+                shards[role] = manifest.record(train_dir, role, urls[role], paths[role], resuming=resuming)
+                if sum(e.count for e in shards[role]) == 0:
+                    raise ValueError(f"{role} shards {spec!r} hold no samples")
+            return _fit_and_evaluate(config, run_dir, shards, ray_address)
+
+
+def _has_checkpoint(train_dir: Path) -> bool:
+    """Whether a start would resume: rank 0 records every checkpoint it wrote in ``checkpoints.jsonl``."""
+    record = train_dir / "checkpoints.jsonl"
+    return record.is_file() and any(line.strip() for line in record.read_text().splitlines())
+
+
+def _fit_and_evaluate(
+    config: TrainConfig, run_dir: Path, shards: dict[str, list[ShardEntry]], ray_address: str | None
+) -> TrainResult:
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mmcurate.pipeline.train.evaluate import evaluate_checkpoint
     from mmcurate.pipeline.train.loop import train_loop_per_worker
-    from mmcurate.pipeline.train.model import resolve_model_config
 
-    run_dir = Path(run_dir).resolve()
     train_dir = run_dir / "train"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    (train_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    resolve_model_config(config.model)  # an unknown model name fails here, before any worker starts
-
-    train_urls, train_counts = resolve_shards(train_dir, "train", config.data.train_shards)
-    val_urls, val_counts = resolve_shards(train_dir, "val", config.data.val_shards)
-    eval_urls, eval_counts = resolve_shards(train_dir, "eval", config.data.eval_shards or config.data.val_shards)
+    train_set, val_set, eval_set = shards["train"], shards["val"], shards["eval"]
     log.info(
-        "training on %d samples in %d shards, %d epochs, %d workers (%s)", sum(train_counts), len(train_urls),
-        config.epochs, config.scaling.num_workers, "GPU" if config.scaling.use_gpu else "CPU",
+        "training on %d samples in %d shards, %d epochs, %d workers (%s)", sum(e.count for e in train_set),
+        len(train_set), config.epochs, config.scaling.num_workers, "GPU" if config.scaling.use_gpu else "CPU",
     )
 
     if not ray.is_initialized():
@@ -91,10 +108,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None =
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "run_dir": str(run_dir),
-            "train_urls": train_urls,
-            "train_counts": train_counts,
-            "val_urls": val_urls,
-            "val_counts": val_counts,
+            "train_urls": [e.url for e in train_set],
+            "train_paths": [e.path for e in train_set],
+            "train_counts": [e.count for e in train_set],
+            "train_digests": [e.digest for e in train_set],
+            "val_paths": [e.path for e in val_set],
+            "val_counts": [e.count for e in val_set],
             "checkpoint_root": f"{storage.rstrip('/')}/{RAY_RUN_NAME}",
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
@@ -114,10 +133,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, ray_address: str | None =
 
     scorer_dir = train_dir / "best" if (train_dir / "best").is_dir() else train_dir / "final"
     evaluation = None
-    if eval_urls:
+    if eval_set:
         evaluation = evaluate_checkpoint(
-            scorer_dir, eval_urls, eval_counts, ks=config.eval.recall_ks, batch_size=config.eval.batch_size,
-            max_samples=config.eval.max_samples,
+            scorer_dir, [e.path for e in eval_set], [e.count for e in eval_set], ks=config.eval.recall_ks,
+            batch_size=config.eval.batch_size, max_samples=config.eval.max_samples,
         )
         (train_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
         log.info("retrieval on held-out shards: %s", _summary(evaluation))

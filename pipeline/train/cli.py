@@ -35,6 +35,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_train_command(args: argparse.Namespace) -> int:
     from mmcurate.pipeline.train.api import train
     from mmcurate.pipeline.train.config import TrainConfig
+    from mmcurate.pipeline.train.locks import RunDirLocked
+    from mmcurate.pipeline.train.manifest import ShardsChanged
 
     try:
         config = TrainConfig.from_yaml(args.config, args.overrides)
@@ -45,7 +47,11 @@ def run_train_command(args: argparse.Namespace) -> int:
     if run_dir is None:
         log.error("no run directory: pass --run-dir or set run_dir in %s", args.config)
         return 2
-    result = train(config, run_dir, ray_address=args.ray_address)
+    try:
+        result = train(config, run_dir, ray_address=args.ray_address)
+    except (RunDirLocked, ShardsChanged) as exc:  # refusals carry their own advice; a traceback adds nothing
+        log.error("%s", exc)
+        return 2
     log.info("run directory %s; scorer checkpoint %s", result.run_dir, result.scorer_dir)
     return 0
 

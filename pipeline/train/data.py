@@ -9,6 +9,13 @@ Flow inside one DataLoader worker (one *consumer*):
 ``cursor`` is how many of the consumer's positions are behind it once the batch is consumed, corrupt and skipped
 ones included; the training loop records the cursor of each batch it actually trains on, so prefetched batches
 never count as seen.
+
+A shard holding more samples than its recorded count is read to its end by the consumer that reads its last
+counted sample; the extra keys are reported (``shard_extra``, in the ``skipped`` list of the very batch that
+consumes that last position, so a checkpoint commits the report and the position together) and not trained: the
+epoch order, and with it exact resumption, is fixed by the counts recorded when the run started. Counting reads
+local shards whole (``manifest``), so this happens only to shards that changed after that, or to remote shards
+counted from a ``_stats.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +41,14 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 IMAGE_CORRUPT, AUDIO_CORRUPT, NOT_UTF8, NO_TEXT = "image_corrupt", "audio_corrupt", "not_utf8", "no_text"
 SHARD_TRUNCATED = "shard_truncated"  # the shard held fewer readable samples than its count said
 NO_TRAINABLE_MODALITY = "no_trainable_modality"  # e.g. an audio+text sample while the audio tower is off
+SHARD_EXTRA = "shard_extra"  # a sample past its shard's recorded count: reported, not trained (see above)
+
+
+class Report(NamedTuple):
+    """A sample reported without occupying an epoch position (so it does not move the cursor)."""
+
+    key: str
+    reason: str
 
 
 class SkipSample(Exception):
@@ -175,7 +190,8 @@ class ShardStream(IterableDataset):
         w = info.id if info is not None else 0
         yield from self._batches(self.assignment[w], self.consumer_base + w)
 
-    def _positions(self, intervals: Sequence[Interval]) -> Iterator[dict[str, Any] | None | tuple[str, str]]:
+    def _positions(self, intervals: Sequence[Interval]) -> Iterator[dict[str, Any] | tuple[str, str] | Report]:
+        """Samples in epoch order; a (key, reason) pair for a position with no readable sample; ``Report`` items."""
         order = EpochOrder(
             self.counts, seed=self.seed, epoch=self.epoch, block=self.block, shuffle_shards=self.shuffle_shards
         )
@@ -190,8 +206,11 @@ class ShardStream(IterableDataset):
                     held = {o: s for o, s in reader.read(int(wanted.min()), int(wanted.max()) + 1) if o in need}
                     for o in wanted.tolist():
                         sample = held.pop(o)
+                        shard, ordinal = order.locate(o)
+                        if ordinal == self.counts[shard] - 1:
+                            for key in reader.extras.pop(shard, []):
+                                yield Report(key, SHARD_EXTRA)
                         if sample is None:
-                            shard, ordinal = order.locate(o)
                             yield (f"<missing {self.urls[shard]}#{ordinal}>", SHARD_TRUNCATED)
                         else:
                             yield sample
@@ -203,10 +222,15 @@ class ShardStream(IterableDataset):
 
     def _batches(self, intervals: Sequence[Interval], consumer: int) -> Iterator[dict[str, Any]]:
         warn = Throttled(log, "skipped sample")
+        warn_extra = Throttled(log, "sample past its shard's recorded count, not trained")
         pending: list[Decoded] = []
         skipped: list[list[str]] = []
         cursor = 0
         for item in self._positions(intervals):
+            if isinstance(item, Report):  # before the tuple test: a NamedTuple is a tuple
+                skipped.append([item.key, item.reason])
+                warn_extra(item.key)
+                continue
             cursor += 1
             if isinstance(item, tuple):
                 key, reason = item
@@ -230,6 +254,11 @@ class ShardStream(IterableDataset):
             yield {**collate(pending), "skipped": skipped, "consumer": consumer, "cursor": cursor}
         if warn.count:
             log.warning("consumer %d skipped %d samples in epoch %d", consumer, warn.count, self.epoch)
+        if warn_extra.count:
+            log.warning(
+                "consumer %d found %d samples past their shards' recorded counts in epoch %d (reason %s); a new "
+                "run directory counts them", consumer, warn_extra.count, self.epoch, SHARD_EXTRA,
+            )
 
 
 def make_loader(dataset: ShardStream, *, loader_workers: int, prefetch_batches: int, pin_memory: bool) -> DataLoader:

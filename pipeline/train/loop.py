@@ -35,6 +35,7 @@ from mmcurate.pipeline.train.config import OptimConfig, TrainConfig
 from mmcurate.pipeline.train.data import Decoder, ShardStream, make_loader
 from mmcurate.pipeline.train.ledger import LedgerWriter, record_attempt
 from mmcurate.pipeline.train.loss import MaskedClipLoss
+from mmcurate.pipeline.train.manifest import ShardsChanged, changed_message
 from mmcurate.pipeline.train.model import ContrastiveModel, build_model
 from mmcurate.pipeline.train.order import Interval, assign, normalize, take, total
 
@@ -92,8 +93,10 @@ class WorkerLoop:
         _setup_logging()
         self.cfg = TrainConfig.model_validate(inputs["config"])
         self.train_dir = Path(inputs["run_dir"]) / "train"
+        # urls name the shards (resume identity), paths are what is read (local ones resolved to real paths)
         self.urls, self.counts = inputs["train_urls"], inputs["train_counts"]
-        self.val_urls, self.val_counts = inputs.get("val_urls") or [], inputs.get("val_counts") or []
+        self.paths, self.digests = inputs.get("train_paths") or self.urls, inputs.get("train_digests")
+        self.val_urls, self.val_counts = inputs.get("val_paths") or [], inputs.get("val_counts") or []
         self.n_samples = sum(self.counts)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -147,6 +150,7 @@ class WorkerLoop:
         self.dummy_image = self.eval_tf(Image.new("RGB", (8, 8)))
         self.context_length = int(self.tokenizer(["x"]).shape[1])
         self._window = {"loss": 0.0, "steps": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
+        self._skips: dict[str, int] = {}  # reason -> samples consumed without training since the last log line
 
     # ---- state ------------------------------------------------------------------------------------------
     def _latest_checkpoint(self) -> Any:
@@ -185,6 +189,12 @@ class WorkerLoop:
                 "the training shards changed since the checkpoint was written; resuming would break the epoch "
                 "order. Start a new run directory, or restore the original shards."
             )
+        # the driver checked shards-train.json already; this also covers a checkpoint Ray registered that the
+        # driver's record (checkpoints.jsonl) never saw. Checkpoints from before digests carry none.
+        recorded = data_state.get("digests")
+        if recorded is not None and self.digests is not None and recorded != list(self.digests):
+            changed = [u for u, a, b in zip(self.urls, recorded, self.digests) if a != b]
+            raise ShardsChanged(changed_message(f"checkpoint {data_state.get('checkpoint_id')}", changed))
         self._data_state = data_state
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -253,7 +263,7 @@ class WorkerLoop:
         self.consumed = [0] * len(self.assignment)
         self.consumer_base = self.rank * len(self.assignment)
         dataset = ShardStream(
-            self.urls, self.counts, assignment=self.assignment, consumer_base=self.consumer_base,
+            self.paths, self.counts, assignment=self.assignment, consumer_base=self.consumer_base,
             seed=cfg.data.seed, epoch=epoch, block=cfg.data.shuffle_block, shuffle_shards=cfg.data.shuffle_shards,
             batch_size=cfg.data.batch_size, decoder=Decoder(self.tokenizer, self.train_tf, cfg.model.audio),
             on_corrupt=cfg.data.on_corrupt,
@@ -300,6 +310,8 @@ class WorkerLoop:
         """The batch is taken: move its consumer's cursor and write it to the ledger."""
         self.consumed[batch["consumer"] - self.consumer_base] = batch["cursor"]
         self.ledger.batch(self.progress.epoch, self.progress.step + 1, batch["keys"], batch["skipped"])
+        for _, reason in batch["skipped"]:
+            self._skips[reason] = self._skips.get(reason, 0) + 1
 
     def _remaining_local(self) -> list[Interval]:
         rest: list[Interval] = []
@@ -384,6 +396,11 @@ class WorkerLoop:
         if self.progress.step % self.cfg.logging.every_n_steps != 0:
             return
         elapsed = max(1e-9, time.perf_counter() - w["t0"])
+        skipped: dict[str, int] = {}
+        for part in self._gather_objects(self._skips):  # every rank logs at the same steps, so this pairs up
+            for reason, n in part.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        self._skips = {}
         record = {
             "step": self.progress.step,
             "epoch": self.progress.epoch,
@@ -392,6 +409,7 @@ class WorkerLoop:
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": w["samples"] / elapsed,
             "data_wait_fraction": min(1.0, w["wait"] / elapsed),
+            "skipped": skipped,
         }
         if self.rank == 0:
             self._append_metrics(record)
@@ -480,6 +498,7 @@ class WorkerLoop:
             )
             data_state = {
                 "epoch": p.epoch, "remaining": remaining, "urls": list(self.urls), "counts": list(self.counts),
+                "digests": list(self.digests) if self.digests is not None else None,
                 "step": p.step, "samples_seen": p.samples_seen, "checkpoint_id": checkpoint_id,
             }
             (Path(tmp) / DATA_STATE).write_text(json.dumps(data_state))

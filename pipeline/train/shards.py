@@ -1,24 +1,18 @@
 """Finding shards and reading them as streams: local globs, brace patterns and fsspec URLs, never copied first.
 
-Per-shard sample counts come, cheapest first, from the shard writer's ``<name>_stats.json``, its parquet index
-(one row per member; distinct keys), or a pass over the tar headers.
+Per-shard sample counts and content digests: ``mmcurate.pipeline.train.manifest``.
 """
 
 from __future__ import annotations
 
 import glob
-import json
-import logging
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import braceexpand
 import fsspec
 from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-log = logging.getLogger(__name__)
 
 _GLOB_CHARS = set("*?[")
 
@@ -62,37 +56,22 @@ def _open(url: str, mode: str = "rb") -> Any:
     return fsspec.open(url, mode).open()
 
 
-def count_samples(url: str) -> tuple[int, str]:
-    """(sample count, where the count came from) for one shard."""
-    stats = _sibling(url, "_stats.json")
-    if stats:
-        try:
-            with _open(stats) as f:
-                return int(json.load(f)["samples"]), "stats"
-        except (FileNotFoundError, KeyError, ValueError, OSError):
-            pass
-    index = _sibling(url, ".parquet")
-    if index:
-        try:
-            import pyarrow.parquet as pq
-
-            with _open(index) as f:
-                keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
-            return len(set(keys)), "parquet"
-        except (FileNotFoundError, KeyError, ValueError, OSError):
-            pass
-    return sum(1 for _ in iter_shard(url)), "scan"
+def resolve_local(url: str) -> str:
+    """The real path of a local shard (``file://`` included), other URLs unchanged. Shards are read through their
+    real path so that a later swap of a symlink in between (the pipeline's ``DIR/shards`` pointing at a new
+    generation) cannot mix two generations into one run."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif "://" in url:
+        return url
+    return os.path.realpath(url)
 
 
 def count_all(urls: Sequence[str], threads: int = 8) -> list[int]:
-    """Sample counts of every shard, read concurrently (each is one small object or one header pass)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
-        results = list(pool.map(count_samples, urls))
-    sources: dict[str, int] = {}
-    for _, source in results:
-        sources[source] = sources.get(source, 0) + 1
-    log.info("counted %d samples in %d shards (count source: %s)", sum(c for c, _ in results), len(urls), sources)
-    return [c for c, _ in results]
+    """Sample counts of every shard (see ``manifest.describe``)."""
+    from mmcurate.pipeline.train.manifest import describe_all  # manifest builds on this module
+
+    return [entry.count for entry in describe_all(urls, [resolve_local(u) for u in urls], threads=threads)]
 
 
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:
@@ -100,15 +79,23 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
 
     A tar that breaks mid-way raises from here; the caller decides what the missing samples count as."""
     with _open(url) as stream:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
-        for sample in group_by_keys(files):
-            sample.pop("__url__", None)
-            yield sample
+        yield from iter_samples(stream, url)
+
+
+def iter_samples(stream: Any, url: str) -> Iterator[dict[str, Any]]:
+    """Samples of an open tar stream (``url`` names it in errors)."""
+    files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+    for sample in group_by_keys(files):
+        sample.pop("__url__", None)
+        yield sample
 
 
 class StreamReader:
     """Reads stream-order positions forwards across the epoch's shard order, opening each shard once per run of
-    consecutive reads. A shard that ends early or fails yields ``None`` for its missing positions."""
+    consecutive reads. A shard that ends early or fails yields ``None`` for its missing positions.
+
+    Having read a shard's last counted sample, the reader reads the shard to its end: keys found there (the shard
+    holds more samples than its recorded count) go to ``extras[shard]`` for the caller to report."""
 
     def __init__(self, urls: Sequence[str], order: Any):
         self.urls, self.order = urls, order
@@ -116,6 +103,7 @@ class StreamReader:
         self._it: Iterator[dict[str, Any]] | None = None
         self._next_ordinal = 0
         self.errors: list[str] = []
+        self.extras: dict[int, list[str]] = {}
 
     def read(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         for o in range(start, stop):
@@ -143,7 +131,19 @@ class StreamReader:
                     self.errors.append(f"{self.urls[self._shard]}: {type(exc).__name__}: {exc}")
                     self._it = None
             self._next_ordinal += 1
+        if self._it is not None and self._next_ordinal == self.order.counts[self._shard]:
+            self._read_extras()
         return sample
+
+    def _read_extras(self) -> None:
+        keys = []
+        try:
+            keys = [str(extra.get("__key__")) for extra in self._it]
+        except Exception as exc:  # the extras are reported, not trained: a broken tail loses nothing counted
+            self.errors.append(f"{self.urls[self._shard]}: past its counted samples: {type(exc).__name__}: {exc}")
+        self._it = None
+        if keys:
+            self.extras[self._shard] = keys
 
     def close(self) -> None:
         if self._it is not None and hasattr(self._it, "close"):

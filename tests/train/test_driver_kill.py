@@ -1,6 +1,11 @@
 """A real kill from outside: SIGKILL the ``mmcurate train`` driver's process group mid-epoch, then run the same
 command again and check with the ledger that the interrupted epoch trained on each of its keys exactly once.
 
+The shards sit where the pipeline publishes them: ``shards`` is a link to a generation directory holding a
+``_READERS.lock``. While the driver runs, a second trainer on the run directory fails at once and the generation
+cannot be locked exclusively; the kill frees both locks, and the link is swapped to a republished, identical
+generation before the resume, which then reads that one.
+
 The driver runs as a subprocess that joins the test session's Ray cluster, so the kill takes down the driver (and
 with it Ray's job: its Train controller and worker actors), not a fault hook inside the training loop."""
 
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +24,9 @@ import pytest
 import yaml
 
 from mmcurate.pipeline.train.ledger import committed
+from mmcurate.pipeline.train.locks import READERS_LOCK
 from mmcurate.pipeline.train.shards import iter_shard
-from train_helpers import tiny_config
+from train_helpers import exclusive_from_another_process, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +81,14 @@ def mid_epoch_after_checkpoint(train_dir: Path) -> dict | None:
 
 def test_sigkill_of_the_driver_mid_epoch_resumes_with_each_key_once(ray_session, shape_shards, tmp_path):
     # 2048 samples, 2 workers x 16 = 64 steps in the one epoch; a checkpoint every 8 steps
+    gen1, gen2 = tmp_path / "gen1" / "shards", tmp_path / "gen2" / "shards"
+    for gen in (gen1, gen2):  # the pipeline's layout: a link to the current generation, each with its lock file
+        shutil.copytree(Path(shape_shards["train"][0]).parent, gen)
+        (gen / READERS_LOCK).touch()
+    link = tmp_path / "shards"
+    link.symlink_to(gen1)
     cfg = tiny_config(
-        shape_shards["train_glob"], epochs=1,
+        str(link / "*.tar"), epochs=1,
         data={"batch_size": 16, "loader_workers": 1, "shuffle_block": 256},
         checkpoint={"every_n_steps": 8, "keep": 2},
     )
@@ -98,6 +111,12 @@ def test_sigkill_of_the_driver_mid_epoch_resumes_with_each_key_once(ray_session,
     log1 = tmp_path / "train-killed.log"
     proc = start(log1)
     try:
+        # once it has recorded its shards the driver holds the run directory and the generation it reads
+        wait_for("the shard record", lambda: (train_dir / "shards-train.json").is_file(), 300, proc, log1)
+        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"{train_dir / '.lock'} is locked by another trainer (pid {proc.pid} " in second.stderr, second.stderr
+        assert exclusive_from_another_process(gen1 / READERS_LOCK) == "blocked"
         checkpoint = wait_for("a mid-epoch checkpoint", lambda: mid_epoch_after_checkpoint(train_dir), 300, proc, log1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -112,6 +131,10 @@ def test_sigkill_of_the_driver_mid_epoch_resumes_with_each_key_once(ray_session,
              lambda: ray_session.available_resources().get("CPU", 0) >= total_cpus, 120, log=log1)
     killed_ckpts = read_jsonl(train_dir / "checkpoints.jsonl")
     assert all(c["remaining"] > 0 for c in killed_ckpts), killed_ckpts  # the kill landed mid-epoch
+    assert exclusive_from_another_process(gen1 / READERS_LOCK) == "acquired"  # the kernel dropped the reader lock
+    swap = tmp_path / "shards.new"
+    swap.symlink_to(gen2)
+    os.replace(swap, link)  # the pipeline republished the same shards; the old generation may now go
 
     # 2. the same command again runs to completion
     log2 = tmp_path / "train-resumed.log"
@@ -123,6 +146,8 @@ def test_sigkill_of_the_driver_mid_epoch_resumes_with_each_key_once(ray_session,
         proc.wait(timeout=30)
         pytest.fail(f"the resumed run did not finish\n{_tail(log2)}")
     assert rc == 0, f"resumed run failed ({rc})\n{_tail(log2)}\n--- killed run ---\n{_tail(log1)}"
+    recorded = json.loads((train_dir / "shards-train.json").read_text())["shards"]
+    assert all(s["url"].startswith(str(link)) and s["path"].startswith(str(gen2)) for s in recorded), recorded
 
     # the resumed attempt started from a mid-epoch checkpoint of the killed one, not from scratch
     attempts = read_jsonl(train_dir / "attempts.jsonl")

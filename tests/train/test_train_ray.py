@@ -55,7 +55,8 @@ def test_cli_trains_a_clip_that_retrieves_and_scores_held_out_pairs(ray_session,
 
     # loss falls
     steps = [m for m in read_jsonl(train_dir / "metrics.jsonl") if "loss" in m]
-    assert {"step", "epoch", "loss", "lr", "samples_per_s", "data_wait_fraction"} <= set(steps[0])
+    assert {"step", "epoch", "loss", "lr", "samples_per_s", "data_wait_fraction", "skipped"} <= set(steps[0])
+    assert all(m["skipped"] == {} for m in steps)
     first, last = np.mean([m["loss"] for m in steps[:3]]), np.mean([m["loss"] for m in steps[-3:]])
     # from ~ln(64) down towards the floor that repeated captions leave (~ln 3.5 with 18 captions in 64 pairs)
     assert last < first - 1.2, (first, last)

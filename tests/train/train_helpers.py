@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,21 @@ def tiny_config(train: str, *, val: str | None = None, **sections: Any) -> dict[
 def write_synthetic(out_dir: Path, n: int, *, seed: int, per_shard: int, **kw: Any) -> list[str]:
     infos = write_shards(records(n, seed=seed, **kw), out_dir, samples_per_shard=per_shard)
     return [i.path for i in infos]
+
+
+TRY_EXCLUSIVE = """
+import fcntl, sys
+with open(sys.argv[1], "a") as f:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("blocked")
+    else:
+        print("acquired")
+"""
+
+
+def exclusive_from_another_process(path: Path) -> str:
+    """What the pipeline sees when it tries to delete a shard generation: ``blocked`` or ``acquired``."""
+    out = subprocess.run([sys.executable, "-c", TRY_EXCLUSIVE, str(path)], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
