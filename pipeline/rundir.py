@@ -75,16 +75,29 @@ def _ensure_link(link: Path, target: str) -> None:
     _replace_link(link, target)
 
 
-def _held_by_reader(generation: Path) -> bool:
-    """True when a reader holds a lock file inside ``generation`` (checked without waiting)."""
-    for lock_path in generation.rglob(READERS_LOCK):
-        with open(lock_path, "a") as handle:
+def _remove_unless_read(generation: Path, trash_root: Path) -> bool:
+    """Delete ``generation`` unless a reader holds one of its lock files. The exclusive locks are held while the
+    generation is renamed away, so a reader cannot slip in between the check and the delete (a reader that opened
+    a lock file before the rename finds it unlinked when its lock is granted, and reads the current generation)."""
+    held = []
+    try:
+        for lock_path in sorted(generation.rglob(READERS_LOCK)):
+            handle = open(lock_path, "a")
+            held.append(handle)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+                return False
+        trash_root.mkdir(parents=True, exist_ok=True)
+        trash = trash_root / f"trash-{generation.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(generation, trash)
+        for lock_path in trash.rglob(READERS_LOCK):
+            lock_path.unlink()
+    finally:
+        for handle in held:
+            handle.close()
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 class RunDir:
@@ -197,10 +210,8 @@ class RunDir:
             for generation in sorted(stage_root.iterdir()):
                 if current is not None and generation.resolve() == current:
                     continue
-                if _held_by_reader(generation):
+                if not _remove_unless_read(generation, self.work_root):
                     log.info("keeping %s: a reader holds it", generation)
-                    continue
-                shutil.rmtree(generation, ignore_errors=True)
 
     def invalidate(self, stage: str) -> None:
         """Remove a stage's link so that it and everything after it is known to be stale."""

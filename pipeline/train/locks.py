@@ -23,8 +23,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 RUN_LOCK = ".lock"
-# the name the pipeline gives the file in each published shard generation (mmcurate.pipeline.rundir.READERS_LOCK)
-READERS_LOCK = "_READERS.lock"
+from mmcurate.pipeline.rundir import READERS_LOCK  # noqa: E402 (the file the pipeline puts in each generation)
 
 
 class RunDirLocked(RuntimeError):
