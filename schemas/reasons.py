@@ -47,6 +47,7 @@ class Reason(str, Enum):
     # pipeline
     DUPLICATE_KEY = "duplicate_key"  # a second record with a key already written; the first (in sort order) wins
     INTERNAL_ERROR = "internal_error"  # an unexpected exception on this record; detail: type, message, trace digest
+    HTML_TOO_COMPLEX = "html_too_complex"  # a page past the parser's element or time budget; detail says which
 
 
 class Rejected(Exception):

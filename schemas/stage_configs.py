@@ -32,18 +32,47 @@ class StageConfig(StrictModel):
 
 
 class FetchConfig(StrictModel):
-    """Per-fetch limits and politeness. Private, loopback and link-local targets are refused unless listed
-    in ``allow_networks`` (CIDRs)."""
+    """The fetch guard's whole policy: every page, robots.txt, media and URL-list download meets these limits on
+    every request and every redirect hop (``mmcurate.stages.crawl.opener``).
 
-    timeout_s: float = Field(10.0, gt=0)  # per socket operation
-    deadline_s: float = Field(60.0, gt=0)  # whole fetch, redirects and body included
+    Private, loopback and link-local targets are refused unless listed in ``allow_networks`` (CIDRs); a CIDR that
+    does not parse fails when the workflow is loaded, not on the first fetch."""
+
+    timeout_s: float = Field(10.0, gt=0)  # per socket operation (connect, TLS handshake, each send and recv)
+    deadline_s: float = Field(60.0, gt=0)  # whole fetch: robots.txt, every redirect hop, headers and body
     max_bytes: int = Field(20_000_000, ge=1)
     max_redirects: int = Field(5, ge=0)
     retries: int = Field(0, ge=0)
-    allow_networks: tuple[str, ...] = ()
+    allow_networks: tuple[str, ...] = ()  # CIDRs allowed despite being private/loopback, e.g. "127.0.0.0/8"
+    allowed_domains: tuple[str, ...] = ()  # every fetch stays on these hosts and their subdomains; empty: any host
+    allowed_schemes: tuple[Literal["http", "https"], ...] = ("http", "https")
     user_agent: str = "mmcurate/0.1"
     respect_robots: bool = True
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai")
+
+    @model_validator(mode="after")
+    def _valid_networks_and_domains(self) -> FetchConfig:
+        import ipaddress  # stdlib and light: schemas/ stays importable without the crawl's dependencies
+
+        for cidr in self.allow_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as err:
+                raise ValueError(f"allow_networks: {cidr!r} is not a CIDR: {err}") from None
+        for domain in self.allowed_domains:
+            if not domain.strip(".") or any(c in domain for c in "/:@ "):
+                raise ValueError(f"allowed_domains: {domain!r} is not a host name (no scheme, port or path)")
+        return self
+
+    def networks(self) -> tuple:  # tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+        import ipaddress
+
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.allow_networks)
+
+    @property
+    def user_agent_token(self) -> str:
+        """The product token robots.txt groups and X-Robots-Tag scopes name: "mmcurate/0.1" -> "mmcurate"."""
+        return self.user_agent.split("/", 1)[0].strip().lower()
 
 
 class UrlListInput(StrictModel):
