@@ -5,13 +5,13 @@ Why not ``urllib.robotparser``: it applies the *first* rule that matches in file
 forbid; it also keeps only the first ``User-agent: *`` group and knows no ``*`` / ``$`` patterns. The format is
 small enough that a faithful parser is shorter than the workarounds.
 
-Fetching robots.txt lives in ``fetch.py`` (it must go through the same network guard as the page).
+Fetching robots.txt lives in ``robots_fetch.py`` (it must go through the same network guard as the page); what a
+verdict means for a fetch is decided in ``optout.py``.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,21 +43,48 @@ class RobotsVerdict:
 
 @dataclass
 class _Group:
-    user_agents: list[str] = field(default_factory=list)
-    rules: list[RobotsRule] = field(default_factory=list)
+    user_agents: set[str] = field(default_factory=set)
+    rules: list[tuple[bool, str]] = field(default_factory=list)  # (allow, pattern), once however many agents
 
 
 def _normalise_path(path: str) -> str:
     return quote(unquote(path), safe=_PATH_SAFE)
 
 
+@dataclass(frozen=True)
+class _Pattern:
+    """A rule's path split at its ``*`` wildcards; ``anchored`` when it ended in ``$`` (end of path+query)."""
+
+    pieces: tuple[str, ...]  # normalised literal text between the wildcards; never empty as a tuple
+    anchored: bool
+
+    def matches(self, path: str) -> bool:
+        """Leftmost-first matching of each piece: for ``*``-only globs, taking the earliest place for a piece never
+        loses a match a later place would give, so one ``str.find`` per piece decides — linear in the path, where a
+        backtracking regex is exponential in the number of ``*`` ("/*a*a*a*a*a*a*a*a*a*a*a*b")."""
+        first, *middle_and_last = self.pieces
+        if not path.startswith(first):
+            return False
+        if not middle_and_last:
+            return len(path) == len(first) if self.anchored else True
+        *middle, last = middle_and_last
+        position = len(first)
+        for piece in middle:
+            found = path.find(piece, position)
+            if found < 0:
+                return False
+            position = found + len(piece)
+        if self.anchored:
+            return len(path) - len(last) >= position and path.endswith(last)
+        return path.find(last, position) >= 0
+
+
 @functools.lru_cache(maxsize=4096)
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
+def _pattern(pattern: str) -> _Pattern:
     """``*`` matches any run of characters, a trailing ``$`` anchors the end; everything else is literal."""
     anchored = pattern.endswith("$")
     body = pattern[:-1] if anchored else pattern
-    regex = ".*".join(re.escape(_normalise_path(piece)) for piece in body.split("*"))
-    return re.compile(regex + ("$" if anchored else ""))
+    return _Pattern(tuple(_normalise_path(piece) for piece in body.split("*")), anchored)
 
 
 def _parse_groups(text: str) -> list[_Group]:
@@ -76,14 +103,13 @@ def _parse_groups(text: str) -> list[_Group]:
                 current = _Group()
                 groups.append(current)
             # "Googlebot/2.1" names the product token "googlebot".
-            current.user_agents.append(value.split("/", 1)[0].strip().lower())
+            current.user_agents.add(value.split("/", 1)[0].strip().lower())
             last_was_agent = True
         elif key in ("allow", "disallow"):
             last_was_agent = False
             if current is None or not value:  # rules before any user-agent, or an empty "Disallow:"
                 continue
-            for agent in current.user_agents:
-                current.rules.append(RobotsRule(allow=key == "allow", pattern=value, user_agent=agent))
+            current.rules.append((key == "allow", value))
         else:  # sitemap, crawl-delay, host, …: not group members, do not end the group
             continue
     return groups
@@ -104,14 +130,14 @@ class RobotsRules:
         """
         token = user_agent_token.lower()
         groups = _parse_groups(text)
-        own = [
-            rule for group in groups if token in group.user_agents for rule in group.rules if rule.user_agent == token
-        ]
-        if not own and not any(token in group.user_agents for group in groups):
-            own = [
-                rule for group in groups if "*" in group.user_agents for rule in group.rules if rule.user_agent == "*"
-            ]
-        return cls(rules=tuple(own), fallback=RobotsVerdict(True, "no matching rule"))
+        agent = token if any(token in group.user_agents for group in groups) else "*"
+        rules = tuple(
+            RobotsRule(allow=allow, pattern=pattern, user_agent=agent)
+            for group in groups
+            if agent in group.user_agents
+            for allow, pattern in group.rules
+        )
+        return cls(rules=rules, fallback=RobotsVerdict(True, "no matching rule"))
 
     @classmethod
     def allow_all(cls, why: str) -> RobotsRules:
@@ -130,7 +156,7 @@ class RobotsRules:
         path = _normalise_path(path)
         best: RobotsRule | None = None
         for rule in self.rules:
-            if not _pattern_regex(rule.pattern).match(path):
+            if not _pattern(rule.pattern).matches(path):
                 continue
             longer = best is None or len(rule.pattern) > len(best.pattern)
             tie_allow = best is not None and len(rule.pattern) == len(best.pattern) and rule.allow

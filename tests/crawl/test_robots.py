@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import urllib.robotparser
 
 import pytest
 
-from mmcurate.stages.crawl.robots import RobotsCache, RobotsRules
+from mmcurate.stages.crawl.robots import RobotsCache, RobotsRules, _pattern
 
 
 def verdict(text: str, path: str, agent: str = "mmcurate") -> tuple[bool, str]:
@@ -93,3 +95,37 @@ def test_cache_loads_each_origin_once_and_evicts_least_recently_used():
     cache.get(b, loader("b"))
     assert loads == ["a", "b", "c", "b"]
     assert len(cache) == 2
+
+
+# ------------------------------------------------------------------------------------------------ bounded work
+
+
+@pytest.mark.timeout(30)  # a backtracking regex took 2.8 s at 30 characters and doubles with each one more
+def test_many_wildcards_match_in_linear_time():
+    text = "User-agent: *\nDisallow: /*a*a*a*a*a*a*a*a*a*a*a*b\n"
+    assert verdict(text, "/" + "a" * 5000)[0] is True
+    assert verdict(text, "/" + "a" * 5000 + "b")[0] is False
+
+
+@pytest.mark.timeout(30)  # every rule used to be copied once per user-agent line of its group: 10^8 objects here
+def test_a_group_with_many_agents_and_many_rules_is_parsed_once():
+    agents = "".join(f"User-agent: bot{i}\n" for i in range(10_000))
+    rules = "".join(f"Disallow: /p{i}/\n" for i in range(10_000))
+    rules_for_us = RobotsRules.parse(agents + "User-agent: *\n" + rules, "mmcurate")
+    assert len(rules_for_us.rules) == 10_000
+    assert rules_for_us.verdict("http://example.com/p9999/x").allowed is False
+
+
+def _regex_matches(pattern: str, path: str) -> bool:
+    """The old matcher: a regex with ".*" per "*" (exponential on hostile patterns, fine on short ones)."""
+    anchored = pattern.endswith("$")
+    body = pattern[:-1] if anchored else pattern
+    return re.match(".*".join(map(re.escape, body.split("*"))) + ("$" if anchored else ""), path) is not None
+
+
+def test_the_linear_matcher_agrees_with_the_regex_on_every_short_case():
+    for pattern in ("".join(p) for n in range(1, 6) for p in itertools.product("/ab*$", repeat=n)):
+        if not pattern.startswith("/") or "$" in pattern[:-1]:
+            continue
+        for path in ("/" + "".join(p) for n in range(0, 5) for p in itertools.product("ab", repeat=n)):
+            assert _pattern(pattern).matches(path) is _regex_matches(pattern, path), (pattern, path)
