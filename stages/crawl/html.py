@@ -4,7 +4,10 @@ Decoding: byte-order mark, else the charset of the Content-Type header, else ``<
 ``<meta http-equiv="Content-Type">`` in the first 1024 bytes, else UTF-8; bytes that do not decode in that
 charset are NOT_UTF8 (no guessing: a wrong guess makes mojibake captions). Bytes that are not text at all (NUL
 or many control bytes: an image served as text/html) are HTML_MALFORMED. Merely broken markup (unclosed tags)
-is parsed leniently by the stdlib parser and yields what it can.
+is parsed leniently by the stdlib tokenizer and yields what it can.
+
+Cost: one pass, linear in the page's size (``html_scan.py``), within an element and a time budget; a page past
+either is HTML_TOO_COMPLEX. Titles and figcaptions keep their first ``MAX_CAPTURE_CHARS`` characters.
 
 Grouping: a ``<figure>`` with at most one image and at most one audio/video becomes ONE ``MediaRef`` (a figure
 with its narration) carrying the figcaption; a figure with more media gives each its own ref, all with the
@@ -23,11 +26,12 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urldefrag, urljoin, urlsplit
 
-from bs4 import BeautifulSoup, Tag
-
 from mmcurate.schemas.reasons import Reason, Rejected
+from mmcurate.stages.crawl.html_scan import Element, Found, Scan, scan
+from mmcurate.stages.crawl.optout import meta_robots
 
-_AUDIO_ELEMENTS = ("audio", "video")  # a video's soundtrack is audio for audio-text pairs
+MAX_ELEMENTS = 1_000_000  # start tags in one page; dense real pages carry ~25 per KB, so 40 MB of them
+TIME_BUDGET_S = 120.0  # the stdlib tokenizer reads ~2 MB/s on a loaded small machine: a 20 MB page fits
 _TRACK_KINDS = ("captions", "subtitles")
 _META_SNIFF_BYTES = 1024  # the HTML standard's pre-scan window for <meta charset>
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -130,13 +134,6 @@ def _text(value: str | None) -> str | None:
     return collapsed or None
 
 
-def _attr(element: Tag, name: str) -> str | None:
-    value = element.get(name)
-    if isinstance(value, list):  # bs4 splits multi-valued attributes (class, rel)
-        value = " ".join(value)
-    return value
-
-
 def _resolve(base_url: str, raw: str | None) -> str | None:
     """Absolute http(s) URL without fragment, or None (data:, javascript:, mailto:, empty)."""
     if raw is None:
@@ -192,180 +189,144 @@ def _largest_srcset_candidate(srcset: str) -> str | None:
     return best_url
 
 
-def _nearest(element: Tag, name: str) -> Tag | None:
-    return element.find_parent(name)
-
-
-def _figcaption_of(figure: Tag) -> str | None:
-    for caption in figure.find_all("figcaption"):
-        if _nearest(caption, "figure") is figure:  # not the caption of a nested figure
-            return _text(caption.get_text(" "))
-    return None
-
-
-def _transcript_link(scope: Tag | None, base_url: str) -> str | None:
-    if scope is None:
-        return None
-    for anchor in scope.find_all("a", href=True):
-        if "transcript" in [token.lower() for token in (anchor.get("rel") or [])]:
-            return _resolve(base_url, _attr(anchor, "href"))
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- media
 
 
-@dataclass
-class _Found:
-    element: Tag
-    image_url: str | None = None
-    audio_url: str | None = None
-
-
-def _image_url(img: Tag, base_url: str) -> str | None:
+def _image_url(attrs: dict[str, str], base_url: str) -> str | None:
     # src first; a data: placeholder (lazy loading) falls through to srcset, then data-src.
-    for candidate in (_attr(img, "src"), _largest_srcset_candidate(_attr(img, "srcset") or ""), _attr(img, "data-src")):
+    for candidate in (attrs.get("src"), _largest_srcset_candidate(attrs.get("srcset", "")), attrs.get("data-src")):
         url = _resolve(base_url, candidate)
         if url:
             return url
     return None
 
 
-def _audio_url(media: Tag, base_url: str) -> str | None:
-    url = _resolve(base_url, _attr(media, "src"))
-    if url:
-        return url
-    for source in media.find_all("source"):  # the first playable source is the one a browser would pick
-        url = _resolve(base_url, _attr(source, "src"))
+def _audio_url(found: Found, base_url: str) -> str | None:
+    # the element's src, else the first playable <source>: the one a browser would pick
+    for candidate in (found.attrs.get("src"), *found.sources):
+        url = _resolve(base_url, candidate)
         if url:
             return url
     return None
 
 
-def _tracks(media: Tag, base_url: str) -> list[Track]:
+def _tracks(found: Found, base_url: str) -> list[Track]:
     tracks = []
-    for track in media.find_all("track"):
-        kind = (_attr(track, "kind") or "subtitles").strip().lower()  # missing kind means subtitles
-        url = _resolve(base_url, _attr(track, "src"))
+    for attrs in found.tracks:
+        kind = (attrs.get("kind") or "subtitles").strip().lower()  # missing kind means subtitles
+        url = _resolve(base_url, attrs.get("src"))
         if kind in _TRACK_KINDS and url:
-            tracks.append(Track(kind=kind, srclang=_text(_attr(track, "srclang")), url=url))
+            tracks.append(Track(kind=kind, srclang=_text(attrs.get("srclang")), url=url))
     return tracks
 
 
-def _find_media(soup: BeautifulSoup, base_url: str) -> list[_Found]:
-    found = []
-    for element in soup.find_all(["img", *_AUDIO_ELEMENTS]):
-        if element.name == "img":
-            image_url = _image_url(element, base_url)
+def _transcript_in(element: Element, base_url: str) -> str | None:
+    return _resolve(base_url, element.transcript) if isinstance(element.transcript, str) else None
+
+
+@dataclass
+class _Located:
+    found: Found
+    image_url: str | None = None
+    audio_url: str | None = None
+
+
+def _locate(found: list[Found], base_url: str) -> list[_Located]:
+    located = []
+    for item in found:
+        if item.kind == "image":
+            image_url = _image_url(item.attrs, base_url)
             if image_url:
-                found.append(_Found(element, image_url=image_url))
+                located.append(_Located(item, image_url=image_url))
         else:
-            audio_url = _audio_url(element, base_url)
+            audio_url = _audio_url(item, base_url)
             if audio_url:
-                found.append(_Found(element, audio_url=audio_url))
-    return found
+                located.append(_Located(item, audio_url=audio_url))
+    return located
 
 
-def _media_refs(soup: BeautifulSoup, page_url: str, base_url: str) -> list[MediaRef]:
-    found = _find_media(soup, base_url)
-    by_figure: dict[int, list[_Found]] = {}
-    for item in found:
-        figure = _nearest(item.element, "figure")
-        if figure is not None:
-            by_figure.setdefault(id(figure), []).append(item)
+def _media_refs(found: list[Found], page_url: str, base_url: str) -> list[MediaRef]:
+    located = _locate(found, base_url)
+    by_figure: dict[Element, list[_Located]] = {}
+    for item in located:
+        if item.found.figure is not None:
+            by_figure.setdefault(item.found.figure, []).append(item)
 
+    # a figure with at most one image and one audio is one sample; decided once per figure, not per member
+    grouped = {
+        figure
+        for figure, items in by_figure.items()
+        if sum(1 for i in items if i.image_url) <= 1 and sum(1 for i in items if i.audio_url) <= 1
+    }
     refs: list[MediaRef] = []
-    merged: set[int] = set()  # id() of _Found already folded into a figure's ref
-    for item in found:
-        if id(item) in merged:
-            continue
-        figure = _nearest(item.element, "figure")
-        members = [item]
-        if figure is not None:
-            siblings = by_figure[id(figure)]
-            images = [s for s in siblings if s.image_url]
-            audios = [s for s in siblings if s.audio_url]
-            if len(images) <= 1 and len(audios) <= 1:
-                members = siblings
-        merged.update(id(member) for member in members)
+    for item in located:
+        figure = item.found.figure
+        if figure in grouped:
+            members = by_figure[figure]
+            if item is not members[0]:
+                continue  # folded into the ref its figure's first member made
+        else:
+            members = [item]
         refs.append(_ref_from(members, figure, page_url, base_url, position=len(refs)))
     return refs
 
 
-def _ref_from(members: list[_Found], figure: Tag | None, page_url: str, base_url: str, position: int) -> MediaRef:
+def _ref_from(members: list[_Located], figure: Element | None, page_url: str, base_url: str, position: int) -> MediaRef:
     ref = MediaRef(page_url=page_url, position=position)
-    ref.figcaption = _figcaption_of(figure) if figure is not None else None
+    ref.figcaption = _text(figure.caption.text()) if figure is not None and figure.caption is not None else None
     for member in members:
-        element = member.element
+        attrs = member.found.attrs
         if member.image_url:
             ref.image_url = member.image_url
-            ref.alt = _text(_attr(element, "alt"))
+            ref.alt = _text(attrs.get("alt"))
         else:
             ref.audio_url = member.audio_url
-            ref.tracks = _tracks(element, base_url)
-            ref.transcript_url = ref.transcript_url or _resolve(base_url, _attr(element, "data-transcript"))
-        ref.title = ref.title or _text(_attr(element, "title"))
+            ref.tracks = _tracks(member.found, base_url)
+            ref.transcript_url = ref.transcript_url or _resolve(base_url, attrs.get("data-transcript"))
+        ref.title = ref.title or _text(attrs.get("title"))
     if ref.audio_url and ref.transcript_url is None:
-        scope = figure if figure is not None else members[0].element.parent
-        ref.transcript_url = _transcript_link(scope, base_url)
+        ref.transcript_url = _transcript_in(figure if figure is not None else members[0].found.parent, base_url)
     return ref
 
 
 # ---------------------------------------------------------------------------------------------- page
 
 
-def _robots_directives(soup: BeautifulSoup, user_agent_token: str | None) -> set[str]:
-    names = {"robots"} | ({user_agent_token.lower()} if user_agent_token else set())
-    directives: set[str] = set()
-    for meta in soup.find_all("meta"):
-        if (_attr(meta, "name") or "").strip().lower() in names:
-            directives.update(d.strip().lower() for d in (_attr(meta, "content") or "").split(","))
-    return directives
-
-
-def _links(soup: BeautifulSoup, base_url: str) -> list[str]:
+def _links(page: Scan, base_url: str) -> list[str]:
     links: dict[str, None] = {}  # ordered set
-    for anchor in soup.find_all("a", href=True):
-        if "nofollow" in [token.lower() for token in (anchor.get("rel") or [])]:
+    for href, rel in page.anchors:
+        if "nofollow" in rel:
             continue
-        url = _resolve(base_url, _attr(anchor, "href"))
+        url = _resolve(base_url, href)
         if url:
             links.setdefault(url, None)
     return list(links)
 
 
-def _title(soup: BeautifulSoup) -> str | None:
-    for title in soup.find_all("title"):
-        if title.find_parent("svg") is None:  # an inline icon's <title> is not the page's
-            return _text(title.get_text(" "))
-    return None
-
-
 def extract_page(
-    body: bytes, page_url: str, content_type: str | None, user_agent_token: str | None = None
+    body: bytes,
+    page_url: str,
+    content_type: str | None,
+    user_agent_token: str | None = None,
+    *,
+    max_elements: int = MAX_ELEMENTS,
+    time_budget_s: float = TIME_BUDGET_S,
 ) -> PageExtract:
-    """Parse one fetched page. Raises ``Rejected`` (NOT_UTF8, HTML_MALFORMED) when the bytes are not usable.
+    """Parse one fetched page. Raises ``Rejected`` (NOT_UTF8, HTML_MALFORMED, HTML_TOO_COMPLEX) when the bytes
+    are not usable.
 
     ``user_agent_token`` also honours ``<meta name="mmcurate" content="noai">`` aimed at us by name.
     """
-    text = decode_html(body, content_type)
-    try:
-        soup = BeautifulSoup(text, "html.parser")
-    except Exception as err:  # html.parser gives up on a few pathological declarations
-        raise Rejected(Reason.HTML_MALFORMED, f"{type(err).__name__}: {err}") from None
-
+    page = scan(decode_html(body, content_type), max_elements, time_budget_s)
     base_url = page_url
-    base = soup.find("base", href=True)
-    if base is not None:
-        base_url = _resolve(page_url, _attr(base, "href")) or page_url
-
-    directives = _robots_directives(soup, user_agent_token)
-    nofollow = bool(directives & {"nofollow", "none"})
+    if page.base_href is not None:
+        base_url = _resolve(page_url, page.base_href) or page_url
+    directives = meta_robots(page.metas, user_agent_token)
     return PageExtract(
-        title=_title(soup),
-        media=_media_refs(soup, page_url, base_url),
-        links=[] if nofollow else _links(soup, base_url),
-        noai="noai" in directives,
-        noimageai="noimageai" in directives,
-        nofollow=nofollow,
+        title=_text(page.title.text()) if page.title is not None else None,
+        media=_media_refs(page.found, page_url, base_url),
+        links=[] if directives.nofollow else _links(page, base_url),
+        noai=directives.noai,
+        noimageai=directives.noimageai,
+        nofollow=directives.nofollow,
     )

@@ -6,6 +6,7 @@ import pytest
 
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.stages.crawl.html import MediaRef, Track, extract_page
+from mmcurate.stages.crawl.html_scan import MAX_CAPTURE_CHARS
 
 PAGE = "https://example.com/articles/cats.html"
 
@@ -202,3 +203,67 @@ def test_bytes_that_are_not_html_are_malformed(body):
 def test_plain_text_is_not_an_error_just_empty():
     page = extract("just some words, no markup at all")
     assert (page.title, page.media, page.links) == (None, [], [])
+
+
+# ------------------------------------------------------------------------------------------------ bounded work
+
+
+@pytest.mark.timeout(60)  # the tree-walking extractor was quadratic: 8 s at 5,000 nested figures, 35 s at 10,000
+def test_deeply_nested_figures_are_extracted_in_linear_time():
+    depth = 30_000
+    page = extract("<figure><img src='a.jpg'><figcaption>c</figcaption>" * depth + "</figure>" * depth)
+    assert len(page.media) == depth and {ref.figcaption for ref in page.media} == {"c"}
+
+
+@pytest.mark.timeout(60)  # each image of a figure rebuilt the list of all its images: quadratic in their number
+def test_a_figure_with_very_many_images_is_extracted_in_linear_time():
+    page = extract("<figure><figcaption>shared</figcaption>" + "<img src='a.jpg'>" * 30_000 + "</figure>")
+    assert len(page.media) == 30_000 and page.media[-1].figcaption == "shared"
+
+
+@pytest.mark.timeout(60)  # html.parser's close() rescans an unfinished tag once per character: days at 2 MB
+def test_an_unfinished_tag_running_to_the_end_of_the_page_is_dropped_in_linear_time():
+    page = extract('<title>t</title><img src="a.jpg">' + "<a" * 1_000_000)
+    assert (page.title, len(page.media), page.links) == ("t", 1, [])
+
+
+def test_text_left_at_the_end_is_text_and_an_unfinished_tag_is_dropped():
+    assert extract("<title>fish &amp chips &am").title == "fish & chips &am"
+    assert extract("<title>fish <b").title == "fish"
+
+
+def test_a_page_past_the_element_budget_is_too_complex():
+    html = "<div>" * 101
+    assert len(extract(html, max_elements=101).media) == 0
+    with pytest.raises(Rejected) as caught:
+        extract(html, max_elements=100)
+    assert caught.value.reason == Reason.HTML_TOO_COMPLEX.value and "more than 100 elements" in caught.value.detail
+
+
+def test_a_page_past_the_time_budget_is_too_complex():
+    with pytest.raises(Rejected) as caught:
+        extract("<p>x</p>" * 5000, time_budget_s=0)  # the clock is read every 1024 tokens
+    assert caught.value.reason == Reason.HTML_TOO_COMPLEX.value and "not parsed within 0 s" in caught.value.detail
+
+
+def test_captions_and_titles_keep_their_first_characters():
+    page = extract("<title>" + "t" * 10_000 + "</title><figure><img src=a.jpg><figcaption>"
+                   + "word " * 5_000 + "</figcaption></figure>")  # fmt: skip
+    assert page.title == "t" * MAX_CAPTURE_CHARS
+    assert page.media[0].figcaption.startswith("word word") and len(page.media[0].figcaption) <= MAX_CAPTURE_CHARS
+
+
+def test_a_title_left_open_collects_text_from_figcaptions_too():
+    page = extract("<title>Page <figure><img src=a.jpg><figcaption>cap</figcaption></figure> end")
+    assert (page.title, page.media[0].figcaption) == ("Page cap end", "cap")
+
+
+def test_source_and_track_belong_to_the_innermost_media_element():
+    page = extract('<video><source src="v.mp4"><audio><source src="a.ogg"><track src="a.vtt"></audio></video>')
+    assert [(ref.audio_url.rsplit("/", 1)[1], len(ref.tracks)) for ref in page.media] == [("v.mp4", 0), ("a.ogg", 1)]
+
+
+def test_markup_the_tokenizer_cannot_read_is_malformed():
+    with pytest.raises(Rejected) as caught:
+        extract("<p>text</p><![<![ x")
+    assert caught.value.reason == Reason.HTML_MALFORMED.value
