@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 
 import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from mmcurate.schemas.reasons import Reason, Rejected
-from mmcurate.stages.crawl.warc import WarcResponse, iter_warc_responses
+from mmcurate.stages.crawl.warc import iter_warc_responses, read_response_at
+
+CAP = 1_000_000
 
 
 def http(status: str, headers: list[tuple[str, str]]) -> StatusAndHeaders:
@@ -93,8 +96,8 @@ def test_responses_are_read_from_path_and_file_object(tmp_path, use_gzip):
     path = tmp_path / ("crawl.warc.gz" if use_gzip else "crawl.warc")
     path.write_bytes(data)
 
-    from_path = list(iter_warc_responses(path))
-    from_stream = list(iter_warc_responses(io.BytesIO(data)))
+    from_path = list(iter_warc_responses(path, CAP))
+    from_stream = list(iter_warc_responses(io.BytesIO(data), CAP))
     assert from_path == from_stream
     assert [(r.url, r.status, r.truncated) for r in from_path] == [
         ("http://example.com/a", 200, None),
@@ -102,14 +105,15 @@ def test_responses_are_read_from_path_and_file_object(tmp_path, use_gzip):
         ("http://example.com/big.jpg", 200, "length"),
     ]
     first, second = from_path[0], from_path[1]
-    assert first == WarcResponse(
-        url="http://example.com/a",
-        status=200,
-        headers={"content-type": "text/html", "set-cookie": "a=1, b=2"},
-        body=b"<title>A</title>",
-    )
-    assert second.body == b"<p>compressed and chunked</p>"  # transfer- and content-encoding undone
+    assert (first.url, first.status, first.headers, first.payload()) == (
+        "http://example.com/a", 200, {"content-type": "text/html", "set-cookie": "a=1, b=2"}, b"<title>A</title>"
+    )  # fmt: skip
+    assert first.record_id.startswith("<urn:uuid:") and first.offset == 0
+    assert second.payload() == b"<p>compressed and chunked</p>"  # transfer- and content-encoding undone
     assert second.headers["content-encoding"] == "gzip"
+    # each record can be read again on its own, from where the iterator said it starts
+    for response in from_path:
+        assert read_response_at(path, response.offset, CAP) == response
 
 
 @pytest.mark.parametrize("use_gzip", [False, True])
@@ -124,8 +128,8 @@ def test_every_truncation_point_is_reported_or_falls_on_a_record_end(use_gzip):
     for cut in range(len(data)):
         got: list[bytes] = []
         try:
-            for response in iter_warc_responses(io.BytesIO(data[:cut])):
-                got.append(response.body)
+            for response in iter_warc_responses(io.BytesIO(data[:cut]), CAP):
+                got.append(response.payload())
         except Rejected as rejected:
             assert rejected.reason == Reason.WARC_MALFORMED.value
             assert f"after {len(got)} good records" in rejected.detail
@@ -142,7 +146,7 @@ def test_truncated_file_yields_the_good_records_then_raises(tmp_path):
     path.write_bytes(data[: ends[1] + (ends[2] - ends[1]) // 2])  # half of the third record
     got = []
     with pytest.raises(Rejected) as caught:
-        for response in iter_warc_responses(path):
+        for response in iter_warc_responses(path, CAP):
             got.append(response.url)
     assert got == ["http://example.com/0", "http://example.com/1"]
     assert caught.value.reason == Reason.WARC_MALFORMED.value
@@ -154,7 +158,7 @@ def test_garbage_between_records_stops_with_a_clear_error():
     damaged = data[: ends[0]] + b"this is not a WARC record\r\n\r\n" + data[ends[0] :]
     got = []
     with pytest.raises(Rejected) as caught:
-        for response in iter_warc_responses(io.BytesIO(damaged)):
+        for response in iter_warc_responses(io.BytesIO(damaged), CAP):
             got.append(response.url)
     assert got == ["http://example.com/0"]
     assert caught.value.reason == Reason.WARC_MALFORMED.value
@@ -163,6 +167,92 @@ def test_garbage_between_records_stops_with_a_clear_error():
 
 def test_not_a_warc_at_all():
     with pytest.raises(Rejected) as caught:
-        list(iter_warc_responses(io.BytesIO(b"<html>definitely not a warc</html>")))
+        list(iter_warc_responses(io.BytesIO(b"<html>definitely not a warc</html>"), CAP))
     assert caught.value.reason == Reason.WARC_MALFORMED.value
-    assert list(iter_warc_responses(io.BytesIO(b""))) == []  # an empty file holds no records, and no damage
+    assert list(iter_warc_responses(io.BytesIO(b""), CAP)) == []  # an empty file holds no records, and no damage
+
+
+# ------------------------------------------------------------------------------------------------ payload decoding
+
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A gzip stream of zeros: about a thousandth of its inflated size."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1 << 20)
+    return b"".join(compressor.compress(block) for _ in range(inflated_mib)) + compressor.flush()
+
+
+def one_response(headers: list[tuple[str, str]], payload: bytes, url: str = "http://example.com/x") -> dict:
+    return {"url": url, "http": http("200 OK", headers), "payload": payload}
+
+
+def bodies(data: bytes, cap: int = CAP) -> list[tuple[bytes | None, tuple[str, str] | None]]:
+    return [(r.body, r.refusal and (r.refusal[0], r.refusal[1][:40])) for r in iter_warc_responses(io.BytesIO(data), cap)]
+
+
+def test_a_body_that_inflates_past_the_cap_is_refused_and_the_archive_reads_on():
+    bomb = gzip_bomb(32)
+    data, _ = write_warc(True, [
+        one_response([("Content-Encoding", "gzip")], bomb),
+        one_response([("Transfer-Encoding", "chunked"), ("Content-Encoding", "gzip")],
+                     b"%x\r\n%s\r\n0\r\n\r\n" % (len(bomb), bomb)),  # one chunk: warcio inflated it in one call
+        one_response([], b"after the bombs"),
+    ])  # fmt: skip
+    assert bodies(data) == [
+        (None, ("body_too_large", f"decoded body exceeds {CAP} bytes")),
+        (None, ("body_too_large", f"decoded body exceeds {CAP} bytes")),
+        (b"after the bombs", None),
+    ]
+    assert bodies(data, cap=32 << 20)[0] == (bytes(32 << 20), None)  # exactly at the cap is fine
+
+
+def test_an_identity_body_is_capped_too():
+    data, _ = write_warc(False, [one_response([], b"x" * 101)])
+    assert bodies(data, cap=100) == [(None, ("body_too_large", "decoded body exceeds 100 bytes"))]
+    assert bodies(data, cap=101) == [(b"x" * 101, None)]
+
+
+@pytest.mark.parametrize(
+    "headers, payload, body",
+    [
+        ([("Transfer-Encoding", "chunked")], b"<html>stored dechunked</html>", b"<html>stored dechunked</html>"),
+        ([("Content-Encoding", "gzip")], b"stored inflated", b"stored inflated"),
+        ([("Content-Encoding", "deflate")], zlib.compress(b"zlib deflate"), b"zlib deflate"),
+        ([("Content-Encoding", "deflate")], zlib.compress(b"raw deflate")[2:-4], b"raw deflate"),
+        ([("Content-Encoding", "br")], b"\x1b\x00brotli", b"\x1b\x00brotli"),  # cannot undo: passed on as is
+        ([("Transfer-Encoding", "chunked")], b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\n", b"abcde"),
+        ([("Content-Encoding", "gzip")], gzip.compress(b"member") + b"trailing junk", b"member"),
+    ],
+)
+def test_payloads_archived_in_every_shape_tools_write(headers, payload, body):
+    data, _ = write_warc(False, [one_response(headers, payload)])
+    assert bodies(data) == [(body, None)]
+
+
+def test_a_body_broken_part_way_is_damage_to_that_record_only():
+    broken = gzip.compress(bytes(range(256)) * 400)
+    broken = broken[:200] + b"\xff" * 50 + broken[250:]
+    data, _ = write_warc(False, [one_response([("Content-Encoding", "gzip")], broken), one_response([], b"next")])
+    (first, why), second = bodies(data)
+    assert first is None and why[0] == "warc_malformed" and "does not inflate after" in why[1]
+    assert second == (b"next", None)
+
+
+def test_bodies_are_read_only_when_asked_for():
+    data, _ = write_warc(False, [one_response([("Content-Type", "text/html")], b"<p>page"),
+                                 one_response([("Content-Type", "image/jpeg")], b"jpeg", url="http://example.com/j")])
+    wanted = list(iter_warc_responses(io.BytesIO(data), CAP, read_body=lambda url, h: h["content-type"] == "text/html"))
+    assert [r.body for r in wanted] == [b"<p>page", None]
+    with pytest.raises(ValueError, match="was not read"):
+        wanted[1].payload()
+
+
+def test_reading_at_an_offset_that_is_not_a_response_is_damage(tmp_path):
+    data, ends = write_warc(True, [*pages(1), {"url": "dns:x", "warc_content_type": "text/dns", "payload": b"x"}])
+    path = tmp_path / "a.warc.gz"
+    path.write_bytes(data)
+    with pytest.raises(Rejected) as caught:
+        read_response_at(path, ends[0], CAP)
+    assert caught.value.reason == Reason.WARC_MALFORMED.value and f"no HTTP response record at byte {ends[0]}" in (
+        caught.value.detail
+    )
