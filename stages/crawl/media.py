@@ -21,9 +21,8 @@ class MediaFetcher(RecordStage[CrawlConfig]):
 
     def setup(self) -> None:
         from mmcurate.stages.crawl.fetch import Fetcher
-        from mmcurate.stages.crawl.policy import fetch_policy
 
-        self.fetcher = Fetcher(fetch_policy(self.config.fetch))
+        self.fetcher = Fetcher(self.config.fetch)
 
     def _get(self, part: str, url: str, accept: tuple[str, ...]) -> Any:
         try:

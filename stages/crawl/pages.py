@@ -48,9 +48,8 @@ class PageFetcher:
 
     def __init__(self, config: CrawlConfig):
         from mmcurate.stages.crawl.fetch import Fetcher
-        from mmcurate.stages.crawl.policy import fetch_policy
 
-        self.fetcher = Fetcher(fetch_policy(config.fetch))
+        self.fetcher = Fetcher(config.fetch)
 
     def page(self, url: str, depth: int) -> dict[str, Any]:
         from mmcurate.stages.crawl.html import extract_page
@@ -59,7 +58,7 @@ class PageFetcher:
                                "noai": False, "noimageai": False, "links": [], "refs": "[]"}
         try:
             result = self.fetcher.fetch(url, accept=("text/html", "application/xhtml+xml"))
-            extract = extract_page(result.body, result.url, result.content_type, self.fetcher.policy.user_agent_token)
+            extract = extract_page(result.body, result.url, result.content_type, self.fetcher.config.user_agent_token)
         except Rejected as rej:
             row.update(reason=rej.reason, detail=rej.detail)
             return row

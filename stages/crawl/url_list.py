@@ -96,11 +96,10 @@ class UrlListDownloader(RecordStage[CrawlConfig]):
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         from img2dataset.downloader import download_image_with_retry
 
-        from mmcurate.stages.crawl.fetch import install_global_opener
-        from mmcurate.stages.crawl.policy import fetch_policy
+        from mmcurate.stages.crawl.opener import install_global_opener
 
-        self._policy = fetch_policy(self.config.fetch)
-        install_global_opener(self._policy)
+        # for the life of this worker process, which exists to download: every urlopen in it is guarded
+        install_global_opener(self.config.fetch)
         self._download = download_image_with_retry
 
     def process(self, record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,7 +108,7 @@ class UrlListDownloader(RecordStage[CrawlConfig]):
             (record["key"], record["url"]),
             timeout=fetch.timeout_s,
             retries=fetch.retries,
-            user_agent_token=self._policy.user_agent_token,
+            user_agent_token=fetch.user_agent_token,
             disallowed_header_directives=list(fetch.disallowed_header_directives),
         )
         if stream is None:

@@ -106,6 +106,26 @@ class LocalServer:
         return handle
 
     @staticmethod
+    def drip_head(pause_s: float, padding: int) -> Handler:
+        """A handler that sends its status line and headers (``padding`` bytes of them) one byte per ``pause_s``."""
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"p" * padding
+            + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )  # fmt: skip
+
+        def handle(request: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+            for i in range(len(head)):
+                if stopping.wait(pause_s):
+                    return
+                try:
+                    request.wfile.write(head[i : i + 1])
+                    request.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+        return handle
+
+    @staticmethod
     def stall(seconds: float) -> Handler:
         """A handler that accepts the request and says nothing for ``seconds`` (a read timeout on the client)."""
 

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
+import pydantic
 import pytest
 
 from mmcurate.schemas.reasons import Reason, Rejected
-from mmcurate.stages.crawl.fetch import (
-    CappedResponse,
-    FetchPolicy,
-    Fetcher,
-    _host_allowed,
-    address_refusal,
-    x_robots_directives,
-)
+from mmcurate.schemas.stage_configs import FetchConfig
+from mmcurate.stages.crawl.address import address_refusal, host_allowed
+from mmcurate.stages.crawl.body_cap import CappedResponse
+from mmcurate.stages.crawl.fetch import Fetcher
+from mmcurate.stages.crawl.optout import x_robots_directives
 
 LOCAL = ("127.0.0.0/8",)
 
 
 def local_fetcher(**overrides) -> Fetcher:
-    return Fetcher(FetchPolicy(allow_networks=LOCAL, **overrides))
+    return Fetcher(FetchConfig(allow_networks=LOCAL, **overrides))
 
 
 def rejection(fetcher: Fetcher, url: str, **kwargs) -> Rejected:
@@ -77,11 +78,11 @@ def test_redirect_cap_allows_exactly_max_redirects(local_server):
 def test_redirect_to_an_address_outside_the_allow_list_is_refused(local_server):
     # 127.0.0.2 is loopback too, but only 127.0.0.1 is allow-listed: the hop must meet the address check.
     local_server.redirect("/go", f"http://127.0.0.2:{local_server.port}/inside")
-    narrow = Fetcher(FetchPolicy(allow_networks=("127.0.0.1/32",), respect_robots=False))
+    narrow = Fetcher(FetchConfig(allow_networks=("127.0.0.1/32",), respect_robots=False))
     refused = rejection(narrow, local_server.url("/go"))
     assert refused.reason == Reason.ADDRESS_NOT_ALLOWED.value and "127.0.0.2" in refused.detail
     # Control: with 127.0.0.0/8 allowed the hop is attempted (nothing listens on 127.0.0.2, so it fails later).
-    wide = Fetcher(FetchPolicy(allow_networks=LOCAL, respect_robots=False))
+    wide = Fetcher(FetchConfig(allow_networks=LOCAL, respect_robots=False))
     assert rejection(wide, local_server.url("/go")).reason == Reason.CONNECTION_ERROR.value
 
 
@@ -98,6 +99,65 @@ def test_slow_drip_body_hits_the_fetch_deadline(local_server):
     local_server.route("/drip", local_server.drip(chunks=400, pause_s=0.05))
     refused = rejection(local_fetcher(timeout_s=5.0, deadline_s=0.3, respect_robots=False), local_server.url("/drip"))
     assert refused.reason == Reason.TIMEOUT.value and "deadline" in refused.detail
+
+
+@pytest.mark.timeout(60)  # the old guard checked its deadline only between body reads: ~300 s here
+def test_headers_dripped_byte_by_byte_hit_the_fetch_deadline(local_server):
+    # 3000 header bytes at 0.1 s each: every recv returns within the 5 s socket timeout, for five minutes.
+    local_server.route("/slow-head", local_server.drip_head(pause_s=0.1, padding=3000))
+    refused = rejection(local_fetcher(timeout_s=5.0, deadline_s=0.5, respect_robots=False), local_server.url("/slow-head"))
+    assert refused.reason == Reason.TIMEOUT.value
+    assert "deadline of 0.5 s passed during the response" in refused.detail
+
+
+@pytest.mark.timeout(60)
+def test_a_dripping_robots_txt_spends_the_page_deadline_and_is_not_cached_as_a_refusal(local_server):
+    local_server.route("/robots.txt", local_server.drip_head(pause_s=0.1, padding=3000))
+    local_server.route("/page", body=b"ok")
+    fetcher = local_fetcher(timeout_s=5.0, deadline_s=0.5)
+    refused = rejection(fetcher, local_server.url("/page"))
+    assert refused.reason == Reason.TIMEOUT.value  # the page timed out; the site did not say no
+    local_server.route("/robots.txt", status=404)
+    assert fetcher.fetch(local_server.url("/page")).body == b"ok"  # so robots.txt is asked again, not remembered
+
+
+@pytest.fixture
+def tls_dripper():
+    """A TCP server that answers every TLS ClientHello with one byte per 0.1 s of a ServerHello that never ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stopping = threading.Event()
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)  # the ClientHello
+            for byte in b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000:  # handshake record of 16 KiB
+                if stopping.wait(0.1):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    stopping.set()
+    listener.close()
+
+
+@pytest.mark.timeout(60)  # the old guard gave the handshake timeout_s (60 s here) whatever the deadline said
+def test_a_dripping_tls_handshake_hits_the_fetch_deadline(tls_dripper):
+    fetcher = local_fetcher(timeout_s=60.0, deadline_s=0.5, respect_robots=False)
+    refused = rejection(fetcher, f"https://127.0.0.1:{tls_dripper}/")
+    assert refused.reason == Reason.TIMEOUT.value
+    assert "during the TLS handshake" in refused.detail
 
 
 def test_silent_server_hits_the_read_timeout(local_server):
@@ -143,7 +203,7 @@ class _CountingResponse:
 
 def test_capped_reader_takes_at_most_one_byte_past_the_cap():
     raw = _CountingResponse()
-    capped = CappedResponse(raw, max_bytes=100_000, deadline=float("inf"))  # type: ignore[arg-type]
+    capped = CappedResponse(raw, max_bytes=100_000)  # type: ignore[arg-type]
     with pytest.raises(Rejected) as caught:
         capped.read()
     assert caught.value.reason == Reason.BODY_TOO_LARGE.value
@@ -152,12 +212,13 @@ def test_capped_reader_takes_at_most_one_byte_past_the_cap():
 
 def test_capped_reader_partial_reads_and_readinto_count_towards_the_cap():
     raw = _CountingResponse()
-    capped = CappedResponse(raw, max_bytes=10, deadline=float("inf"))  # type: ignore[arg-type]
+    capped = CappedResponse(raw, max_bytes=10)  # type: ignore[arg-type]
     assert capped.read(4) == b"yyyy"
     buffer = bytearray(6)
     assert capped.readinto(buffer) == 6
-    with pytest.raises(Rejected):
+    with pytest.raises(Rejected) as caught:
         capped.read(1)
+    assert caught.value.reason == Reason.BODY_TOO_LARGE.value
 
 
 # ------------------------------------------------------------------------------------------------ robots.txt
@@ -267,14 +328,14 @@ def test_unexpected_content_type_is_refused(local_server):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]"])
 def test_loopback_is_refused_without_allow_list_in_any_spelling(local_server, host):
-    refused = rejection(Fetcher(FetchPolicy()), local_server.url("/page", host=host))
+    refused = rejection(Fetcher(FetchConfig()), local_server.url("/page", host=host))
     assert refused.reason == Reason.ADDRESS_NOT_ALLOWED.value
     assert local_server.requests == []  # not even robots.txt was fetched
 
 
 def test_https_goes_through_the_same_address_check(local_server):
     # Refused before any TLS handshake, so no certificate is needed to show the HTTPS handler is guarded.
-    refused = rejection(Fetcher(FetchPolicy()), f"https://127.0.0.1:{local_server.port}/")
+    refused = rejection(Fetcher(FetchConfig()), f"https://127.0.0.1:{local_server.port}/")
     assert refused.reason == Reason.ADDRESS_NOT_ALLOWED.value and local_server.requests == []
 
 
@@ -296,15 +357,19 @@ def test_public_addresses_are_allowed(ip):
 
 
 def test_allow_list_covers_mapped_addresses():
-    networks = FetchPolicy(allow_networks=("10.0.0.0/8",)).networks
+    networks = FetchConfig(allow_networks=("10.0.0.0/8",)).networks()
     assert address_refusal("10.9.9.9", networks) is None
     assert address_refusal("::ffff:10.9.9.9", networks) is None
     assert address_refusal("192.168.0.1", networks) is not None
 
 
-def test_bad_cidr_fails_when_the_policy_is_built():
-    with pytest.raises(ValueError):
-        FetchPolicy(allow_networks=("10.0.0.0/33",))
+def test_bad_cidr_fails_when_the_config_is_loaded():
+    with pytest.raises(pydantic.ValidationError, match="not a CIDR"):
+        FetchConfig(allow_networks=("10.0.0.0/33",))
+    with pytest.raises(pydantic.ValidationError, match="not a host name"):
+        FetchConfig(allowed_domains=("https://example.com/",))
+    with pytest.raises(pydantic.ValidationError):
+        FetchConfig(allowed_schemes=("http", "ftp"))
 
 
 def test_domain_outside_allowed_domains_is_refused(local_server):
@@ -314,13 +379,13 @@ def test_domain_outside_allowed_domains_is_refused(local_server):
 
 def test_domain_matching_is_by_label():
     allowed = ("example.com",)
-    assert _host_allowed("example.com", allowed) and _host_allowed("img.Example.com.", allowed)
-    assert not _host_allowed("badexample.com", allowed) and not _host_allowed("example.com.evil.net", allowed)
+    assert host_allowed("example.com", allowed) and host_allowed("img.Example.com.", allowed)
+    assert not host_allowed("badexample.com", allowed) and not host_allowed("example.com.evil.net", allowed)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x", "data:text/plain,hi", "nonsense"])
 def test_other_schemes_are_refused(url):
-    assert rejection(Fetcher(FetchPolicy()), url).reason == Reason.SCHEME_NOT_ALLOWED.value
+    assert rejection(Fetcher(FetchConfig()), url).reason == Reason.SCHEME_NOT_ALLOWED.value
 
 
 def test_refused_connection_is_a_connection_error(local_server):
