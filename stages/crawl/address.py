@@ -8,6 +8,9 @@ matches a host against ``allowed_domains`` label by label ("badexample.com" is n
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
+
+from mmcurate.schemas.stage_configs import CrawlConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,3 +51,31 @@ def host_allowed(host: str, allowed_domains: tuple[str, ...]) -> bool:
     """``host`` equals or is a subdomain of one of ``allowed_domains``."""
     host = _bare(host)
     return any(host == domain or host.endswith("." + domain) for domain in map(_bare, allowed_domains))
+
+
+def crawl_domains(config: CrawlConfig) -> tuple[str, ...]:
+    """The hosts a page crawl stays on: ``allowed_domains`` when given, else the seeds' hosts."""
+    if config.allowed_domains:
+        return tuple(dict.fromkeys(map(_bare, config.allowed_domains)))
+    return tuple(dict.fromkeys(_bare(urlsplit(seed).hostname or "") for seed in config.seeds))
+
+
+def narrow_domains(scope: tuple[str, ...], limit: tuple[str, ...]) -> tuple[str, ...]:
+    """The hosts inside both ``scope`` and ``limit`` (each empty meaning any host), as a domain list.
+
+    Raises ValueError when the two do not overlap: an empty list would mean "any host", the opposite.
+    """
+    if not limit:
+        return scope
+    if not scope:
+        return limit
+    both = []
+    for a in scope:
+        for b in limit:
+            if host_allowed(a, (b,)):
+                both.append(a)  # a lies inside b: the narrower of the two
+            elif host_allowed(b, (a,)):
+                both.append(b)
+    if not both:
+        raise ValueError(f"no host lies inside both {list(scope)} and fetch.allowed_domains {list(limit)}")
+    return tuple(dict.fromkeys(map(_bare, both)))

@@ -47,9 +47,12 @@ class PageFetcher:
     """Ray worker: fetch and parse pages. Plain callable over an Arrow batch of ``url, depth``."""
 
     def __init__(self, config: CrawlConfig):
+        from mmcurate.stages.crawl.address import crawl_domains, narrow_domains
         from mmcurate.stages.crawl.fetch import Fetcher
 
-        self.fetcher = Fetcher(config.fetch)
+        # every hop of a page fetch stays on the crawl's hosts: a redirect off them is domain_not_allowed
+        domains = narrow_domains(crawl_domains(config), config.fetch.allowed_domains)
+        self.fetcher = Fetcher(config.fetch.model_copy(update={"allowed_domains": domains}))
 
     def page(self, url: str, depth: int) -> dict[str, Any]:
         from mmcurate.stages.crawl.html import extract_page
