@@ -198,6 +198,11 @@ class RunDir:
             shutil.rmtree(progress, ignore_errors=True)
         self.collect_generations(stage)
 
+    def discard_progress(self, stage: str, fingerprint: str) -> None:
+        """Drop progress kept for a stage that is committed under that fingerprint (a kill after the link swap
+        can leave it behind; it would never be read again)."""
+        shutil.rmtree(self.progress_dir(stage, fingerprint), ignore_errors=True)
+
     def collect_generations(self, stage: str | None = None) -> None:
         """Delete generations no link points at, unless a reader still holds one."""
         if not self.generations_root.is_dir():

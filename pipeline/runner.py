@@ -285,6 +285,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
         if rundir.is_done(spec.name, fp):
             marker = rundir.marker(spec.name)
             log.info("stage %s: already done (fingerprint %s), reusing", spec.name, fp)
+            rundir.discard_progress(spec.name, fp)
             outcome = StageOutcome(spec.name, "reused", marker["stats"], fp, covers)
         else:
             if not ray_started:

@@ -94,22 +94,26 @@ def rejected(record: dict[str, Any], reason: Reason | str, detail: str = "", **c
 _logged_traces: set[str] = set()
 
 
-def internal_error(record: dict[str, Any], err: BaseException) -> dict[str, Any]:
-    """An ``internal_error`` reject row for a record whose processing raised ``err`` unexpectedly.
-
-    The detail names the exception and a digest of where it was raised (file, line, function: the same bug gives
-    the same digest on every record), and the full traceback is logged once per digest and process."""
+def internal_error_detail(err: BaseException, key: object = None) -> str:
+    """What an ``internal_error`` row says: the exception, the frame it was raised in and a digest of where it
+    was raised (file, line, function: the same bug gives the same digest on every record). The full traceback is
+    logged once per digest and process."""
     frames = traceback.extract_tb(err.__traceback__)
     where = "|".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in frames)
     digest = hashlib.sha1(f"{type(err).__name__}|{where}".encode()).hexdigest()[:10]
     if digest not in _logged_traces:
         _logged_traces.add(digest)
         logging.getLogger("mmcurate.stage").error(
-            "internal error on key %s (trace %s):\n%s", record.get("key"), digest,
+            "internal error on key %s (trace %s):\n%s", key, digest,
             "".join(traceback.format_exception(type(err), err, err.__traceback__)),
         )
     last = f" at {where.rsplit('|', 1)[-1]}" if where else ""
-    return rejected(record, Reason.INTERNAL_ERROR, f"{type(err).__name__}: {err}"[:400] + f"{last} [trace {digest}]")
+    return f"{type(err).__name__}: {err}"[:400] + f"{last} [trace {digest}]"
+
+
+def internal_error(record: dict[str, Any], err: BaseException) -> dict[str, Any]:
+    """An ``internal_error`` reject row for a record whose processing raised ``err`` unexpectedly."""
+    return rejected(record, Reason.INTERNAL_ERROR, internal_error_detail(err, record.get("key")))
 
 
 class RecordStage(Stage[ConfigT]):
@@ -204,6 +208,7 @@ __all__ = [
     "Stage",
     "StageContext",
     "internal_error",
+    "internal_error_detail",
     "kept",
     "on_actor_pool",
     "rejected",

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import rejected
+from mmcurate.stages.base import internal_error_detail, rejected
 from mmcurate.stages.files import atomic_write_parquet
 
 log = logging.getLogger("mmcurate.crawl")
@@ -64,6 +64,9 @@ class PageFetcher:
             extract = extract_page(result.body, result.url, result.content_type, self.fetcher.config.user_agent_token)
         except Rejected as rej:
             row.update(reason=rej.reason, detail=rej.detail)
+            return row
+        except Exception as err:  # one page that breaks the parser must not fail the crawl: it becomes a row
+            row.update(reason=Reason.INTERNAL_ERROR.value, detail=internal_error_detail(err, url))
             return row
         row.update(
             final_url=result.url,

@@ -29,7 +29,7 @@ import pyarrow as pa
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import StageContext, kept, rejected
+from mmcurate.stages.base import StageContext, internal_error, kept, rejected
 from mmcurate.stages.crawl.media import transcript_text
 from mmcurate.stages.crawl.optout import header_refusal, page_media_refusal
 from mmcurate.stages.crawl.pages import record_of_ref
@@ -87,6 +87,9 @@ class WarcReader:
         except Rejected as rej:
             row = empty_record(key=stable_key("warc", *key_parts), source="warc", url=response.url, page_url=response.url)
             return rejected(row, rej.reason, rej.detail)
+        except Exception as err:  # one page that breaks the parser is a row, not a failed crawl
+            row = empty_record(key=stable_key("warc", *key_parts), source="warc", url=response.url, page_url=response.url)
+            return internal_error(row, err)
         refs = [asdict(ref) for ref in extract.media]
         return _Page(replace(response, body=None), key_parts, refs, extract.noai, extract.noimageai)
 
@@ -105,6 +108,8 @@ class WarcReader:
                     media[response.url] = response
         except Rejected as rej:  # the records before the damage are still used
             damage = rejected(empty_record(key=stable_key("warc", path), source="warc", url=path), rej.reason, rej.detail)
+        except Exception as err:  # e.g. a reader bug on a hostile archive: the archive's row says so
+            damage = internal_error(empty_record(key=stable_key("warc", path), source="warc", url=path), err)
         return pages, media, damage
 
     def _media(self, path: str, record: dict[str, Any], media: dict[str, WarcResponse]) -> dict[str, Any]:
@@ -153,6 +158,8 @@ class WarcReader:
                     yield kept(record, **self._media(path, record, media))
                 except Rejected as rej:
                     yield rejected(record, rej.reason, rej.detail)
+                except Exception as err:
+                    yield internal_error(record, err)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         batch: list[dict[str, Any]] = []

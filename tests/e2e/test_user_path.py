@@ -198,9 +198,19 @@ def test_a_demo_killed_at_any_point_resumes_to_the_same_shards(installed, refere
 
 
 def test_a_different_seed_on_the_same_run_dir_runs_again(installed, reference, elsewhere, tmp_path):
+    """Seed 1 on a finished seed-0 run dir must not reuse anything: its crawl starts under a new fingerprint (the
+    run is stopped there; what follows a fresh crawl is what the kill tests above already cover)."""
     run = tmp_path / "reseeded"
     shutil.copytree(reference, run, symlinks=True)
-    _finish(_run_demo(installed, run, elsewhere, "--seed", "1"), run)
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert [s["status"] for s in manifest["stages"]] == ["ran", "ran", "ran"]
-    assert shard_files(run) != shard_files(reference)
+    old = {s["name"]: s["fingerprint"] for s in json.loads((run / "manifest.json").read_text())["stages"]}
+    proc = _run_demo(installed, run, elsewhere, "--seed", "1")
+    log = run.parent / f"{run.name}.log"
+    deadline = time.monotonic() + 600
+    while "stage crawl: running (fingerprint" not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"the seed-1 run ended without running the crawl:\n{_tail(run)}"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    _kill_group(proc)
+    started = log.read_text(errors="replace").split("stage crawl: running (fingerprint ")[1][:16]
+    assert started != old["crawl"]
+    assert "already done" not in log.read_text(errors="replace")

@@ -82,3 +82,18 @@ def test_errors_within_max_error_fraction_pass_and_past_it_fail_with_the_first_e
     past = {"in": 100, "out": 100, "kept": 97, "rejected": {"internal_error": 3}}
     with pytest.raises(StageFailed, match=r"(?s)stage align: 3 of 100 records raised.*k0: ValueError: boom 0"):
         check_error_fraction("align", past, 0.01, _rejects(tmp_path, 3))
+
+
+def test_a_page_that_breaks_the_fetcher_unexpectedly_is_a_page_row_with_internal_error():
+    from mmcurate.schemas.stage_configs import CrawlConfig
+    from mmcurate.stages.crawl.pages import PageFetcher
+
+    fetcher = PageFetcher(CrawlConfig(seeds=("http://127.0.0.1:1/",)))
+
+    def broken(url, accept=()):
+        raise ZeroDivisionError("bug")
+
+    fetcher.fetcher.fetch = broken
+    rows = fetcher(pa.table({"url": ["http://127.0.0.1:1/a.html", "http://127.0.0.1:1/b.html"], "depth": [1, 1]}))
+    assert rows["reason"].to_pylist() == ["internal_error", "internal_error"]
+    assert rows["detail"][0].as_py().startswith("ZeroDivisionError: bug")

@@ -109,3 +109,12 @@ def test_a_commit_killed_on_either_side_of_the_link_swap_leaves_one_whole_genera
     assert (rd.data_dir("align") / "part-0.parquet").read_bytes() == expected.encode()
     with rd.locked():  # the next run collects the generation nobody points at
         assert len(list((rd.generations_root / "align").iterdir())) == 1
+
+
+def test_progress_left_by_a_kill_after_the_link_swap_is_discarded_when_the_stage_is_reused(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    with rd.locked():
+        rd.progress_dir("crawl", "fp").mkdir(parents=True)
+        rd.progress_dir("crawl", "other").mkdir(parents=True)
+        rd.discard_progress("crawl", "fp")
+        assert not rd.progress_dir("crawl", "fp").exists() and rd.progress_dir("crawl", "other").exists()

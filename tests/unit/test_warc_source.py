@@ -183,3 +183,19 @@ def test_peak_memory_stays_bounded_on_an_archive_of_compression_bombs(tmp_path):
         ("http://site.test/fine.jpg", None),
     ]
     assert result["grown_mib"] < 128, result["grown_mib"]
+
+
+def test_an_unexpected_error_on_one_archived_page_is_an_internal_error_row(tmp_path, monkeypatch):
+    warc = tmp_path / "site.warc.gz"
+    make_warc(warc)
+    calls = []
+
+    def broken_extract(*args, **kwargs):
+        calls.append(args)
+        raise KeyError("parser bug")
+
+    monkeypatch.setattr("mmcurate.stages.crawl.html.extract_page", broken_extract)
+    rows = list(WarcReader(CrawlConfig(warcs=(str(warc),))).rows(str(warc)))
+    assert calls and rows
+    assert {r[REASON_COLUMN] for r in rows} == {"internal_error"}
+    assert all("KeyError" in r["_detail"] and "[trace " in r["_detail"] for r in rows)
