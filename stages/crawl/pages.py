@@ -82,15 +82,6 @@ class PageFetcher:
         return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
 
 
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
-
-
-def _in_domains(url: str, domains: set[str]) -> bool:
-    host = _host(url)
-    return any(host == d or host.endswith("." + d) for d in domains)
-
-
 def _fetch_level(config: CrawlConfig, frontier: list[str], depth: int) -> pa.Table:
     import ray
 
@@ -143,7 +134,9 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
     from is this run's. Pages cut by ``max_pages`` or ``max_depth`` go to ``pages_dir/level-*-cut.parquet``.
     Return the number of pages fetched."""
 
-    domains = {d.lower() for d in config.allowed_domains} or {_host(s) for s in config.seeds}
+    from mmcurate.stages.crawl.address import crawl_domains, host_allowed
+
+    domains = crawl_domains(config)
     seen: set[str] = set()
     frontier = []
     for seed in config.seeds:
@@ -175,7 +168,7 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
         next_frontier = []
         for links in pq.read_table(level_file, columns=["links"])["links"].to_pylist():
             for link in links or []:
-                if link not in seen and _in_domains(link, domains):
+                if link not in seen and host_allowed(urlsplit(link).hostname or "", domains):
                     seen.add(link)
                     next_frontier.append(link)
         frontier = next_frontier
