@@ -101,6 +101,25 @@ class CrawlConfig(StageConfig):
             raise ValueError("crawl needs at least one of url_lists, seeds, warcs")
         return self
 
+    @model_validator(mode="after")
+    def _page_domains_inside_fetch_domains(self) -> CrawlConfig:
+        # a page crawl whose hosts fetch.allowed_domains excludes entirely would refuse every page: say so at load
+        from urllib.parse import urlsplit
+
+        limit = [d.strip(".").lower() for d in self.fetch.allowed_domains]
+        if not (self.seeds and limit):
+            return self
+        scope = [d.strip(".").lower() for d in self.allowed_domains] or [
+            (urlsplit(seed).hostname or "").lower() for seed in self.seeds
+        ]
+
+        def inside(a: str, b: str) -> bool:
+            return a == b or a.endswith("." + b)
+
+        if not any(inside(a, b) or inside(b, a) for a in scope for b in limit):
+            raise ValueError(f"the page crawl's hosts {scope} lie outside fetch.allowed_domains {limit}")
+        return self
+
 
 class AlignConfig(StageConfig):
     caption_priority: tuple[TextField, ...] = ("caption", "figcaption", "alt", "title")

@@ -118,3 +118,10 @@ def test_max_error_fraction_is_a_validated_workflow_field(tmp_path):
     assert load_workflow(write(tmp_path, GOOD), overrides=["max_error_fraction=0.5"]).max_error_fraction == 0.5
     with pytest.raises(WorkflowError, match="max_error_fraction"):
         load_workflow(write(tmp_path, GOOD), overrides=["max_error_fraction=2"])
+
+
+def test_a_page_crawl_outside_fetch_allowed_domains_fails_at_load(tmp_path):
+    bad = GOOD.replace('fetch: {allow_networks: ["127.0.0.0/8"]}',
+                       'fetch: {allow_networks: ["127.0.0.0/8"], allowed_domains: [example.org]}')
+    with pytest.raises(WorkflowError, match="outside fetch.allowed_domains"):
+        load_workflow(write(tmp_path, bad))
