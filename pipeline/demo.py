@@ -2,14 +2,16 @@
 
 ``workflows/demo.yaml`` names ``serve: demo_site`` and refers to the served site through two variables:
 ``${demo_site.base_url}`` and ``${demo_site.url_list}`` (an absolute URL list written for this server).
-The site is served on a fixed port (``serve.demo_site.port``), so its URLs, the sample keys made from them and
-the crawl progress saved by a killed run are the same on every invocation.
+The site is served on a port derived from the run directory (or ``serve.demo_site.port``), so its URLs, the
+sample keys made from them and the crawl progress saved by a killed run are the same on every invocation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +45,12 @@ def ensure_site(root: Path, seed: int, pages: int) -> None:
     atomic_write_json(stamp, wanted)
 
 
+def demo_port(run_root: Path) -> int:
+    """A port in 18000–27999 (below Linux's ephemeral range) derived from the run directory's real path."""
+    digest = hashlib.sha256(os.path.realpath(run_root).encode("utf-8")).digest()
+    return 18000 + int.from_bytes(digest[:4], "big") % 10000
+
+
 @contextmanager
 def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[str, str]]:
     from mmcurate.pipeline.demo_server import serve_site
@@ -50,11 +58,12 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
 
     root = Path(config.root) if config.root else run_root / "demo_site"
     ensure_site(root, config.seed, config.pages)
+    port = demo_port(run_root) if config.port is None else config.port
     try:
-        server = serve_site(root, port=config.port, access_log=root / "access.log")
+        server = serve_site(root, port=port, access_log=root / "access.log")
     except OSError as err:
         raise OSError(
-            f"demo: cannot serve on 127.0.0.1:{config.port} ({err.strerror}); is another demo running? "
+            f"demo: cannot serve on 127.0.0.1:{port} ({err.strerror}); is another demo running on this run dir? "
             f"Pick another port with --set serve.demo_site.port=N (the same N on every re-run of this run dir)"
         ) from err
     with server:

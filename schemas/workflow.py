@@ -18,15 +18,15 @@ class WorkflowError(ValueError):
     """A workflow file that cannot run; the message names the file, the stage and the field."""
 
 
-DEMO_PORT = 18321  # fixed, so that URLs, keys and saved crawl progress are the same on every invocation
-
-
 class DemoSiteConfig(StrictModel):
     """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
 
     seed: int = 0
     pages: int = Field(200, ge=5)
-    port: int = Field(DEMO_PORT, ge=0, le=65535)  # 0: an ephemeral port (URLs and keys then change every run)
+    # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
+    # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
+    # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)
+    port: int | None = Field(None, ge=0, le=65535)
     root: str | None = None  # where the site is built; default: <run dir>/demo_site
 
 

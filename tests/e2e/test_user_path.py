@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -63,8 +64,12 @@ def installed(tmp_path_factory) -> Path:
     site-packages through a .pth line, so the test needs no network and no second 5 GB install. The wheel is
     built by this interpreter (its setuptools is the one pyproject.toml asks for; a fresh venv's is older)."""
     wheels = tmp_path_factory.mktemp("wheel")
+    # build from a clean copy: setuptools never empties an existing build/, so stale modules would ride along
+    source = tmp_path_factory.mktemp("source") / "mmcurate"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs",
+                                                                "__pycache__", ".pytest_cache"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         check=True, cwd=wheels,
     )
     (wheel,) = wheels.glob("mmcurate-*.whl")
@@ -83,8 +88,20 @@ def _env() -> dict[str, str]:
     return {**env, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# One port for every run of this module: the demo derives its port from the run directory, and the shards hold
+# the URLs they were crawled from, so comparing runs in different directories needs them to serve the same URLs.
+PORT = _free_port()
+
+
 def _demo_command(venv: Path, run: Path, *extra: str) -> list[str]:
     return [str(venv / "bin" / "mmcurate"), "demo", "--run-dir", str(run), "--pages", str(PAGES),
+            "--set", f"serve.demo_site.port={PORT}",
             "--set", f"crawl.chunk_rows={CHUNK_ROWS}", "--set", f"shard.samples_per_shard={SHARD_SAMPLES}", *extra]
 
 

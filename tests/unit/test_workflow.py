@@ -125,3 +125,12 @@ def test_a_page_crawl_outside_fetch_allowed_domains_fails_at_load(tmp_path):
                        'fetch: {allow_networks: ["127.0.0.0/8"], allowed_domains: [example.org]}')
     with pytest.raises(WorkflowError, match="outside fetch.allowed_domains"):
         load_workflow(write(tmp_path, bad))
+
+
+def test_the_demo_port_is_derived_from_the_run_directory(tmp_path):
+    from mmcurate.pipeline.demo import demo_port
+
+    ports = {demo_port(tmp_path / f"run{i}") for i in range(20)}
+    assert len(ports) > 15 and all(18000 <= p < 28000 for p in ports)  # below the ephemeral range
+    (tmp_path / "link").symlink_to(tmp_path / "run0")
+    assert demo_port(tmp_path / "run0") == demo_port(tmp_path / "link") == demo_port(tmp_path / "run0")
