@@ -24,6 +24,8 @@ class Reason(str, Enum):
     CONTENT_TYPE = "content_type"  # body is not the media type we went for
     NOT_IN_ARCHIVE = "not_in_archive"  # a WARC page references media the archive does not hold
     DOWNLOAD_ERROR = "download_error"  # any other downloader failure, detail says which
+    DUPLICATE_REFERENCE = "duplicate_reference"  # the same media URL again on one page; its first reference carries it
+    LIST_MALFORMED = "list_malformed"  # a URL list that cannot be read past some row; detail names file and row
     CRAWL_LIMIT = "crawl_limit"  # a page discovered but not fetched: beyond max_depth or max_pages
     # parsing
     NOT_UTF8 = "not_utf8"

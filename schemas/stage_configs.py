@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmcurate.schemas.record import TEXT_FIELDS
 
@@ -75,11 +75,24 @@ class FetchConfig(StrictModel):
         return self.user_agent.split("/", 1)[0].strip().lower()
 
 
+def _local_path(path: str) -> str:
+    # input files are fingerprinted by their bytes and named in the manifest: a URI (s3://key:secret@…) would be
+    # neither hashed nor safe to write down
+    if "://" in path:
+        raise ValueError(f"{path.split('://', 1)[0]}://… is not a local path; input files are read from local disk")
+    return path
+
+
 class UrlListInput(StrictModel):
     path: str
     format: Literal["csv", "parquet", "jsonl"] | None = None  # None: from the file extension
     url_column: str = "url"
     caption_column: str | None = "caption"
+
+    @field_validator("path")
+    @classmethod
+    def _is_local(cls, path: str) -> str:
+        return _local_path(path)
 
 
 class CrawlConfig(StageConfig):
@@ -94,6 +107,11 @@ class CrawlConfig(StageConfig):
 
     def input_files(self) -> tuple[str, ...]:
         return (*(spec.path for spec in self.url_lists), *self.warcs)
+
+    @field_validator("warcs")
+    @classmethod
+    def _warcs_are_local(cls, warcs: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_local_path(path) for path in warcs)
 
     @model_validator(mode="after")
     def _has_input(self) -> CrawlConfig:

@@ -134,3 +134,10 @@ def test_the_demo_port_is_derived_from_the_run_directory(tmp_path):
     assert len(ports) > 15 and all(18000 <= p < 28000 for p in ports)  # below the ephemeral range
     (tmp_path / "link").symlink_to(tmp_path / "run0")
     assert demo_port(tmp_path / "run0") == demo_port(tmp_path / "link") == demo_port(tmp_path / "run0")
+
+
+def test_input_files_are_local_paths_not_uris(tmp_path):
+    for field in ('url_lists: [{path: "s3://AKIA:secret@bucket/list.csv"}]', 'warcs: ["file:///data/a.warc.gz"]'):
+        bad = GOOD.replace('seeds: ["http://127.0.0.1:1/index.html"]', field)
+        with pytest.raises(WorkflowError, match="is not a local path"):
+            load_workflow(write(tmp_path, bad))
