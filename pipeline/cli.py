@@ -14,6 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 def _run(args: argparse.Namespace) -> int:
     from mmcurate.pipeline.report import funnel_table
+    from mmcurate.pipeline.rundir import RunDirBusy
     from mmcurate.pipeline.runner import StageFailed, run_workflow
     from mmcurate.schemas.workflow import WorkflowError
 
@@ -23,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     except WorkflowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except StageFailed as err:
+    except (StageFailed, RunDirBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(funnel_table(result.stats))

@@ -29,11 +29,21 @@ def _rows_matching(path: Path, keys: set[str], children_of: str | None = None) -
     return dataset.to_table(filter=condition, columns=columns).to_pylist()
 
 
+def committed_stages(rundir: RunDir) -> list[str]:
+    """Stage names in run order: from the manifest of the last finished run, else (a run killed before its end
+    writes none) from the committed stages' markers, by commit time."""
+    manifest = rundir.root / "manifest.json"
+    if manifest.exists():
+        return [s["name"] for s in json.loads(manifest.read_text())["stages"]]
+    markers = [(m["finished"], link.name) for link in rundir.root.iterdir()
+               if link.is_symlink() and (m := rundir.marker(link.name)) is not None and "finished" in m]
+    return [name for _, name in sorted(markers)]
+
+
 def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
     """Events for ``key``, the records it came from and the records made from it, in stage order."""
     rundir = RunDir(run_dir)
-    manifest = json.loads((rundir.root / "manifest.json").read_text())
-    stages = [s["name"] for s in manifest["stages"]]
+    stages = committed_stages(rundir)
     keys = {key}
     frontier = {key}
     while frontier:  # walk up the parent chain (a clip → its recording)

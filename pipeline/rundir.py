@@ -100,6 +100,10 @@ def _remove_unless_read(generation: Path, trash_root: Path) -> bool:
     return True
 
 
+class RunDirBusy(RuntimeError):
+    """Another mmcurate run holds this run directory."""
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -145,8 +149,18 @@ class RunDir:
         return json.loads(path.read_text())
 
     def is_done(self, stage: str, fingerprint: str) -> bool:
+        """Committed under ``fingerprint``, with every file the commit listed still there at its size (a shard
+        deleted or truncated by hand makes the stage run again)."""
         marker = self.marker(stage)
-        return bool(marker and marker.get("fingerprint") == fingerprint)
+        if not (marker and marker.get("fingerprint") == fingerprint and "files" in marker):
+            return False
+        generation = self.stage_dir(stage)
+        for name, size in marker["files"].items():
+            path = generation / name
+            if not path.is_file() or path.stat().st_size != size:
+                log.warning("stage %s: %s is missing or changed since its commit; running the stage again", stage, name)
+                return False
+        return True
 
     def current_generation(self, stage: str) -> Path | None:
         link = self.stage_dir(stage)
@@ -160,7 +174,7 @@ class RunDir:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as err:
-                raise RuntimeError(f"{self.root} is in use by another mmcurate run") from err
+                raise RunDirBusy(f"{self.root} is in use by another mmcurate run") from err
             self._clear_work()
             self.collect_generations()
             yield
@@ -178,10 +192,11 @@ class RunDir:
 
     def commit_stage(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool = False) -> None:
         """Publish a finished generation: fsync it whole, move it under ``.generations/``, swap the link."""
-        atomic_write_json(work / MARKER, marker)
         if sink:
             (work / "shards").mkdir(exist_ok=True)
             (work / "shards" / READERS_LOCK).touch()
+        files = {str(p.relative_to(work)): p.stat().st_size for p in sorted(work.rglob("*")) if p.is_file()}
+        atomic_write_json(work / MARKER, {**marker, "files": files})
         fsync_tree(work)
         generation = self.generations_root / stage / f"{marker['fingerprint']}-{uuid.uuid4().hex[:8]}"
         generation.parent.mkdir(parents=True, exist_ok=True)

@@ -94,13 +94,14 @@ def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> Shard
     index_rows: list[dict[str, Any]] = []
     images = audio = 0
     keys: set[str] = set()
+    for record in records:  # two members with one name: readers raise or silently pick one
+        if record["key"] in keys:
+            raise ValueError(f"shard {name}: a second sample with key {record['key']}")
+        keys.add(record["key"])
     with open(tmp, "wb") as stream:
         # fixed mtime/user/group: identical input gives identical bytes
         writer = wds.TarWriter(stream, mtime=0, user="mmcurate", group="mmcurate", mode=0o444)
         for record in records:
-            if record["key"] in keys:  # two members with one name: readers raise or silently pick one
-                raise ValueError(f"shard {name}: a second sample with key {record['key']}")
-            keys.add(record["key"])
             members = sample_members(record)
             images += "jpg" in members or "png" in members
             audio += "flac" in members

@@ -69,9 +69,12 @@ class CrawlStage(Stage[CrawlConfig]):
         parts = []
         if cfg.url_lists:
             listed = ctx.work_dir / "candidates" / "url_lists"
-            total = sum(number_url_list(spec, i, listed, cfg.chunk_rows) for i, spec in enumerate(cfg.url_lists))
+            unlisted = ctx.work_dir / "candidates" / "url_lists_refused"
+            total = sum(number_url_list(spec, i, listed, cfg.chunk_rows, unlisted) for i, spec in enumerate(cfg.url_lists))
             ctx.log.info("crawl: %d URL-list rows", total)
-            if total:
+            if unlisted.is_dir():
+                parts.append(ray.data.read_parquet(str(unlisted)))
+            if any(listed.glob("*.parquet")):
                 parts.append(fetch_in_chunks(UrlListDownloader(cfg, self.name), sorted(listed.glob("*.parquet")), fetched, ctx))
         if cfg.seeds:
             pages = crawl_pages(cfg, ctx.progress_dir / "pages")

@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from mmcurate.schemas.reasons import Reason, Rejected
-from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, stable_key
+from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig, UrlListInput
-from mmcurate.stages.base import RecordStage, kept
+from mmcurate.stages.base import RecordStage, kept, rejected
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 CHUNK_ROWS = 2000  # rows downloaded (and remembered as done) together
+_BLOCK_BYTES = 64 << 20  # a row (a long caption) must fit in one parse block
 
 
 def _dataset_format(spec: UrlListInput) -> str:
@@ -35,32 +38,82 @@ def _dataset_format(spec: UrlListInput) -> str:
     return _FORMATS[suffix]
 
 
-def number_url_list(spec: UrlListInput, list_index: int, out_dir: Path, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Write the list's rows as candidate records into ``out_dir`` (parquet chunks); return the row count."""
-    source = pads.dataset(spec.path, format=_dataset_format(spec))
-    missing = {spec.url_column, *([spec.caption_column] if spec.caption_column else [])} - set(source.schema.names)
-    if missing:
-        raise ValueError(f"url list {spec.path}: no column(s) {sorted(missing)}; it has {source.schema.names}")
+def _file_format(spec: UrlListInput) -> Any:
+    fmt = _dataset_format(spec)
+    if fmt == "csv":
+        # Text columns are read as bytes and decoded row by row: one stray Latin-1 byte must reject its own row,
+        # not turn the whole column into binary (whose str() is "b'...'"). Blocks fit a long caption.
+        text_columns = [c for c in (spec.url_column, spec.caption_column) if c]
+        return pads.CsvFileFormat(
+            read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in text_columns}),
+        )
+    if fmt == "json":
+        return pads.JsonFileFormat(read_options=pajson.ReadOptions(block_size=_BLOCK_BYTES))
+    return fmt
+
+
+def _text(value: Any) -> str | None:
+    """A list cell as text; bytes must be UTF-8 (UnicodeDecodeError otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def _candidate(spec: UrlListInput, list_index: int, position: int, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(record, True) to download, or (reject outcome row, False) for a row whose text is not UTF-8."""
+    raw_url = row[spec.url_column]
+    try:
+        url = _text(raw_url) or ""
+        caption = _text(row.get(spec.caption_column)) if spec.caption_column else None
+    except UnicodeDecodeError as err:
+        shown = raw_url.decode("utf-8", "backslashreplace") if isinstance(raw_url, bytes) else str(raw_url)
+        record = empty_record(key=stable_key("url_list", list_index, position, shown), source="url_list", url=shown,
+                              image_url=shown, position=position)
+        return rejected(record, Reason.NOT_UTF8, f"{spec.path} row {position}: {err}"), False
+    record = empty_record(key=stable_key("url_list", list_index, position, url), source="url_list", url=url,
+                          image_url=url, position=position, caption=caption)
+    return record, True
+
+
+def number_url_list(
+    spec: UrlListInput, list_index: int, out_dir: Path, chunk_rows: int = CHUNK_ROWS, refused_dir: Path | None = None
+) -> int:
+    """Write the list's rows as candidate records into ``out_dir`` (parquet chunks) and rows that cannot be
+    candidates (text not UTF-8; the rest of a file that stops parsing) as reject outcome rows into ``refused_dir``.
+    Return the number of rows, both kinds."""
+    if not Path(spec.path).is_file():  # a missing input is the workflow's mistake: fail loudly, naming it
+        raise FileNotFoundError(f"url list {spec.path}: no such file")
     columns = [spec.url_column, *([spec.caption_column] if spec.caption_column else [])]
     out_dir.mkdir(parents=True, exist_ok=True)
+    refused: list[dict[str, Any]] = []
     position = 0
-    for chunk_number, batch in enumerate(source.to_batches(columns=columns, batch_size=chunk_rows)):
-        rows = []
-        for row in batch.to_pylist():
-            url = str(row[spec.url_column]) if row[spec.url_column] is not None else ""
-            caption = row.get(spec.caption_column) if spec.caption_column else None
-            rows.append(
-                empty_record(
-                    key=stable_key("url_list", list_index, position, url),
-                    source="url_list",
-                    url=url,
-                    image_url=url,
-                    position=position,
-                    caption=None if caption is None else str(caption),
-                )
-            )
-            position += 1
-        pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), out_dir / f"list{list_index}-{chunk_number:06d}.parquet")
+    try:
+        source = pads.dataset(spec.path, format=_file_format(spec))  # reads the first block to infer a schema
+        missing = set(columns) - set(source.schema.names)
+        if missing:
+            raise ValueError(f"url list {spec.path}: no column(s) {sorted(missing)}; it has {source.schema.names}")
+        for chunk_number, batch in enumerate(source.to_batches(columns=columns, batch_size=chunk_rows)):
+            rows = []
+            for row in batch.to_pylist():
+                candidate, ok = _candidate(spec, list_index, position, row)
+                (rows if ok else refused).append(candidate)
+                position += 1
+            if rows:
+                table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+                pq.write_table(table, out_dir / f"list{list_index}-{chunk_number:06d}.parquet")
+    except (pa.ArrowException, OSError) as err:  # ragged rows, mixed JSON types, broken parquet: the rows before stay
+        record = empty_record(key=stable_key("url_list", list_index, "unreadable", position), source="url_list",
+                              url=spec.path, position=position)
+        refused.append(rejected(record, Reason.LIST_MALFORMED, f"{spec.path}: unreadable after row {position}: {err}"))
+        position += 1
+    if refused:
+        if refused_dir is None:
+            raise ValueError(f"url list {spec.path}: {len(refused)} rows cannot be candidates and have nowhere to go")
+        refused_dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(outcome_table(refused), refused_dir / f"list{list_index}.parquet")
     return position
 
 

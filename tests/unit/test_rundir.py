@@ -118,3 +118,14 @@ def test_progress_left_by_a_kill_after_the_link_swap_is_discarded_when_the_stage
         rd.progress_dir("crawl", "other").mkdir(parents=True)
         rd.discard_progress("crawl", "fp")
         assert not rd.progress_dir("crawl", "fp").exists() and rd.progress_dir("crawl", "other").exists()
+
+
+def test_a_committed_file_deleted_or_changed_by_hand_makes_the_stage_not_done(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    with rd.locked():
+        rd.commit_stage("align", _stage(rd, "align", b"payload"), {"fingerprint": "fp", "stats": {}})
+        assert rd.is_done("align", "fp")
+        (rd.data_dir("align") / "part-0.parquet").write_bytes(b"short")
+        assert not rd.is_done("align", "fp")
+        (rd.data_dir("align") / "part-0.parquet").unlink()
+        assert not rd.is_done("align", "fp")
