@@ -103,6 +103,10 @@ class CrawlConfig(StageConfig):
     max_depth: int = Field(3, ge=0)
     max_pages: int = Field(1000, ge=1)
     chunk_rows: int = Field(2000, ge=1, description="candidates fetched, and kept across a kill, together")
+    # A page's distinct media references that are fetched (or read from a WARC), at most: without it one page with
+    # thousands of <img> tags fans out into thousands of fetches. The rest are crawl_limit rows; a repeat of media
+    # already referenced on the page is a duplicate_reference row and does not count (stages/crawl/pages.py).
+    max_refs_per_page: int = Field(1000, ge=1)
     fetch: FetchConfig = FetchConfig()
 
     def input_files(self) -> tuple[str, ...]:

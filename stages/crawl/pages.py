@@ -2,7 +2,8 @@
 
 Each level is one Ray Data map over the frontier; only the small per-page results (links, references, failure
 reason) come back to the driver, which picks the next frontier. A page that cannot be read becomes a reject row;
-a page that can contributes one candidate per media reference and no row of its own.
+a page that can contributes one outcome per media reference (a candidate to fetch, or a reject row: opt-out,
+repeated media, past ``max_refs_per_page``; see ``page_ref_outcomes``) and no row of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from mmcurate.stages.files import atomic_write_parquet
 
 log = logging.getLogger("mmcurate.crawl")
 
+_DEFAULT_MAX_REFS: int = CrawlConfig.model_fields["max_refs_per_page"].default
 FRONTIER_KEY = b"mmcurate.frontier_sha256"  # parquet metadata of a saved level: the frontier it was fetched from
 
 PAGE_SCHEMA = pa.schema(
@@ -176,9 +179,50 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
     return fetched
 
 
-def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path, chunk_rows: int) -> tuple[int, int]:
+def page_ref_outcomes(
+    refs: list[dict[str, Any]], noai: bool, noimageai: bool, max_refs: int, *, archived: bool = False
+) -> Iterator[tuple[dict[str, Any], Rejected | None]]:
+    """Every media reference of one readable page, in document order, with why it is not fetched (None: fetch
+    it). One place decides this for live pages (``candidates_from_pages``) and archived ones (``WarcReader``):
+
+    * the page's noai/noimageai opt-out refuses its references (X_ROBOTS_NOAI), as ``optout.page_media_refusal``;
+    * a reference to media — the pair (image URL, audio URL) — already referenced earlier on the page is
+      DUPLICATE_REFERENCE, naming the first one's position: 3,000 ``<img>`` of one file fetch or read it once;
+    * distinct media past ``max_refs`` on one page are CRAWL_LIMIT (``max_refs_per_page``): one page cannot
+      fan out into an unbounded number of fetches. Only references that would be fetched count towards it.
+
+    Every reference gets exactly one verdict, so every reference still gets exactly one outcome row.
+    """
+    from mmcurate.stages.crawl.optout import page_media_refusal
+
+    first: dict[tuple[str | None, str | None], int] = {}  # media -> position of its first reference
+    admitted = 0
+    for ref in refs:
+        refusal = page_media_refusal(noai, noimageai, bool(ref.get("image_url")), archived=archived)
+        if refusal is None:
+            media = (ref.get("image_url"), ref.get("audio_url"))
+            if media in first:
+                why = f"same media as the reference at position {first[media]}"
+                refusal = Rejected(Reason.DUPLICATE_REFERENCE, why)
+            else:
+                first[media] = ref["position"]
+                if admitted >= max_refs:
+                    refusal = Rejected(Reason.CRAWL_LIMIT, f"max_refs_per_page {max_refs} reached")
+                else:
+                    admitted += 1
+        yield ref, refusal
+
+
+def candidates_from_pages(
+    pages_dir: Path,
+    fetch_dir: Path,
+    refused_dir: Path,
+    chunk_rows: int,
+    max_refs_per_page: int = _DEFAULT_MAX_REFS,
+) -> tuple[int, int]:
     """Turn page results into candidates: a record to fetch per media reference of a readable page (into
-    ``fetch_dir``), and an outcome row per unreadable page or per reference of a noai page (into ``refused_dir``).
+    ``fetch_dir``), and an outcome row per unreadable page or per reference not fetched — noai page, media
+    already referenced on the page, past ``max_refs_per_page`` (``page_ref_outcomes``) — into ``refused_dir``.
     Returns (media references, failed pages)."""
     fetch_dir.mkdir(parents=True, exist_ok=True)
     refused_dir.mkdir(parents=True, exist_ok=True)
@@ -191,13 +235,12 @@ def candidates_from_pages(pages_dir: Path, fetch_dir: Path, refused_dir: Path, c
                 record = empty_record(key=stable_key("page", page["url"]), source="page", url=page["url"], page_url=page["url"])
                 refused.append(rejected(record, page["reason"], page["detail"] or ""))
                 continue
-            for ref in json.loads(page["refs"]):
-                media += 1
+            refs = json.loads(page["refs"])
+            media += len(refs)
+            for ref, refusal in page_ref_outcomes(refs, page["noai"], page["noimageai"], max_refs_per_page):
                 record = record_of_ref(page["url"], ref)
-                if page["noai"]:
-                    refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noai robots directive"))
-                elif page["noimageai"] and record["image_url"]:
-                    refused.append(rejected(record, Reason.X_ROBOTS_NOAI, "the page carries a noimageai robots directive"))
+                if refusal is not None:
+                    refused.append(rejected(record, refusal.reason, refusal.detail))
                 else:
                     to_fetch.append(record)
         for start in range(0, len(to_fetch), chunk_rows):

@@ -9,7 +9,9 @@ Two passes, so that memory holds one body at a time, never the archive's:
   1. read the archive once: decode and parse each HTML page as it passes (bodies capped at ``max_bytes``) and
      keep its media references; for every other response keep only where its record starts;
   2. for each reference, read just the records it needs, by offset, again capped: a body past the cap is
-     ``body_too_large`` for that reference.
+     ``body_too_large`` for that reference. A reference to media already referenced on its page is
+     ``duplicate_reference`` and a page's distinct media past ``max_refs_per_page`` are ``crawl_limit``, neither
+     read (``pages.page_ref_outcomes``, shared with the live crawl).
 Outcome rows leave in batches of bounded size (the Ray callable is a generator).
 
 Keys name the capture, not just the URL, so two archives of one site, or an archive and a live crawl of it, never
@@ -31,8 +33,8 @@ from mmcurate.schemas.record import empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
 from mmcurate.stages.base import StageContext, internal_error, kept, rejected
 from mmcurate.stages.crawl.media import transcript_text
-from mmcurate.stages.crawl.optout import header_refusal, page_media_refusal
-from mmcurate.stages.crawl.pages import record_of_ref
+from mmcurate.stages.crawl.optout import header_refusal
+from mmcurate.stages.crawl.pages import page_ref_outcomes, record_of_ref
 from mmcurate.stages.crawl.warc import WarcResponse
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -145,14 +147,18 @@ class WarcReader:
             if not isinstance(page, _Page):
                 yield page
                 continue
-            for ref in page.refs:
+            # opt-outs, repeats of media already referenced on the page and references past max_refs_per_page are
+            # decided where the live crawl decides them: a repeat is not read from the archive again
+            outcomes = page_ref_outcomes(
+                page.refs, page.noai, page.noimageai, self.config.max_refs_per_page, archived=True
+            )
+            for ref, refusal in outcomes:
                 record = {
                     **record_of_ref(page.response.url, ref),
                     "key": stable_key("warc", *page.key_parts, ref["position"]),
                     "source": "warc",
                 }
                 try:
-                    refusal = page_media_refusal(page.noai, page.noimageai, bool(record["image_url"]), archived=True)
                     if refusal is not None:
                         raise refusal
                     yield kept(record, **self._media(path, record, media))
