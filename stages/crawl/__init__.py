@@ -80,7 +80,8 @@ class CrawlStage(Stage[CrawlConfig]):
             pages = crawl_pages(cfg, ctx.progress_dir / "pages")
             shutil.copytree(ctx.progress_dir / "pages", ctx.work_dir / "pages")  # kept with the stage, for audits
             to_fetch, refused = ctx.work_dir / "candidates" / "media", ctx.work_dir / "candidates" / "refused"
-            media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused, cfg.chunk_rows)
+            media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused, cfg.chunk_rows,
+                                                  max_refs_per_page=cfg.max_refs_per_page)
             ctx.log.info("crawl: %d pages read, %d failed, %d media references", pages - failed, failed, media)
             parts.append(ray.data.read_parquet(str(refused)))
             if media:
