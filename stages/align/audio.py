@@ -20,6 +20,7 @@ len(cues)``).
 from __future__ import annotations
 
 import io
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -33,6 +34,13 @@ from mmcurate.stages.align.subtitles import Cue
 # libsndfile writes the stream length after the audio; WAV writers that stream leave these placeholders.
 _WAV_UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
 _INT16_SCALE = 32768
+
+# Caps on what a header may ask ``decode_audio`` to allocate (a 93 KB FLAC of silence can declare gigabytes).
+MAX_SAMPLE_RATE = 384_000  # the highest rate in real use (DXD/hi-res masters); above it the header is nonsense
+MAX_CHANNELS = 8  # 7.1 surround, and FLAC's own maximum; web speech audio never needs more
+DECODE_SAMPLES_PER_SECOND = 48_000 * 2  # per second of max_seconds: 48 kHz stereo's worth, whatever the layout
+_DECODE_BLOCK_FRAMES = 1 << 16  # frames decoded per block: at most 2 MiB of float32 at MAX_CHANNELS
+_UNLIMITED_FRAMES = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,17 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> tuple[np.n
 
     Empty, unreadable, truncated or non-finite audio is ``AUDIO_CORRUPT``; with ``max_seconds`` a recording whose
     header already declares more is ``AUDIO_TOO_LONG`` before its samples are decoded.
+
+    Memory is bounded by the header, not only by duration, because a tiny file (silence compresses to almost
+    nothing) can declare a huge decode:
+
+    * a sample rate above ``MAX_SAMPLE_RATE`` or more than ``MAX_CHANNELS`` channels is ``AUDIO_CORRUPT``;
+    * with ``max_seconds``, more than ``max_seconds * DECODE_SAMPLES_PER_SECOND`` samples (frames × channels, i.e.
+      ``max_seconds`` of 48 kHz stereo whatever the rate and channel count) is ``AUDIO_TOO_LONG``.
+
+    Decoding then runs in blocks of ``_DECODE_BLOCK_FRAMES`` frames, each downmixed to mono at once, and stops (and
+    rejects) as soon as more frames come back than the caps allow, so a header that understates its length cannot
+    make it decode more. Peak memory is the mono result plus one block.
     """
     if not data:
         raise Rejected(Reason.AUDIO_CORRUPT, "empty body")
@@ -88,28 +107,78 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> tuple[np.n
         raise Rejected(Reason.AUDIO_CORRUPT, wav_problem)
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
-            rate, declared_frames = sound.samplerate, sound.frames
-            if rate <= 0:
-                raise Rejected(Reason.AUDIO_CORRUPT, f"sample rate {rate}")
-            if max_seconds is not None and declared_frames / rate > max_seconds:
-                raise Rejected(
-                    Reason.AUDIO_TOO_LONG, f"header declares {declared_frames / rate:.1f}s > {max_seconds:g}s"
-                )
-            frames = sound.read(dtype="float32", always_2d=True)
+            rate, channels, declared_frames = sound.samplerate, sound.channels, sound.frames
+            frame_limit = _frame_limit(rate, channels, declared_frames, max_seconds)
+            samples, read_frames = _read_mono(sound, channels, declared_frames, frame_limit)
     except (soundfile.SoundFileError, RuntimeError, ValueError, MemoryError) as err:
         raise Rejected(Reason.AUDIO_CORRUPT, f"decode: {err}") from None
 
-    if len(frames) == 0:
+    if read_frames > frame_limit:  # the header understated the length: more came back than the caps allow
+        raise _too_many_samples(read_frames, rate, channels, max_seconds, "decoded at least")
+    if read_frames == 0:
         raise Rejected(Reason.AUDIO_CORRUPT, "no samples")
     # FLAC/OGG raise on a cut stream, MP3 does not: it decodes what is there and the header count exposes it.
-    if len(frames) < declared_frames:
-        raise Rejected(Reason.AUDIO_CORRUPT, f"truncated: header declares {declared_frames} frames, got {len(frames)}")
-    if not np.isfinite(frames).all():
+    if read_frames < declared_frames:
+        raise Rejected(Reason.AUDIO_CORRUPT, f"truncated: header declares {declared_frames} frames, got {read_frames}")
+    if not np.isfinite(samples).all():  # a non-finite sample in any channel makes its frame's mean non-finite
         raise Rejected(Reason.AUDIO_CORRUPT, "non-finite samples")
-    samples = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
-    if max_seconds is not None and len(samples) / rate > max_seconds:
-        raise Rejected(Reason.AUDIO_TOO_LONG, f"{len(samples) / rate:.1f}s > {max_seconds:g}s")
-    return np.ascontiguousarray(samples), rate
+    if max_seconds is not None and read_frames / rate > max_seconds:
+        raise Rejected(Reason.AUDIO_TOO_LONG, f"{read_frames / rate:.1f}s > {max_seconds:g}s")
+    return samples, rate
+
+
+def _frame_limit(rate: int, channels: int, declared_frames: int, max_seconds: float | None) -> int:
+    """Most frames ``decode_audio`` may decode for this header; rejects a header whose declared size is over it."""
+    if not 0 < rate <= MAX_SAMPLE_RATE:
+        raise Rejected(Reason.AUDIO_CORRUPT, f"sample rate {rate} Hz (accepted: 1..{MAX_SAMPLE_RATE})")
+    if not 0 < channels <= MAX_CHANNELS:
+        raise Rejected(Reason.AUDIO_CORRUPT, f"{channels} channels (accepted: 1..{MAX_CHANNELS})")
+    if max_seconds is None:
+        return _UNLIMITED_FRAMES
+    if declared_frames / rate > max_seconds:
+        raise Rejected(Reason.AUDIO_TOO_LONG, f"header declares {declared_frames / rate:.1f}s > {max_seconds:g}s")
+    limit = int(max_seconds * DECODE_SAMPLES_PER_SECOND) // channels
+    if declared_frames > limit:
+        raise _too_many_samples(declared_frames, rate, channels, max_seconds, "header declares")
+    return limit
+
+
+def _too_many_samples(frames: int, rate: int, channels: int, max_seconds: float | None, what: str) -> Rejected:
+    cap = int((max_seconds or 0) * DECODE_SAMPLES_PER_SECOND)
+    return Rejected(
+        Reason.AUDIO_TOO_LONG,
+        f"{what} {frames} frames x {channels} channels at {rate} Hz = {frames * channels} samples, over the "
+        f"decode cap of {cap} ({max_seconds:g}s of 48 kHz stereo)",
+    )
+
+
+def _read_mono(
+    sound: soundfile.SoundFile, channels: int, declared_frames: int, frame_limit: int
+) -> tuple[np.ndarray, int]:
+    """Read at most ``frame_limit + 1`` frames block by block, downmixing each block by the mean of its channels.
+
+    Returns (mono samples, frames read); more than ``frame_limit`` frames read means the caller must reject. (soundfile
+    and libsndfile stop at the header's count, which is already within the caps; counting what actually came back
+    keeps the bound even if a decoder ever returns more than its header declared.)
+    """
+    wanted = frame_limit + 1  # one more than allowed, so a decode longer than allowed shows itself
+    mono = np.empty(min(declared_frames, wanted), dtype=np.float32)  # the header's count, already within the caps
+    extra: list[np.ndarray] = []  # anything past the header's count
+    block = np.empty((min(_DECODE_BLOCK_FRAMES, wanted), channels), dtype=np.float32)
+    done = 0
+    while done < wanted:
+        got = len(sound.read(dtype="float32", always_2d=True, out=block[: min(len(block), wanted - done)]))
+        if got == 0:
+            break
+        chunk = block[:got, 0] if channels == 1 else block[:got].mean(axis=1, dtype=np.float32)
+        fits = min(max(len(mono) - done, 0), got)
+        mono[done : done + fits] = chunk[:fits]
+        if fits < got:
+            extra.append(chunk[fits:].copy())
+        done += got
+    if extra:
+        mono = np.concatenate([mono, *extra])
+    return mono[:done], done
 
 
 def _wav_truncation(data: bytes) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -188,3 +189,133 @@ def test_corrupt_recording_rejects_the_whole_sample():
     with pytest.raises(Rejected) as excinfo:
         cut_clips(b"not audio at all", [Cue(0, 1, "x")], rate=16000, min_clip_s=0.1, max_clip_s=5)
     assert excinfo.value.reason == Reason.AUDIO_CORRUPT
+
+
+# --- decode size is bounded by the header's samples, not only its duration
+
+
+def silent_flac(seconds: float, rate: int, channels: int) -> bytes:
+    """Silence compresses to almost nothing: a small file that declares a large decode. Written a second at a time."""
+    buffer = io.BytesIO()
+    with soundfile.SoundFile(buffer, "w", rate, channels, format="FLAC", subtype="PCM_16") as sound:
+        block = np.zeros((rate, channels), dtype=np.int16)
+        for _ in range(int(seconds)):
+            sound.write(block)
+    return buffer.getvalue()
+
+
+def traced_peak_mb(call) -> tuple[object, float]:
+    """(result or the exception raised, peak MB of Python/numpy allocations while ``call`` ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            result = call()
+        except Exception as err:  # noqa: BLE001 - the caller inspects it
+            result = err
+        return result, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def wav_with_header(rate: int, channels: int = 1, frames: int = 1000) -> bytes:
+    """A valid 16-bit WAV, then its fmt chunk's rate (and byte rate) overwritten: what a hostile header claims."""
+    data = bytearray(encode(np.zeros((frames, channels), dtype=np.float32), 16000, "WAV", "PCM_16"))
+    assert data[12:16] == b"fmt "
+    struct.pack_into("<II", data, 24, rate, min(rate * channels * 2, 0xFFFFFFFF))
+    return bytes(data)
+
+
+def test_eight_channel_192k_silence_rejected_by_samples_not_seconds():
+    # The reviewer's file: 93 KB, 60 s (well under max_audio_s), 8 x 192 kHz = 92M samples = 368 MB of float32.
+    data = silent_flac(60, 192_000, 8)
+    assert len(data) < 200_000
+    result, peak_mb = traced_peak_mb(lambda: normalise_audio(data, rate=16000, max_seconds=600))
+    assert isinstance(result, Rejected) and result.reason == Reason.AUDIO_TOO_LONG, result
+    assert "92160000 samples" in result.detail
+    assert peak_mb < 32  # rejected from the header: the old code decoded it all (~370 MB traced) and kept it
+
+
+def test_sample_cap_is_max_seconds_of_48k_stereo_whatever_the_layout():
+    # max_seconds=1 allows 96,000 samples: 1 s of 48 kHz stereo or 24 kHz x 4 channels, not 48 kHz x 4 channels.
+    for rate, channels in [(48_000, 2), (24_000, 4), (96_000, 1)]:
+        samples, got_rate = decode_audio(silent_flac(1, rate, channels), max_seconds=1)
+        assert (len(samples), got_rate) == (rate, rate)
+    for rate, channels in [(48_000, 4), (192_000, 8), (192_000, 1)]:
+        with pytest.raises(Rejected) as excinfo:
+            decode_audio(silent_flac(1, rate, channels), max_seconds=1)
+        assert excinfo.value.reason == Reason.AUDIO_TOO_LONG
+
+
+def test_multichannel_audio_within_the_cap_decodes_in_bounded_memory():
+    # 8 x 48 kHz x 120 s = 46M samples, under the 600 s cap; decoding it whole would hold 184 MB of float32 frames,
+    # blockwise downmixing holds the 23 MB mono result plus one block.
+    data = silent_flac(120, 48_000, 8)
+    result, peak_mb = traced_peak_mb(lambda: normalise_audio(data, rate=16000, max_seconds=600))
+    assert not isinstance(result, Exception), result
+    assert result.seconds == pytest.approx(120.0)
+    assert peak_mb < 80
+
+
+@pytest.mark.parametrize(
+    "rate,channels", [(2_000_000_000, 1), (384_001, 1), (16000, 9)], ids=["2GHz", "over-384k", "9-channels"]
+)
+def test_absurd_rate_or_channel_count_is_rejected_not_an_error(rate, channels):
+    data = wav_with_header(rate, channels)
+    assert soundfile.info(io.BytesIO(data)).samplerate == rate  # libsndfile itself accepts the header
+    for call in (
+        lambda: decode_audio(data, max_seconds=600),
+        lambda: decode_audio(data),
+        lambda: normalise_audio(data, rate=16000, max_seconds=600),  # used to be a ValueError from encode_flac
+        lambda: cut_clips(data, [Cue(0, 1, "x")], rate=16000, min_clip_s=0.1, max_clip_s=5, max_seconds=600),
+    ):
+        with pytest.raises(Rejected) as excinfo:
+            call()
+        assert excinfo.value.reason == Reason.AUDIO_CORRUPT
+
+
+def test_highest_accepted_rate_still_decodes():
+    samples, rate = decode_audio(encode(tone(0.5, 384_000), 384_000, "WAV", "PCM_16"), max_seconds=600)
+    assert (rate, len(samples)) == (384_000, 192_000)
+
+
+def test_header_understating_its_length_cannot_bypass_the_cap(monkeypatch):
+    # A decoder that hands back more frames than its header declared (here: a header claiming 1 s of a 60 s,
+    # 8 x 192 kHz stream) must stop at the cap and reject, not decode the rest.
+    data = silent_flac(60, 192_000, 8)
+
+    class UnderstatingSoundFile(soundfile.SoundFile):
+        @property
+        def frames(self):
+            return self.samplerate
+
+    monkeypatch.setattr(soundfile, "SoundFile", UnderstatingSoundFile)
+    result, peak_mb = traced_peak_mb(lambda: decode_audio(data, max_seconds=600))
+    assert isinstance(result, Rejected) and result.reason == Reason.AUDIO_TOO_LONG, result
+    assert "decoded at least" in result.detail
+    assert peak_mb < 80  # the mono cap (57.6M / 8 frames, 29 MB) plus one block, never the 368 MB stream
+
+
+def test_flac_streaminfo_understating_its_length_decodes_no_more_than_declared():
+    data = bytearray(silent_flac(60, 192_000, 8))
+    assert data[:4] == b"fLaC"
+    fields = int.from_bytes(data[18:26], "big")  # STREAMINFO: rate(20) channels(3) bits(5) total samples(36)
+    data[18:26] = ((fields & ~((1 << 36) - 1)) | 192_000).to_bytes(8, "big")
+    result, peak_mb = traced_peak_mb(lambda: decode_audio(bytes(data), max_seconds=600))
+    assert isinstance(result, tuple) and len(result[0]) <= 192_000
+    assert peak_mb < 32
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 8])
+def test_blockwise_decode_matches_a_whole_read_and_mean(channels):
+    # Several decode blocks long, with a partial last block: the same samples, bit for bit, as the old whole read.
+    rng = np.random.default_rng(channels)
+    frames = rng.uniform(-0.9, 0.9, size=(150_001, channels)).astype(np.float32)
+    for fmt, subtype in [("WAV", "FLOAT"), ("FLAC", "PCM_16")]:
+        data = encode(frames, 44100, fmt, subtype)
+        whole = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)[0]
+        expected = whole.mean(axis=1, dtype=np.float32) if channels > 1 else whole[:, 0]
+        samples, rate = decode_audio(data, max_seconds=600)
+        assert rate == 44100 and samples.dtype == np.float32 and samples.flags.c_contiguous
+        np.testing.assert_array_equal(samples, expected)
