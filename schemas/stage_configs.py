@@ -155,7 +155,7 @@ class AlignConfig(StageConfig):
     audio_rate: int = Field(16_000, ge=1000)
     min_clip_s: float = Field(0.3, ge=0)
     max_clip_s: float = Field(30.0, gt=0)
-    max_audio_s: float = Field(600.0, gt=0)
+    max_audio_s: float = Field(600.0, gt=0)  # also caps decoded samples: max_audio_s of 48 kHz stereo, any layout
 
 
 class ShardConfig(StageConfig):
