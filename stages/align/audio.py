@@ -20,7 +20,6 @@ len(cues)``).
 from __future__ import annotations
 
 import io
-import math
 import struct
 from dataclasses import dataclass, field
 

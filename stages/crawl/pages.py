@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import internal_error_detail, rejected
+from mmcurate.stages.base import internal_error_detail, on_actor_pool, rejected
 from mmcurate.stages.files import atomic_write_parquet
 
 log = logging.getLogger("mmcurate.crawl")
@@ -88,13 +88,10 @@ class PageFetcher:
 def _fetch_level(config: CrawlConfig, frontier: list[str], depth: int) -> pa.Table:
     import ray
 
-    level = ray.data.from_items([{"url": u, "depth": depth} for u in frontier]).map_batches(
-        PageFetcher,
-        fn_constructor_args=(config,),
-        batch_format="pyarrow",
+    level = on_actor_pool(
+        ray.data.from_items([{"url": u, "depth": depth} for u in frontier]), PageFetcher, (config,),
         batch_size=max(1, min(config.batch_size, len(frontier) // config.concurrency or 1)),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.concurrency),
-        num_cpus=0.5,
+        concurrency=config.concurrency, num_cpus=0.5,  # waits on the network, not the CPU
     )
     # page results are small (links and references, no bodies): one level at a time on the driver is fine
     rows = [row for batch in level.iter_batches(batch_format="pyarrow", batch_size=None) for row in batch.to_pylist()]

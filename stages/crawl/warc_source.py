@@ -31,7 +31,7 @@ import pyarrow as pa
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import StageContext, internal_error, kept, rejected
+from mmcurate.stages.base import StageContext, internal_error, kept, on_actor_pool, rejected
 from mmcurate.stages.crawl.media import transcript_text
 from mmcurate.stages.crawl.optout import header_refusal
 from mmcurate.stages.crawl.pages import page_ref_outcomes, record_of_ref
@@ -184,10 +184,5 @@ class WarcReader:
 def warc_candidates(config: CrawlConfig, ctx: StageContext) -> Any:
     import ray
 
-    return ray.data.from_items([{"path": p} for p in config.warcs]).map_batches(
-        WarcReader,
-        fn_constructor_args=(config,),
-        batch_format="pyarrow",
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.concurrency),
-    )
+    archives = ray.data.from_items([{"path": p} for p in config.warcs])
+    return on_actor_pool(archives, WarcReader, (config,), batch_size=1, concurrency=config.concurrency, num_cpus=1.0)
