@@ -21,6 +21,8 @@ from mmcurate.schemas.workflow import DemoSiteConfig
 log = logging.getLogger("mmcurate.demo")
 
 DEMO_VARIABLES = ("demo_site.base_url", "demo_site.url_list")
+# what the variables stand for while a workflow is validated, before the site is served
+DEMO_PLACEHOLDERS = {"demo_site.base_url": "http://127.0.0.1:1", "demo_site.url_list": "url_list.csv"}
 
 
 def demo_workflow_path() -> Path:

@@ -248,9 +248,9 @@ def run_workflow(
 
 
 def _placeholder_variables() -> dict[str, str]:
-    from mmcurate.pipeline.demo import DEMO_VARIABLES
+    from mmcurate.pipeline.demo import DEMO_PLACEHOLDERS
 
-    return {name: "http://127.0.0.1:1" for name in DEMO_VARIABLES}
+    return dict(DEMO_PLACEHOLDERS)
 
 
 def _upstream(rundir: RunDir, previous: StageSpec) -> tuple[Any, int]:

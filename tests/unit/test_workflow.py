@@ -141,3 +141,11 @@ def test_input_files_are_local_paths_not_uris(tmp_path):
         bad = GOOD.replace('seeds: ["http://127.0.0.1:1/index.html"]', field)
         with pytest.raises(WorkflowError, match="is not a local path"):
             load_workflow(write(tmp_path, bad))
+
+
+def test_the_installed_demo_workflow_validates_with_the_runners_placeholders():
+    from mmcurate.pipeline.demo import demo_workflow_path
+    from mmcurate.pipeline.runner import _placeholder_variables
+
+    workflow = load_workflow(demo_workflow_path(), variables=_placeholder_variables())
+    assert workflow.serve.demo_site is not None and workflow.stages[0].config.url_lists
