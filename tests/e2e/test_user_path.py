@@ -50,7 +50,6 @@ def _any(run: Path, pattern: str) -> bool:
 KILL_POINTS = [
     KillPoint("crawl-url-list-chunks", lambda run: _any(run, ".progress/crawl-*/fetched/.list0-*.tmp")),
     KillPoint("crawl-bfs-level", lambda run: _any(run, ".progress/crawl-*/pages/level-001.parquet")),
-    KillPoint("crawl-media-chunks", lambda run: _any(run, ".progress/crawl-*/fetched/level-*-0000-*")),
     KillPoint("align", lambda run: (run / "crawl" / "_SUCCESS.json").exists() and _any(run, ".work/align-*")),
     KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".work/shard-*")),
     KillPoint("commit-crawl-after-link-swap", None, "publish:crawl:after"),
