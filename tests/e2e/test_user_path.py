@@ -3,7 +3,8 @@ another directory with its own server and its own Ray per invocation, SIGKILLed 
 spread over the crawl, align, shard and the commit, and run again as a user would.
 
 Kill points are printed with their delays. The delays are drawn from ``MMCURATE_KILL_SEED`` (default: a fresh
-seed, printed), so a failing kill can be replayed: ``MMCURATE_KILL_SEED=<seed> pytest tests/e2e -k <point>``.
+seed, printed), so a failing sequence can be replayed: ``MMCURATE_KILL_SEED=<seed> pytest tests/e2e -s``;
+``MMCURATE_KILL_POINTS=align,shard`` runs only the points named.
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def _any(run: Path, pattern: str) -> bool:
     return any(run.glob(pattern))
 
 
+# In pipeline order: the run directory is killed at each point in turn, restarted each time, and only then allowed
+# to finish, so every resume starts from the state the kill before it left.
 KILL_POINTS = [
-    KillPoint("crawl-url-list-chunks", lambda run: _any(run, ".progress/crawl-*/fetched/.list0-*.tmp")),
+    KillPoint("crawl-url-list-chunk", lambda run: _any(run, ".progress/crawl-*/fetched/.list0-*.tmp")),
     KillPoint("crawl-bfs-level", lambda run: _any(run, ".progress/crawl-*/pages/level-001.parquet")),
-    KillPoint("align", lambda run: (run / "crawl" / "_SUCCESS.json").exists() and _any(run, ".work/align-*")),
-    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".work/shard-*")),
     KillPoint("commit-crawl-after-link-swap", None, "publish:crawl:after"),
+    KillPoint("align", lambda run: (run / "crawl" / "_SUCCESS.json").exists() and _any(run, ".work/align-*")),
     KillPoint("commit-align-before-link-swap", None, "publish:align:before"),
+    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".work/shard-*")),
 ]
+CHOSEN = os.environ.get("MMCURATE_KILL_POINTS")  # e.g. "align,shard": only these, still in pipeline order
 
 
 @pytest.fixture(scope="module")
@@ -177,40 +181,54 @@ def test_the_demo_runs_from_another_directory_and_a_rerun_makes_no_request(insta
     assert [s["status"] for s in manifest["stages"]] == ["reused", "reused", "reused"]
 
 
-@pytest.mark.parametrize("point", KILL_POINTS, ids=lambda p: p.name)
-def test_a_demo_killed_at_any_point_resumes_to_the_same_shards(installed, reference, elsewhere, point):
-    run = elsewhere / f"killed-{point.name}"
+def _kill_at(point: KillPoint, installed: Path, run: Path, elsewhere: Path) -> None:
     print(f"\nkill point {point.name}: seed {KILL_SEED}, delay {point.delay():.2f} s, kill_at {point.kill_at}")
     env = {**_env(), "MMCURATE_KILL_AT": point.kill_at} if point.kill_at else None
     proc = _run_demo(installed, run, elsewhere, env=env)
     if point.reached is None:
         assert proc.wait(timeout=900) == -signal.SIGKILL, _tail(run)
         _kill_group(proc)
-    else:
-        deadline = time.monotonic() + 600
-        while not point.reached(run):
-            assert proc.poll() is None, f"the run ended before {point.name}:\n{_tail(run)}"
-            assert time.monotonic() < deadline, f"{point.name} never reached"
-            time.sleep(0.02)
-        time.sleep(point.delay())
-        assert proc.poll() is None, f"the run ended before the kill at {point.name}"
-        _kill_group(proc)
-    assert not (run / "shards" / "shard-000000.tar").exists()
-    done_before = {stage for stage in ("crawl", "align") if (run / stage / "_SUCCESS.json").exists()}
-    saved_levels = sorted(p.name for p in run.glob(".progress/crawl-*/pages/level-*.parquet"))
-    seen_before = len(requests(run))
+        return
+    deadline = time.monotonic() + 600
+    while not point.reached(run):
+        assert proc.poll() is None, f"the run ended before {point.name}:\n{_tail(run)}"
+        assert time.monotonic() < deadline, f"{point.name} never reached"
+        time.sleep(0.02)
+    time.sleep(point.delay())
+    assert proc.poll() is None, f"the run ended before the kill at {point.name}"
+    _kill_group(proc)
 
-    _finish(_run_demo(installed, run, elsewhere), run)
 
-    assert shard_files(run) == shard_files(reference)
-    again = requests(run)[seen_before:]
-    if "crawl" in done_before:
+def _committed(run: Path) -> set[str]:
+    return {stage for stage in ("crawl", "align", "shard") if (run / stage / "_SUCCESS.json").exists()}
+
+
+def _check_resumed_work(run: Path, committed: set[str], levels: list[str], again: list[str]) -> None:
+    """What a run started after a kill asked the server for: nothing once the crawl was committed, and never a
+    BFS level that was saved."""
+    if "crawl" in committed:
         assert again == [], f"a committed crawl was fetched again: {again[:5]}"
-    if "level-000.parquet" in saved_levels:
+    if "level-000.parquet" in levels:
         assert "GET /index.html" not in again  # the saved BFS level is replayed, not fetched
+
+
+def test_a_demo_killed_again_and_again_resumes_to_the_same_shards(installed, reference, elsewhere):
+    run = elsewhere / "killed"
+    points = [p for p in KILL_POINTS if not CHOSEN or p.name in CHOSEN.split(",")]
+    assert points, f"MMCURATE_KILL_POINTS={CHOSEN} names none of {[p.name for p in KILL_POINTS]}"
+    for point in [*points, None]:  # None: the last run, left to finish
+        committed, seen = _committed(run), len(requests(run))
+        levels = sorted(p.name for p in run.glob(".progress/crawl-*/pages/level-*.parquet"))
+        if point is None:
+            _finish(_run_demo(installed, run, elsewhere), run)
+        else:
+            _kill_at(point, installed, run, elsewhere)
+            assert not (run / "shards" / "shard-000000.tar").exists()
+        _check_resumed_work(run, committed, levels, requests(run)[seen:])
+    assert shard_files(run) == shard_files(reference)
     assert not any((run / ".progress").glob("*")) and not any((run / ".work").glob("*"))
     statuses = {s["name"]: s["status"] for s in json.loads((run / "manifest.json").read_text())["stages"]}
-    assert all(statuses[stage] == "reused" for stage in done_before), statuses
+    assert all(statuses[stage] == "reused" for stage in committed), statuses
 
 
 def test_a_different_seed_on_the_same_run_dir_runs_again(installed, reference, elsewhere, tmp_path):
