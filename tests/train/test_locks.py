@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -60,15 +59,14 @@ def test_a_generation_deleted_while_being_locked_is_an_error(tmp_path, monkeypat
             pass
 
 
+@pytest.mark.timeout(60)  # a lock that waited instead of failing would hang here
 def test_a_second_trainer_on_a_run_dir_fails_at_once_naming_the_path_and_the_holder(tmp_path):
     train_dir = tmp_path / "train"
     train_dir.mkdir()
     with run_lock(train_dir):
-        t0 = time.monotonic()
         with pytest.raises(RunDirLocked) as err:
             with run_lock(train_dir):
                 pass
-        assert time.monotonic() - t0 < 1
     message = str(err.value)
     assert str(train_dir / ".lock") in message and f"pid {os.getpid()}" in message and "--run-dir" in message
     with run_lock(train_dir):  # released on exit
