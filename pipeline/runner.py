@@ -25,10 +25,10 @@ from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir, atomic_write_json
 from mmcurate.pipeline.stages_registry import stage_class
 from mmcurate.schemas.reasons import Reason
-from mmcurate.schemas.record import DETAIL_COLUMN, FIRST_COLUMN, REASON_COLUMN, REJECT_SCHEMA
+from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
 from mmcurate.schemas.stage_configs import STAGE_KINDS
 from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow
-from mmcurate.stages.base import StageContext, split_outcomes
+from mmcurate.stages.base import Block, StageContext, reject_rows
 
 log = logging.getLogger("mmcurate.run")
 
@@ -98,31 +98,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _reject_rows(outcomes: pa.Table, stage: str, config_hash: str) -> pa.Table:
-    n = outcomes.num_rows
-    return pa.table(
-        {
-            "key": outcomes["key"],
-            "parent": outcomes["parent"],
-            "url": outcomes["url"],
-            "page_url": outcomes["page_url"],
-            "stage": pa.array([stage] * n, pa.string()),
-            "reason": outcomes[REASON_COLUMN],
-            "detail": outcomes[DETAIL_COLUMN],
-            "config_hash": pa.array([config_hash] * n, pa.string()),
-        },
-        schema=REJECT_SCHEMA,
-    )
-
-
-def _kept_records(table: pa.Table) -> pa.Table:
-    return split_outcomes(table)[0]
-
-
-def _reject_rows_of(table: pa.Table, stage: str, config_hash: str) -> pa.Table:
-    return _reject_rows(split_outcomes(table)[1], stage, config_hash)
-
-
 def tally_outcomes(batches: Iterable[pa.Table], is_source: bool) -> dict[str, Any]:
     """in (records that entered), out (outcome rows), kept and rejected by reason, from two small columns."""
     counts: Counter[str] = Counter()
@@ -136,22 +111,6 @@ def tally_outcomes(batches: Iterable[pa.Table], is_source: bool) -> dict[str, An
     return {"in": rows if is_source else entered, "out": rows, "kept": kept, "rejected": dict(sorted(counts.items()))}
 
 
-def _count_outcomes(outcomes: Any, is_source: bool) -> dict[str, Any]:
-    columns = outcomes.select_columns([REASON_COLUMN, FIRST_COLUMN])
-    return tally_outcomes(columns.iter_batches(batch_format="pyarrow", batch_size=65536), is_source)
-
-
-def _run_outcome_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path, ctx: StageContext) -> dict[str, Any]:
-    # Kept records and reject rows are written by Ray workers; the driver only sees the reason column.
-    outcomes = stage.apply(upstream, ctx).materialize()
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    outcomes.map_batches(_kept_records, batch_format="pyarrow").write_parquet(str(work / "data"))
-    outcomes.map_batches(
-        _reject_rows_of, fn_kwargs={"stage": spec.name, "config_hash": spec.config_hash}, batch_format="pyarrow"
-    ).write_parquet(str(work / "rejects"))
-    return _count_outcomes(outcomes, STAGE_KINDS[spec.kind].role == "source")
-
-
 def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
@@ -161,7 +120,7 @@ def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> d
     written = sum(i.samples for i in infos)
     counts = Counter(r[REASON_COLUMN] for r in refused)
     if refused:
-        rows = _reject_rows(outcome_table(refused), spec.name, spec.config_hash)
+        rows = reject_rows(outcome_table(refused), spec.name, spec.config_hash)
         pq.write_table(rows, work / "rejects" / "part-00000.parquet")
     return {
         "in": written + len(refused),
@@ -253,79 +212,164 @@ def _placeholder_variables() -> dict[str, str]:
     return dict(DEMO_PLACEHOLDERS)
 
 
-def _upstream(rundir: RunDir, previous: StageSpec) -> tuple[Any, int]:
-    """The previous stage's committed records as a Dataset, and their row count from the parquet footers."""
+def _committed_files(rundir: RunDir, stage: str) -> tuple[list[Path], int]:
+    """A committed stage's data files (through the generation's real path, whatever the link does later) and
+    their row count from the parquet footers."""
     import pyarrow.dataset as pads
+
+    data = Path(os.path.realpath(rundir.data_dir(stage)))
+    files = sorted(data.glob("*.parquet"))
+    return files, (pads.dataset([str(f) for f in files], format="parquet").count_rows() if files else 0)
+
+
+def _upstream(rundir: RunDir, previous: StageSpec) -> tuple[Any, int]:
+    """The previous stage's committed records as a Dataset, and their row count."""
     import ray
 
     from mmcurate.schemas.record import RECORD_SCHEMA
 
-    data = Path(os.path.realpath(rundir.data_dir(previous.name)))  # this generation, whatever the link does later
-    files = sorted(str(p) for p in data.glob("*.parquet"))
+    files, rows = _committed_files(rundir, previous.name)
     if not files:  # the previous stage kept nothing
         return ray.data.from_arrow(RECORD_SCHEMA.empty_table()), 0
-    return ray.data.read_parquet(files), pads.dataset(files, format="parquet").count_rows()
+    return ray.data.read_parquet([str(f) for f in files]), rows
+
+
+@dataclass
+class _Planned:
+    spec: StageSpec
+    role: str
+    fingerprint: str
+    covers: dict[str, Any]
+
+
+def _plan(workflow: Workflow, files: FileDigests) -> list[_Planned]:
+    serve = workflow.serve.model_dump(mode="json")
+    planned: list[_Planned] = []
+    for spec in workflow.stages:
+        role = STAGE_KINDS[spec.kind].role
+        fp, covers = stage_fingerprint(
+            kind=spec.kind, config=spec.config, upstream=[planned[-1].fingerprint] if planned else [],
+            files=files, serve=serve if role == "source" else None,
+        )
+        planned.append(_Planned(spec, role, fp, covers))
+    files.save()
+    return planned
+
+
+def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Planned]:
+    """The stages streamed together from ``start``: it and the ``map`` stages right after it that must run."""
+    segment = [planned[start]]
+    for step in planned[start + 1 :]:
+        if step.role != "map" or rundir.is_done(step.spec.name, step.fingerprint):
+            break
+        segment.append(step)
+    return segment
 
 
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
     started = datetime.now(timezone.utc).isoformat()
     result = RunResult(run_dir=rundir.root)
-    files = FileDigests(rundir.cache_dir / "file_digests.json")
-    serve = workflow.serve.model_dump(mode="json")
-    previous: StageOutcome | None = None
-    previous_spec: StageSpec | None = None
+    planned = _plan(workflow, FileDigests(rundir.cache_dir / "file_digests.json"))
     ray_started = False
-    for spec in workflow.stages:
-        role = STAGE_KINDS[spec.kind].role
-        fp, covers = stage_fingerprint(
-            kind=spec.kind, config=spec.config, upstream=[previous.fingerprint] if previous else [],
-            files=files, serve=serve if role == "source" else None,
-        )
-        files.save()
-        if rundir.is_done(spec.name, fp):
-            marker = rundir.marker(spec.name)
-            log.info("stage %s: already done (fingerprint %s), reusing", spec.name, fp)
-            rundir.discard_progress(spec.name, fp)
-            outcome = StageOutcome(spec.name, "reused", marker["stats"], fp, covers)
+    i = 0
+    while i < len(planned):
+        step = planned[i]
+        if rundir.is_done(step.spec.name, step.fingerprint):
+            log.info("stage %s: already done (fingerprint %s), reusing", step.spec.name, step.fingerprint)
+            rundir.discard_progress(step.spec.name, step.fingerprint)
+            result.stages.append(StageOutcome(step.spec.name, "reused", rundir.marker(step.spec.name)["stats"],
+                                              step.fingerprint, step.covers))
+            i += 1
         else:
             if not ray_started:
                 init_ray(ray_address)
                 ray_started = True
-            log.info("stage %s: running (fingerprint %s)", spec.name, fp)
-            outcome = StageOutcome(spec.name, "ran", _run_stage(workflow, spec, fp, rundir, previous_spec), fp, covers)
-            log.info("stage %s: in=%d out=%d kept=%d rejected=%s", spec.name, outcome.stats["in"],
-                     outcome.stats["out"], outcome.stats["kept"], outcome.stats["rejected"])
-        result.stages.append(outcome)
-        previous, previous_spec = outcome, spec
+            previous = planned[i - 1].spec if i else None
+            if step.role == "sink":
+                segment = [step]
+                stats = [_run_sink(workflow, step, rundir, previous)]
+            elif step.role in ("source", "map"):
+                segment = _segment_at(planned, i, rundir)
+                stats = _run_segment(workflow, segment, rundir, previous)
+            else:
+                raise StageFailed(f"stage {step.spec.name}: role {step.role} has no runner")
+            for done, stage_stats in zip(segment, stats):
+                result.stages.append(StageOutcome(done.spec.name, "ran", stage_stats, done.fingerprint, done.covers))
+            i += len(segment)
         atomic_write_json(rundir.root / "stats.json", result.stats, sort_keys=False)  # stages in run order
     _write_manifest(workflow, rundir, result, ray_address, started)
     return result
 
 
-def _run_stage(workflow: Workflow, spec: StageSpec, fp: str, rundir: RunDir, previous: StageSpec | None) -> dict:
+def _context(spec: StageSpec, fp: str, rundir: RunDir) -> StageContext:
+    return StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=rundir.begin_stage(spec.name),
+                        progress_dir=rundir.progress_dir(spec.name, fp))
+
+
+def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, previous: StageSpec | None) -> list[dict]:
+    """Stream a source (or a committed upstream) through the segment's stages, block by block on Ray workers,
+    then check and commit each stage in order."""
+    from mmcurate.pipeline.stream import StageRun, block_counts, link_blocks, run_blocks
+
     t0 = time.perf_counter()
-    work = rundir.begin_stage(spec.name)
-    ctx = StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=work,
-                       progress_dir=rundir.progress_dir(spec.name, fp))
-    stage = stage_class(spec.kind)(spec.config, spec.name)
-    upstream, upstream_rows = _upstream(rundir, previous) if previous else (None, None)
-    is_sink = STAGE_KINDS[spec.kind].role == "sink"
-    if is_sink:
-        stats = _run_sink_stage(spec, stage, upstream, work)
+    for step in segment:
+        log.info("stage %s: running (fingerprint %s)", step.spec.name, step.fingerprint)
+    contexts = [_context(step.spec, step.fingerprint, rundir) for step in segment]
+    runs = [
+        StageRun(cls=stage_class(step.spec.kind), config=step.spec.config, name=step.spec.name,
+                 config_hash=step.spec.config_hash, blocks_dir=str(ctx.progress_dir / "blocks"))
+        for step, ctx in zip(segment, contexts)
+    ]
+    is_source = segment[0].role == "source"
+    if is_source:
+        blocks = runs[0].cls(runs[0].config, runs[0].name).plan(contexts[0])
+        upstream_rows = None
     else:
-        stats = _run_outcome_stage(spec, stage, upstream, work, ctx)
-    check_accounting(spec.name, stats, upstream_rows)
-    check_error_fraction(spec.name, stats, workflow.max_error_fraction, work / "rejects")
-    stats["seconds"] = round(time.perf_counter() - t0, 2)
+        files, upstream_rows = _committed_files(rundir, previous.name)
+        blocks = [Block(id=f.stem, path=str(f), kind="records") for f in files]
+    for ctx in contexts:
+        (ctx.progress_dir / "blocks").mkdir(parents=True, exist_ok=True)
+    run_blocks(runs, blocks, source=is_source, log=log)
+    all_stats = []
+    for step, run, ctx in zip(segment, runs, contexts):
+        stats = block_counts(run, blocks)
+        check_accounting(step.spec.name, stats, upstream_rows)
+        link_blocks(run, blocks, ctx.work_dir)
+        check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, ctx.work_dir / "rejects")
+        stats["seconds"] = round(time.perf_counter() - t0, 2)  # a streamed stage shares its segment's time
+        _commit(rundir, step, ctx.work_dir, stats, sink=False)
+        log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
+                 stats["kept"], stats["rejected"])
+        all_stats.append(stats)
+        upstream_rows = _committed_files(rundir, step.spec.name)[1]
+    return all_stats
+
+
+def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *, sink: bool) -> None:
     marker = {
-        "stage": spec.name,
-        "kind": spec.kind,
-        "fingerprint": fp,
-        "config_hash": spec.config_hash,
+        "stage": step.spec.name,
+        "kind": step.spec.kind,
+        "fingerprint": step.fingerprint,
+        "config_hash": step.spec.config_hash,
         "stats": stats,
         "finished": datetime.now(timezone.utc).isoformat(),
     }
-    rundir.commit_stage(spec.name, work, marker, sink=is_sink)
+    rundir.commit_stage(step.spec.name, work, marker, sink=sink)
+
+
+def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir, previous: StageSpec | None) -> dict:
+    t0 = time.perf_counter()
+    log.info("stage %s: running (fingerprint %s)", step.spec.name, step.fingerprint)
+    ctx = _context(step.spec, step.fingerprint, rundir)
+    stage = stage_class(step.spec.kind)(step.spec.config, step.spec.name)
+    upstream, upstream_rows = _upstream(rundir, previous)
+    stats = _run_sink_stage(step.spec, stage, upstream, ctx.work_dir)
+    check_accounting(step.spec.name, stats, upstream_rows)
+    check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, ctx.work_dir / "rejects")
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    _commit(rundir, step, ctx.work_dir, stats, sink=True)
+    log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
+             stats["kept"], stats["rejected"])
     return stats
 
 

@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
@@ -38,6 +39,7 @@ from mmcurate.schemas.record import (
     OUTCOME_SCHEMA,
     REASON_COLUMN,
     RECORD_COLUMNS,
+    REJECT_SCHEMA,
     outcome_table,
 )
 from mmcurate.schemas.stage_configs import StageConfig
@@ -67,9 +69,34 @@ class Stage(ABC, Generic[ConfigT]):
         self.config = config
         self.name = name or self.kind
 
+
+@dataclass(frozen=True)
+class Block:
+    """A unit of streamed work and of resume (``mmcurate.pipeline.stream``). ``id`` names the block's outputs in
+    every stage and must be the same on every run for the same input; ``path`` is a local parquet file of
+    records, or whatever the source reads for this kind of block (a WARC file)."""
+
+    id: str
+    path: str
+    kind: str
+
+
+class SourceStage(Stage[ConfigT]):
+    """A stage with no upstream: it cuts its inputs into blocks on the driver (``plan``, small: paths and ids), and
+    in the workers either hands each record of a block to a per-record stage (``block_stage``: a fetcher) or
+    decides the block's outcome rows itself (``block_outcomes``: an archive read in place)."""
+
     @abstractmethod
-    def apply(self, upstream: Any, ctx: StageContext) -> Any:
-        """Return a ``ray.data.Dataset`` of outcome rows (``OUTCOME_SCHEMA``)."""
+    def plan(self, ctx: StageContext) -> list[Block]:
+        """The blocks of this run, in a fixed order; candidate files go under ``ctx.work_dir``."""
+
+    def block_stage(self, block: Block) -> RecordStage | None:
+        """The stage that turns each record of ``block`` into outcome rows, or None for ``block_outcomes``."""
+        return None
+
+    def block_outcomes(self, block: Block) -> Iterator[pa.Table]:
+        """Outcome rows (``OUTCOME_SCHEMA``) of a block the source decides without a per-record stage."""
+        raise NotImplementedError(f"{type(self).__name__} has no outcomes for blocks of kind {block.kind}")
 
 
 def kept(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -132,22 +159,29 @@ class RecordStage(Stage[ConfigT]):
         self.counts: Counter[str] = Counter()
         self.seconds = 0.0
 
+    def process_record(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The outcome rows of one record, the first marked ``_first``: ``process`` with its rejections and
+        unexpected errors turned into rows. Safe to call from several threads at once when ``process`` is."""
+        try:
+            produced = self.process(record)
+        except Rejected as rej:
+            produced = [rejected(record, rej.reason, rej.detail)]
+        except Exception as err:  # one bad record must not fail the stage: it becomes a reason row
+            produced = [internal_error(record, err)]
+        if not produced:
+            # a record that vanishes without a row would break kept + rejected = in
+            raise RuntimeError(f"{type(self).__name__}.process returned no outcome for key {record.get('key')}")
+        for i, row in enumerate(produced):
+            row[FIRST_COLUMN] = i == 0
+        return produced
+
     def process_table(self, table: pa.Table) -> pa.Table:
         """Plain callable over an Arrow batch: what Ray runs, and what unit tests call directly."""
         started = time.perf_counter()
         rows: list[dict[str, Any]] = []
         for record in table.to_pylist():
-            try:
-                produced = self.process(record)
-            except Rejected as rej:
-                produced = [rejected(record, rej.reason, rej.detail)]
-            except Exception as err:  # one bad record must not fail the stage: it becomes a reason row
-                produced = [internal_error(record, err)]
-            if not produced:
-                # a record that vanishes without a row would break kept + rejected = in
-                raise RuntimeError(f"{type(self).__name__}.process returned no outcome for key {record.get('key')}")
-            for i, row in enumerate(produced):
-                row[FIRST_COLUMN] = i == 0
+            produced = self.process_record(record)
+            for row in produced:
                 self.counts[row[REASON_COLUMN] or "kept"] += 1
             rows.extend(produced)
         self.seconds += time.perf_counter() - started
@@ -155,12 +189,6 @@ class RecordStage(Stage[ConfigT]):
 
     # CPUs one worker reserves; network-bound stages ask for less so that more of them overlap their waits
     num_cpus: ClassVar[float] = 1.0
-
-    def apply(self, upstream: Any, ctx: StageContext) -> Any:
-        return on_actor_pool(
-            upstream, RecordStageWorker, (type(self), self.config, self.name),
-            batch_size=self.config.batch_size, concurrency=self.config.concurrency, num_cpus=self.num_cpus,
-        )
 
 
 def on_actor_pool(
@@ -190,6 +218,24 @@ class RecordStageWorker:
         return self.stage.process_table(table)
 
 
+def reject_rows(outcomes: pa.Table, stage: str, config_hash: str) -> pa.Table:
+    """Rejected outcome rows as the run directory keeps them (``REJECT_SCHEMA``): who, why, which stage and config."""
+    n = outcomes.num_rows
+    return pa.table(
+        {
+            "key": outcomes["key"],
+            "parent": outcomes["parent"],
+            "url": outcomes["url"],
+            "page_url": outcomes["page_url"],
+            "stage": pa.array([stage] * n, pa.string()),
+            "reason": outcomes[REASON_COLUMN],
+            "detail": outcomes[DETAIL_COLUMN],
+            "config_hash": pa.array([config_hash] * n, pa.string()),
+        },
+        schema=REJECT_SCHEMA,
+    )
+
+
 def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(kept records, rejected outcome rows) of an outcome batch."""
     import pyarrow.compute as pc
@@ -203,14 +249,17 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 __all__ = [
     "OUTCOME_SCHEMA",
+    "Block",
     "RecordStage",
     "RecordStageWorker",
+    "SourceStage",
     "Stage",
     "StageContext",
     "internal_error",
     "internal_error_detail",
     "kept",
     "on_actor_pool",
+    "reject_rows",
     "rejected",
     "split_outcomes",
 ]

@@ -9,87 +9,78 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import RecordStage, Stage, StageContext
-from mmcurate.stages.files import fsync_dir, fsync_tree
+from mmcurate.stages.base import Block, RecordStage, SourceStage, StageContext
 
 
 def _chunk_id(chunk: Path) -> str:
     """A chunk's name and a digest of the candidate keys in it: saved outcomes are reused only for the same
     candidates, whatever produced the chunk file this time."""
-    import pyarrow.parquet as pq
-
     keys = pq.read_table(chunk, columns=["key"])["key"].to_pylist()
     return f"{chunk.stem}-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:16]}"
 
 
-def fetch_in_chunks(fetcher: RecordStage, chunks: list[Path], done_dir: Path, ctx: StageContext) -> Any:
-    """Run ``fetcher`` over candidate chunks, one Ray Data job each, keeping each chunk's outcomes in
-    ``done_dir`` (durable across a killed run): a chunk already done is not fetched again."""
-    import ray
+class CrawlStage(SourceStage[CrawlConfig]):
+    """Blocks: URL-list chunks (downloaded by img2dataset), chunks of media referenced by crawled pages (fetched
+    by the guard), WARC files (read in place), and files of candidates already refused on the driver."""
 
-    from mmcurate.schemas.record import OUTCOME_SCHEMA
-
-    done_dir.mkdir(parents=True, exist_ok=True)
-    targets = []
-    for chunk in chunks:
-        target = done_dir / _chunk_id(chunk)
-        targets.append(target)
-        if target.exists():
-            ctx.log.info("crawl: %s already fetched by an interrupted run", chunk.stem)
-            continue
-        partial = done_dir / f".{chunk.stem}.tmp"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        fetcher.apply(ray.data.read_parquet(str(chunk)), ctx).write_parquet(str(partial))
-        fsync_tree(partial)
-        partial.rename(target)
-        fsync_dir(done_dir)
-    files = [str(f) for target in targets for f in sorted(target.glob("*.parquet"))]
-    return ray.data.read_parquet(files) if files else ray.data.from_arrow(OUTCOME_SCHEMA.empty_table())
-
-
-class CrawlStage(Stage[CrawlConfig]):
     kind = "crawl"
 
-    def apply(self, upstream: Any, ctx: StageContext) -> Any:
-        import ray
-
-        from mmcurate.stages.crawl.media import MediaFetcher
+    def plan(self, ctx: StageContext) -> list[Block]:
         from mmcurate.stages.crawl.pages import candidates_from_pages, crawl_pages
-        from mmcurate.stages.crawl.url_list import UrlListDownloader, number_url_list
+        from mmcurate.stages.crawl.url_list import number_url_list
 
         cfg = self.config
-        fetched = ctx.progress_dir / "fetched"
-        # The inputs run one after another, chunk by chunk: on a small machine, concurrent actor pools for every
-        # input would wait on each other's CPUs, and finished chunks survive a killed run.
-        parts = []
+        blocks: list[Block] = []
+        candidates = ctx.work_dir / "candidates"
         if cfg.url_lists:
-            listed = ctx.work_dir / "candidates" / "url_lists"
-            unlisted = ctx.work_dir / "candidates" / "url_lists_refused"
+            listed, unlisted = candidates / "url_lists", candidates / "url_lists_refused"
             total = sum(number_url_list(spec, i, listed, cfg.chunk_rows, unlisted) for i, spec in enumerate(cfg.url_lists))
             ctx.log.info("crawl: %d URL-list rows", total)
-            if unlisted.is_dir():
-                parts.append(ray.data.read_parquet(str(unlisted)))
-            if any(listed.glob("*.parquet")):
-                parts.append(fetch_in_chunks(UrlListDownloader(cfg, self.name), sorted(listed.glob("*.parquet")), fetched, ctx))
+            blocks += _blocks_of(unlisted, "outcomes") + _blocks_of(listed, "url_list")
         if cfg.seeds:
+            # BFS levels are fetched (and kept across a kill) before any media: the next level needs this one's links
             pages = crawl_pages(cfg, ctx.progress_dir / "pages")
             shutil.copytree(ctx.progress_dir / "pages", ctx.work_dir / "pages")  # kept with the stage, for audits
-            to_fetch, refused = ctx.work_dir / "candidates" / "media", ctx.work_dir / "candidates" / "refused"
+            to_fetch, refused = candidates / "media", candidates / "refused"
             media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused, cfg.chunk_rows,
                                                   max_refs_per_page=cfg.max_refs_per_page)
             ctx.log.info("crawl: %d pages read, %d failed, %d media references", pages - failed, failed, media)
-            parts.append(ray.data.read_parquet(str(refused)))
-            if media:
-                parts.append(fetch_in_chunks(MediaFetcher(cfg, self.name), sorted(to_fetch.glob("*.parquet")), fetched, ctx))
-        if cfg.warcs:
-            from mmcurate.stages.crawl.warc_source import warc_candidates
-
-            parts.append(warc_candidates(cfg, ctx).materialize())
-        if not parts:
+            blocks += _blocks_of(refused, "outcomes") + _blocks_of(to_fetch, "media")
+        for i, path in enumerate(cfg.warcs):
+            # the archive's bytes are in the stage's fingerprint, so its position and name identify it here
+            blocks.append(Block(id=f"warc{i:04d}-{_safe(Path(path).name)}", path=str(path), kind="warc"))
+        if not blocks:
             raise ValueError("crawl found no candidates: every input was empty")
-        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        return blocks
+
+    def block_stage(self, block: Block) -> RecordStage | None:
+        from mmcurate.stages.crawl.media import MediaFetcher
+        from mmcurate.stages.crawl.url_list import UrlListDownloader
+
+        fetchers = {"url_list": UrlListDownloader, "media": MediaFetcher}
+        return fetchers[block.kind](self.config, self.name) if block.kind in fetchers else None
+
+    def block_outcomes(self, block: Block) -> Iterator[pa.Table]:
+        if block.kind == "warc":
+            from mmcurate.stages.crawl.warc_source import WarcReader
+
+            yield from WarcReader(self.config)(pa.table({"path": [block.path]}))
+        elif block.kind == "outcomes":
+            yield from (pa.Table.from_batches([b]) for b in pq.ParquetFile(block.path).iter_batches(batch_size=1024))
+        else:
+            raise ValueError(f"crawl: no block kind {block.kind!r}")
+
+
+def _blocks_of(directory: Path, kind: str) -> list[Block]:
+    return [Block(id=_chunk_id(chunk), path=str(chunk), kind=kind) for chunk in sorted(directory.glob("*.parquet"))]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]

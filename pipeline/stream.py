@@ -1,0 +1,267 @@
+"""Streamed execution: consecutive stages that need no global view of their input run as one Ray Data pipeline.
+
+A *segment* is a source (or a committed upstream) followed by ``map`` stages. Its input is a list of blocks
+(``stages.base.Block``: a URL-list chunk, a chunk of page media references, a WARC file, a committed data file),
+each named by an id that is stable across runs. One long-lived pool of actors takes the blocks; in each actor a
+block's records run through every stage of the segment, record by record, in a pool of threads (a record is
+fetched and then aligned in the same thread, as img2dataset downloads and resizes in one). Every stage still
+writes its own outcome: per block and stage, the kept records, the reject rows and the counts go to
+
+    DIR/.progress/<stage>-<fingerprint>/blocks/<block id>/{data.parquet, rejects.parquet, counts.json}
+
+written under a temporary name and renamed whole, by the worker. A block whose directory exists is never done
+again, so a killed run loses at most the blocks in flight; the driver sees one small counts row per block and
+stage. Committing a stage moves its block files into the stage's generation (``commit_blocks``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate.schemas.record import FIRST_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_SCHEMA, REJECT_SCHEMA
+from mmcurate.stages.base import Block, RecordStage, reject_rows, split_outcomes
+from mmcurate.stages.files import fsync_dir, fsync_tree
+
+COUNTS = "counts.json"
+COUNT_SCHEMA = pa.schema([pa.field("block", pa.string()), pa.field("stage", pa.int32()), pa.field("counts", pa.string())])
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage of a segment as the workers need it: how to build it, and where its block outputs go."""
+
+    cls: type
+    config: Any
+    name: str
+    config_hash: str
+    blocks_dir: str  # DIR/.progress/<stage>-<fp>/blocks
+
+    def done(self, block_id: str) -> bool:
+        return os.path.isdir(os.path.join(self.blocks_dir, block_id))
+
+
+def block_dir(run: StageRun, block_id: str) -> Path:
+    return Path(run.blocks_dir) / block_id
+
+
+class _BlockWriter:
+    """One stage's outcome of one block, written under a temporary name and published by one rename."""
+
+    def __init__(self, run: StageRun, block_id: str):
+        self.run = run
+        self.final = block_dir(run, block_id)
+        self.tmp = self.final.with_name(f".{block_id}.tmp-{uuid.uuid4().hex[:8]}")
+        self.tmp.mkdir(parents=True)
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.counts: Counter[str] = Counter()
+        self.entered = self.rows = 0
+
+    def _write(self, name: str, table: pa.Table, schema: pa.Schema) -> None:
+        if table.num_rows == 0:
+            return
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(str(self.tmp / name), schema)
+        self.writers[name].write_table(table)
+
+    def add(self, outcomes: pa.Table, is_source: bool) -> pa.Table:
+        """Record a batch of outcome rows; return its kept records (what the next stage reads)."""
+        self.rows += outcomes.num_rows
+        self.entered += outcomes.num_rows if is_source else sum(bool(f) for f in outcomes[FIRST_COLUMN].to_pylist())
+        self.counts.update(reason or "kept" for reason in outcomes[REASON_COLUMN].to_pylist())
+        records, refused = split_outcomes(outcomes)
+        self._write("data.parquet", records, RECORD_SCHEMA)
+        self._write("rejects.parquet", reject_rows(refused, self.run.name, self.run.config_hash), REJECT_SCHEMA)
+        return records
+
+    def counts_row(self) -> dict[str, Any]:
+        counts = Counter(self.counts)
+        kept = counts.pop("kept", 0)
+        return {"in": self.entered, "out": self.rows, "kept": kept, "rejected": dict(sorted(counts.items()))}
+
+    def publish(self) -> dict[str, Any]:
+        for writer in self.writers.values():
+            writer.close()
+        row = self.counts_row()
+        (self.tmp / COUNTS).write_text(json.dumps(row, sort_keys=True))
+        fsync_tree(self.tmp)
+        os.rename(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+        return row
+
+    def abandon(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _outcome_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    columns = {name: [r.get(name) for r in rows] for name in OUTCOME_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)
+
+
+class SegmentWorker:
+    """The Ray actor of a segment: builds every stage once (``setup``: models load once per worker), then runs
+    blocks. ``runs[0]`` is the source when ``source`` is set; the other stages are ``RecordStage``s."""
+
+    def __init__(self, runs: list[StageRun], source: bool, threads: int, window: int | None = None):
+        self.runs = runs
+        self.source = source
+        self.stages = [run.cls(run.config, run.name) for run in runs]
+        for stage in self.stages[1 if source else 0 :]:
+            stage.setup()
+        self.fetchers: dict[str, RecordStage] = {}  # the source's per-record stage for each kind of block
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mmcurate-record")
+        self.window = window or max(8, threads * 2)  # records in hand at once: bounds memory, keeps threads busy
+
+    def _fetcher(self, block: Block) -> RecordStage | None:
+        """The source's per-record stage for this kind of block (built and set up once), or None when the source
+        decides the block's rows itself (``block_outcomes``)."""
+        if block.kind not in self.fetchers:
+            fetcher = self.stages[0].block_stage(block)
+            if fetcher is not None:
+                fetcher.setup()
+            self.fetchers[block.kind] = fetcher
+        return self.fetchers[block.kind]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for item in batch.to_pylist():
+            block = Block(id=item["id"], path=item["path"], kind=item["kind"])
+            for index, counts in self.run_block(block):
+                rows.append({"block": block.id, "stage": index, "counts": json.dumps(counts, sort_keys=True)})
+        return pa.Table.from_pylist(rows, schema=COUNT_SCHEMA)
+
+    def run_block(self, block: Block) -> list[tuple[int, dict[str, Any]]]:
+        """Run ``block`` through the stages that have not done it yet; return (stage index, counts) per stage."""
+        start = next((i for i, run in enumerate(self.runs) if not run.done(block.id)), len(self.runs))
+        if start == len(self.runs):
+            return []
+        writers = [_BlockWriter(run, block.id) for run in self.runs[start:]]
+        try:
+            for decided, batch in self._input(block, start):
+                first = start
+                if decided:  # the source's own outcome rows for this batch
+                    batch = writers[0].add(batch, is_source=True)
+                    first = start + 1
+                self._through(block, batch, first, writers[first - start :])
+            return [(start + i, writer.publish()) for i, writer in enumerate(writers)]
+        except BaseException:
+            for writer in writers:
+                writer.abandon()
+            raise
+
+    def _input(self, block: Block, start: int) -> Iterator[tuple[bool, pa.Table]]:
+        """Batches entering the segment at stage ``start``: (True if they are already stage ``start``'s outcome
+        rows, table)."""
+        if start > 0:  # an earlier stage finished this block before a kill: read what it kept
+            path = block_dir(self.runs[start - 1], block.id) / "data.parquet"
+            if path.exists():
+                yield from ((False, b) for b in _batches(path, self.window))
+            return
+        if self.source and self._fetcher(block) is None:
+            yield from ((True, t) for t in self.stages[0].block_outcomes(block))
+            return
+        yield from ((False, b) for b in _batches(Path(block.path), self.window))
+
+    def _through(self, block: Block, records: pa.Table, first: int, writers: list[_BlockWriter]) -> None:
+        """Records through stages ``first``.. in the thread pool, each record through all of them in one thread;
+        each stage's outcome rows go to its own writer, in input order."""
+        if not writers or records.num_rows == 0:
+            return
+        chain = [self._fetcher(block) if (i == 0 and self.source) else self.stages[i] for i in range(first, len(self.runs))]
+        per_record = list(self.pool.map(lambda r: _run_chain(chain, r), records.to_pylist()))
+        for offset, writer in enumerate(writers):
+            outcomes = [row for produced in per_record for row in produced[offset]]
+            writer.add(_outcome_rows(outcomes), is_source=(first + offset == 0 and self.source))
+
+
+def _run_chain(chain: list[RecordStage], record: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """One record through every stage of the chain: the outcome rows each stage gave (a stage sees the kept rows
+    of the one before it)."""
+    produced: list[list[dict[str, Any]]] = []
+    current = [record]
+    for stage in chain:
+        rows = [row for r in current for row in stage.process_record(r)]
+        produced.append(rows)
+        current = [_as_record(row) for row in rows if row[REASON_COLUMN] is None]
+    return produced
+
+
+def _as_record(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row.get(name) for name in RECORD_SCHEMA.names}
+
+
+def _batches(path: Path, rows: int) -> Iterator[pa.Table]:
+    parquet = pq.ParquetFile(str(path))
+    for batch in parquet.iter_batches(batch_size=rows):
+        yield pa.Table.from_batches([batch])
+
+
+# --- the driver's side: schedule the blocks, then gather each stage's block files for its commit
+
+
+def run_blocks(runs: list[StageRun], blocks: list[Block], *, source: bool, log: Any) -> None:
+    """Run every block not yet done by the segment's last stage on one pool of actors. The driver receives one
+    small counts row per block and stage; the data never passes through it."""
+    import ray
+
+    pending = [b for b in blocks if not runs[-1].done(b.id)]
+    log.info("segment %s: %d blocks, %d done by an earlier run", "+".join(r.name for r in runs), len(blocks),
+             len(blocks) - len(pending))
+    if not pending:
+        return
+    configs = [r.config for r in runs]
+    threads = max(c.threads for c in configs)
+    concurrency = min(max(c.concurrency for c in configs), len(pending))
+    num_cpus = max(getattr(r.cls, "num_cpus", 0.5) for r in runs)
+    items = [{"id": b.id, "path": b.path, "kind": b.kind} for b in pending]
+    results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        SegmentWorker,
+        fn_constructor_args=(runs, source, threads),
+        batch_format="pyarrow",
+        batch_size=1,
+        # one block per actor at a time: no block waits in a busy actor's queue while another actor idles, and a
+        # kill finds at most one block in flight per actor
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency, max_tasks_in_flight_per_actor=1),
+        num_cpus=num_cpus,
+    )
+    finished = 0
+    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        finished += len(set(batch["block"].to_pylist()))
+        log.info("segment: %d/%d blocks done", finished, len(pending))
+
+
+def block_counts(run: StageRun, blocks: list[Block]) -> dict[str, Any]:
+    """The stage's counts summed over its blocks (each block's counts.json)."""
+    total: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    for block in blocks:
+        counts = json.loads((block_dir(run, block.id) / COUNTS).read_text())
+        total.update({k: counts[k] for k in ("in", "out", "kept")})
+        rejected.update(counts["rejected"])
+    return {"in": total["in"], "out": total["out"], "kept": total["kept"], "rejected": dict(sorted(rejected.items()))}
+
+
+def link_blocks(run: StageRun, blocks: list[Block], work: Path) -> None:
+    """Link the stage's block files into its generation directory: ``data/<block>.parquet``,
+    ``rejects/<block>.parquet``. Hard links: the bytes were written once, by the workers, and the block files stay
+    in ``.progress`` (a kill before the commit must still find every finished block) until the commit removes it."""
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    (work / "rejects").mkdir(parents=True, exist_ok=True)
+    for block in blocks:
+        source = block_dir(run, block.id)
+        for name, folder in (("data.parquet", "data"), ("rejects.parquet", "rejects")):
+            if (source / name).exists():
+                os.link(source / name, work / folder / f"{block.id}.parquet")
