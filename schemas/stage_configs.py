@@ -25,6 +25,10 @@ class StageConfig(StrictModel):
 
     batch_size: int = Field(16, ge=1, description="records per batch handed to the stage")
     concurrency: int = Field(2, ge=1, description="Ray workers running the stage")
+    # Records one worker has in hand at once, each in its own thread: a stage that waits on the network (or
+    # whose work releases the GIL: image decode, resize, encode) overlaps them, as img2dataset's thread_count does.
+    # Stages streamed together in one worker use the largest of their values.
+    threads: int = Field(1, ge=1, le=512, description="records a worker processes at once, one thread each")
 
     def input_files(self) -> tuple[str, ...]:
         """Local files the stage reads besides its upstream; their bytes are part of the stage's fingerprint."""
@@ -102,7 +106,9 @@ class CrawlConfig(StageConfig):
     allowed_domains: tuple[str, ...] = ()  # page crawl stays within these hosts; empty: the seeds' hosts
     max_depth: int = Field(3, ge=0)
     max_pages: int = Field(1000, ge=1)
-    chunk_rows: int = Field(2000, ge=1, description="candidates fetched, and kept across a kill, together")
+    # a chunk is the unit of streaming and of resume: a killed run loses at most the chunks in flight
+    chunk_rows: int = Field(500, ge=1, description="candidates fetched, and kept across a kill, together")
+    threads: int = Field(32, ge=1, le=512, description="fetches one worker has in flight, one thread each")
     # A page's distinct media references that are fetched (or read from a WARC), at most: without it one page with
     # thousands of <img> tags fans out into thousands of fetches. The rest are crawl_limit rows; a repeat of media
     # already referenced on the page is a duplicate_reference row and does not count (stages/crawl/pages.py).
