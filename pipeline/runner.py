@@ -28,7 +28,7 @@ from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
 from mmcurate.schemas.stage_configs import STAGE_KINDS
 from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow
-from mmcurate.stages.base import Block, StageContext, reject_rows
+from mmcurate.stages.base import Block, StageContext
 
 log = logging.getLogger("mmcurate.run")
 
@@ -109,27 +109,6 @@ def tally_outcomes(batches: Iterable[pa.Table], is_source: bool) -> dict[str, An
     kept = counts.pop("kept", 0)
     # a source's candidates are its rows; a map stage counts each input record once, however many rows it made
     return {"in": rows if is_source else entered, "out": rows, "kept": kept, "rejected": dict(sorted(counts.items()))}
-
-
-def _run_sink_stage(spec: StageSpec, stage: Any, upstream: Any, work: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from mmcurate.schemas.record import outcome_table
-
-    infos, refused = stage.write(upstream, work / "shards")
-    written = sum(i.samples for i in infos)
-    counts = Counter(r[REASON_COLUMN] for r in refused)
-    if refused:
-        rows = reject_rows(outcome_table(refused), spec.name, spec.config_hash)
-        pq.write_table(rows, work / "rejects" / "part-00000.parquet")
-    return {
-        "in": written + len(refused),
-        "out": written + len(refused),
-        "kept": written,
-        "rejected": dict(sorted(counts.items())),
-        "shards": len(infos),
-        "shard_bytes": sum(i.bytes for i in infos),
-    }
 
 
 def check_accounting(stage: str, stats: dict[str, Any], upstream_rows: int | None) -> None:
@@ -220,18 +199,6 @@ def _committed_files(rundir: RunDir, stage: str) -> tuple[list[Path], int]:
     data = Path(os.path.realpath(rundir.data_dir(stage)))
     files = sorted(data.glob("*.parquet"))
     return files, (pads.dataset([str(f) for f in files], format="parquet").count_rows() if files else 0)
-
-
-def _upstream(rundir: RunDir, previous: StageSpec) -> tuple[Any, int]:
-    """The previous stage's committed records as a Dataset, and their row count."""
-    import ray
-
-    from mmcurate.schemas.record import RECORD_SCHEMA
-
-    files, rows = _committed_files(rundir, previous.name)
-    if not files:  # the previous stage kept nothing
-        return ray.data.from_arrow(RECORD_SCHEMA.empty_table()), 0
-    return ray.data.read_parquet([str(f) for f in files]), rows
 
 
 @dataclass
@@ -360,10 +327,12 @@ def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *
 def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir, previous: StageSpec | None) -> dict:
     t0 = time.perf_counter()
     log.info("stage %s: running (fingerprint %s)", step.spec.name, step.fingerprint)
+    from mmcurate.pipeline.sink import run_sink
+
     ctx = _context(step.spec, step.fingerprint, rundir)
     stage = stage_class(step.spec.kind)(step.spec.config, step.spec.name)
-    upstream, upstream_rows = _upstream(rundir, previous)
-    stats = _run_sink_stage(step.spec, stage, upstream, ctx.work_dir)
+    files, upstream_rows = _committed_files(rundir, previous.name)
+    stats = run_sink(stage, step.spec.config_hash, files, upstream_rows, ctx.work_dir, ctx.progress_dir, log)
     check_accounting(step.spec.name, stats, upstream_rows)
     check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, ctx.work_dir / "rejects")
     stats["seconds"] = round(time.perf_counter() - t0, 2)

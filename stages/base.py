@@ -1,20 +1,25 @@
 """The stage contract.
 
-A stage takes a Ray Dataset of records (``mmcurate.schemas.record.RECORD_SCHEMA``) and gives a Dataset of *outcome rows*:
-the same columns plus ``_reason``/``_detail``. A null reason means kept; anything else is a reject. Every
-candidate a stage considers yields exactly one outcome row, which is what lets the runner prove
-kept + rejected = in for every stage.
+A stage turns records (``mmcurate.schemas.record.RECORD_SCHEMA``) into *outcome rows*: the same columns plus
+``_reason``/``_detail``/``_first``. A null reason means kept; anything else is a reject. Every candidate a stage
+considers yields at least one outcome row, which is what lets the runner prove kept + rejected = out, and
+in = the upstream's committed rows, for every stage.
 
 Roles, one base class each:
   * ``RecordStage`` (role ``map``): one record in, one or more outcome rows out. Subclasses fill ``process``;
-    ``setup`` loads models once per Ray worker (the runner uses a class-based ``map_batches`` actor pool).
-    The base marks each record's first outcome row (``_first``), so the runner can count the records that
-    entered and check them against the upstream row count, and turns an unexpected exception on one record
-    into an ``internal_error`` reject row (type, message, a digest of the traceback) instead of a failed stage.
-  * a source (``crawl``) implements ``apply`` itself: it has no upstream and makes candidates from its inputs.
-  * a ``global`` stage (a threshold over the whole data set, dedupe by hash key) implements ``apply`` with Ray
-    Data aggregations (``groupby`` on keys, then a join or map back); it never pulls the data set to the driver.
-  * ``SinkStage`` (role ``sink``): writes kept records somewhere (WebDataset shards) and returns its outcomes.
+    ``setup`` loads models once per Ray worker. The base (``process_record``) marks each record's first outcome
+    row (``_first``), so the runner can count the records that entered, and turns an unexpected exception on one
+    record into an ``internal_error`` reject row (type, message, a digest of the traceback) instead of a failed
+    stage. Consecutive map stages are streamed together with the source before them
+    (``mmcurate.pipeline.stream``): in each worker a record goes through all of them in one thread, and
+    ``config.threads`` records are in hand at once.
+  * ``SourceStage`` (role ``source``, the crawl): cuts its inputs into ``Block``s on the driver (``plan``), and in
+    the workers hands each record of a block to a per-record stage (``block_stage``: a fetcher) or decides the
+    block's rows itself (``block_outcomes``: a WARC read in place).
+  * a ``global`` stage (a threshold over the whole data set, dedupe by hash key) computes what it needs with Ray
+    Data aggregations and never pulls the data set to the driver; it ends a streamed segment.
+  * the ``sink`` (shard) writes kept records in Ray workers, one key range per worker task
+    (``mmcurate.pipeline.sink``).
 """
 
 from __future__ import annotations

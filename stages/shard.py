@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import webdataset as wds
 
 from mmcurate.stages.files import atomic_write_bytes, atomic_write_parquet
 
@@ -98,6 +97,8 @@ def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> Shard
         if record["key"] in keys:
             raise ValueError(f"shard {name}: a second sample with key {record['key']}")
         keys.add(record["key"])
+    import webdataset as wds  # imports torch: only where shards are written
+
     with open(tmp, "wb") as stream:
         # fixed mtime/user/group: identical input gives identical bytes
         writer = wds.TarWriter(stream, mtime=0, user="mmcurate", group="mmcurate", mode=0o444)
@@ -202,12 +203,37 @@ def first_of_each_key(records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[
         yield group[0], group[1:]
 
 
-class ShardStage:
-    """The ``shard`` sink: sorts kept records by key and writes them as shards into ``<work_dir>/shards``.
+# Partitions hold about this many shards' worth of samples: few enough partial shards, small enough groups (one
+# partition is sorted in one worker's memory).
+SHARDS_PER_PARTITION = 2
+PARTITION_COLUMN = "_partition"
 
-    Sorting makes shard contents independent of how upstream partitions were scheduled, so an interrupted and
-    resumed run writes byte-identical shards. Keys are unique by construction upstream; should two records still
-    share one, the first by content order is written and the others are rejected as ``duplicate_key``."""
+
+def partition_count(rows: int, samples_per_shard: int) -> int:
+    """How many key ranges a sink of ``rows`` records is cut into: a function of the data and the config only, so
+    the shards are the same whatever the number of workers."""
+    return max(1, -(-rows // (samples_per_shard * SHARDS_PER_PARTITION)))
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The key range ``key`` falls in. Keys are hex digests (``stable_key``), so the first 32 bits order them
+    and spread them evenly; partition p holds keys below those of partition p + 1."""
+    try:
+        prefix = int(key[:8].ljust(8, "0"), 16)
+    except ValueError:  # not a hex key: still a fixed partition, though outside the key order
+        prefix = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
+    return prefix * partitions >> 32
+
+
+class ShardStage:
+    """The ``shard`` sink: kept records → WebDataset shards, written by Ray workers.
+
+    Records are range-partitioned by key (``partition_of``); each partition is sorted by key in one worker and
+    written as shards of its own (``write_partition``), so shard contents depend only on the records and the
+    config, never on scheduling or the number of workers, and a killed run resumes without rewriting a finished
+    partition. The driver numbers the shards in key order at commit. Keys are unique by construction upstream;
+    should two records still share one, the first by content order is written and the others are rejected as
+    ``duplicate_key``."""
 
     kind = "shard"
 
@@ -215,16 +241,17 @@ class ShardStage:
         self.config = config
         self.name = name or self.kind
 
-    def write(self, upstream: Any, out_dir: Path) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
-        """Write shards from a Ray Dataset of records; return the shards and the outcome rows of records that
-        cannot become a sample (no caption, no media)."""
+    def write_partition(self, records: pa.Table, out_dir: Path, prefix: str) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
+        """Write one partition's records as shards ``<prefix>-NNNNNN`` in key order; return the shards and the
+        outcome rows of records that cannot become a sample (a second record of a key, no caption, no media)."""
         from mmcurate.schemas.reasons import Reason
         from mmcurate.stages.base import internal_error, rejected
 
         refused: list[dict[str, Any]] = []
+        ordered = records.sort_by("key") if records.num_rows else records
 
         def sorted_records() -> Iterator[dict[str, Any]]:
-            for batch in upstream.sort("key").iter_batches(batch_format="pyarrow", batch_size=256):
+            for batch in ordered.to_batches(max_chunksize=256):
                 yield from batch.to_pylist()
 
         def writable() -> Iterator[dict[str, Any]]:
@@ -246,7 +273,7 @@ class ShardStage:
         infos = write_shards(
             writable(),
             out_dir,
-            prefix=self.config.prefix,
+            prefix=prefix,
             samples_per_shard=self.config.samples_per_shard,
             max_shard_bytes=self.config.max_shard_bytes,
         )

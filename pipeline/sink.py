@@ -1,0 +1,125 @@
+"""The shard sink on Ray workers: key ranges written whole by one worker each, numbered in key order at commit.
+
+    DIR/.progress/<sink>-<fingerprint>/partitions/<p>/   part-NNNNNN.tar|.parquet|_stats.json, rejects.parquet,
+                                                         partition.json (its shards and counts)
+
+A partition's directory is written under a temporary name and renamed whole by the worker, so a killed run
+resumes by writing only the partitions that have no directory yet. The driver reads the small
+``partition.json`` files, links the shards into the generation as ``<prefix>-NNNNNN`` (numbered across
+partitions in key order) and writes their ``_stats.json``; no record passes through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate.schemas.record import RECORD_SCHEMA, outcome_table
+from mmcurate.stages.base import reject_rows
+from mmcurate.stages.files import atomic_write_bytes, fsync_dir, fsync_tree
+from mmcurate.stages.shard import PARTITION_COLUMN, ShardStage, partition_count, partition_of
+
+PARTITION_FILE = "partition.json"
+_SHUFFLE_PARTITIONS = 64  # at most this many shuffle reducers; each takes whole key ranges
+
+
+def _with_partition(batch: pa.Table, partitions: int, skip: list[int]) -> pa.Table:
+    parts = [partition_of(key, partitions) for key in batch["key"].to_pylist()]
+    table = batch.select(RECORD_SCHEMA.names).append_column(PARTITION_COLUMN, pa.array(parts, pa.int32()))
+    if not skip:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.invert(pc.is_in(table[PARTITION_COLUMN], value_set=pa.array(skip, pa.int32()))))
+
+
+def _write_group(group: pa.Table, config: Any, name: str, config_hash: str, partitions_dir: str) -> pa.Table:
+    """One partition, in one worker: sorted, written as shards, published by one rename."""
+    partition = group[PARTITION_COLUMN][0].as_py()
+    final = Path(partitions_dir) / f"{partition:06d}"
+    if not final.exists():
+        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        infos, refused = ShardStage(config, name).write_partition(group.drop_columns([PARTITION_COLUMN]), tmp, "part")
+        if refused:
+            pq.write_table(reject_rows(outcome_table(refused), name, config_hash), tmp / "rejects.parquet")
+        summary = {
+            "shards": [{"file": i.name, "samples": i.samples, "bytes": i.bytes, "images": i.images, "audio": i.audio}
+                       for i in infos],
+            "rejected": dict(sorted(Counter(r["_reason"] for r in refused).items())),
+        }
+        (tmp / PARTITION_FILE).write_text(json.dumps(summary, sort_keys=True))
+        fsync_tree(tmp)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+    return pa.table({"partition": [partition]})
+
+
+def run_sink(stage: ShardStage, config_hash: str, files: list[Path], rows: int, work: Path, progress: Path,
+             log: Any) -> dict[str, Any]:
+    import ray
+
+    cfg = stage.config
+    partitions = partition_count(rows, cfg.samples_per_shard)
+    parts_dir = progress / "partitions"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    done = sorted(int(d.name) for d in parts_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    log.info("stage %s: %d records in %d key ranges, %d written by an earlier run", stage.name, rows, partitions,
+             len(done))
+    if files and len(done) < partitions:
+        from ray.data.context import DataContext, ShuffleStrategy
+
+        # the sort-based shuffle runs as plain tasks; the hash shuffle starts aggregator actors (seconds each here)
+        DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        written = (
+            ray.data.read_parquet([str(f) for f in files])
+            .map_batches(_with_partition, fn_kwargs={"partitions": partitions, "skip": done}, batch_format="pyarrow")
+            .groupby(PARTITION_COLUMN, num_partitions=min(partitions, _SHUFFLE_PARTITIONS))
+            .map_groups(_write_group, batch_format="pyarrow",
+                        fn_kwargs={"config": cfg, "name": stage.name, "config_hash": config_hash,
+                                   "partitions_dir": str(parts_dir)})
+        )
+        for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
+            log.info("stage %s: key ranges %s written", stage.name, batch["partition"].to_pylist())
+    return _gather(stage, parts_dir, work)
+
+
+def _gather(stage: ShardStage, parts_dir: Path, work: Path) -> dict[str, Any]:
+    """Link every partition's shards into ``work/shards`` as ``<prefix>-NNNNNN`` in key order, its reject rows into
+    ``work/rejects``; return the stage's counts."""
+    shards_dir, rejects_dir = work / "shards", work / "rejects"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    rejects_dir.mkdir(parents=True, exist_ok=True)
+    number = written = shard_bytes = 0
+    rejected: Counter[str] = Counter()
+    for part in sorted((d for d in parts_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                       key=lambda d: int(d.name)):
+        summary = json.loads((part / PARTITION_FILE).read_text())
+        for shard in summary["shards"]:
+            name = f"{stage.config.prefix}-{number:06d}"
+            for suffix in (".tar", ".parquet"):
+                os.link(part / f"{shard['file']}{suffix}", shards_dir / f"{name}{suffix}")
+            stats = {"name": name, **{k: shard[k] for k in ("samples", "bytes", "images", "audio")}}
+            atomic_write_bytes(shards_dir / f"{name}_stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
+            number += 1
+            written += shard["samples"]
+            shard_bytes += shard["bytes"]
+        if (part / "rejects.parquet").exists():
+            os.link(part / "rejects.parquet", rejects_dir / f"part-{part.name}.parquet")
+        rejected.update(summary["rejected"])
+    refused = sum(rejected.values())
+    return {
+        "in": written + refused,
+        "out": written + refused,
+        "kept": written,
+        "rejected": dict(sorted(rejected.items())),
+        "shards": number,
+        "shard_bytes": shard_bytes,
+    }
