@@ -27,6 +27,8 @@ class Reason(str, Enum):
     DUPLICATE_REFERENCE = "duplicate_reference"  # the same media URL again on one page; its first reference carries it
     LIST_MALFORMED = "list_malformed"  # a URL list that cannot be read past some row; detail names file and row
     CRAWL_LIMIT = "crawl_limit"  # a page discovered but not fetched: beyond max_depth or max_pages
+    HOST_FAILING = "host_failing"  # the host failed fetch.host_error_budget times in a row; detail: host and count
+    CRAWL_DELAY_TOO_LONG = "crawl_delay_too_long"  # robots.txt Crawl-delay above fetch.max_crawl_delay_s
     # parsing
     NOT_UTF8 = "not_utf8"
     HTML_MALFORMED = "html_malformed"

@@ -53,6 +53,19 @@ class FetchConfig(StrictModel):
     user_agent: str = "mmcurate/0.1"
     respect_robots: bool = True
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai")
+    # Politeness, enforced across every thread and worker of a run (``mmcurate.stages.crawl.politeness``). A host
+    # is hostname:port. Every request counts, robots.txt and each redirect hop included, against its own host.
+    per_host_concurrency: int | None = Field(8, ge=1)  # fetches in flight to one host at once; None: no cap
+    per_host_delay_s: float = Field(0.0, ge=0)  # seconds between the starts of two fetches to one host
+    respect_crawl_delay: bool = True  # robots.txt Crawl-delay (our group, else *) raises the host's delay
+    # a host whose Crawl-delay is above this is not crawled (crawl_delay_too_long), rather than crawled faster
+    # than it asked or left to stall the run
+    max_crawl_delay_s: float = Field(10.0, ge=0)
+    # after this many connection errors, timeouts and 5xx/429 answers in a row from one host, its further fetches
+    # are host_failing (refused unsent) for the rest of the run; None: never
+    host_error_budget: int | None = Field(20, ge=1)
+    # gate actors the hosts are spread over (one serves a few hundred to thousands of acquires a second)
+    gate_shards: int = Field(1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _valid_networks_and_domains(self) -> FetchConfig:

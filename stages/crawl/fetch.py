@@ -15,6 +15,7 @@ from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.stage_configs import FetchConfig
 from mmcurate.stages.crawl.connection import DeadlineExceeded
 from mmcurate.stages.crawl.opener import build_opener
+from mmcurate.stages.crawl.politeness import Gate
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ def _timeout(err: BaseException, during: str) -> Rejected:
 class Fetcher:
     """Fetches one URL through the guard and returns it whole, or raises ``Rejected``. Thread-safe."""
 
-    def __init__(self, config: FetchConfig | None = None):
+    def __init__(self, config: FetchConfig | None = None, gate: Gate | None = None):
+        """``gate``: the per-host politeness gate (default: this process's; see ``politeness.process_gate``)."""
         self.config = config or FetchConfig()
-        self.opener = build_opener(self.config)
+        self.opener = build_opener(self.config, gate)
 
     def fetch(self, url: str, accept: tuple[str, ...] = ()) -> FetchResult:
         """``accept``: media types or prefixes ending in "/" ("text/html", "image/"); others are CONTENT_TYPE."""

@@ -10,6 +10,10 @@ What it enforces (``FetchConfig``), on every request *and every redirect hop*:
   body size     Content-Length above ``max_bytes`` is refused unread; reading stops at ``max_bytes + 1`` bytes
   time          ``timeout_s`` per socket operation; ``deadline_s`` for the whole fetch — robots.txt, every hop,
                 connect, TLS, status line, headers and body — enforced on the socket (``connection.py``)
+  politeness    a slot of the host's gate around every connection (robots.txt and each hop, each against its
+                own host): per-host concurrency, delay, robots.txt Crawl-delay and the error budget, shared by
+                every worker of the run (``politeness.py``). Time queued for a slot does not count against
+                ``deadline_s``: the fetch's clock is paused while it waits.
 
 Refusals raise ``Rejected`` from inside urllib, so plain ``urllib.request.urlopen`` callers (img2dataset's
 ``download_image``) see them as exceptions whose text starts with the reason code.
@@ -41,25 +45,41 @@ from mmcurate.stages.crawl.connection import (
     deadline_ssl_context,
 )
 from mmcurate.stages.crawl.optout import header_refusal, robots_refusal
+from mmcurate.stages.crawl.politeness import Gate, HostPoliteness
 from mmcurate.stages.crawl.robots import RobotsCache, RobotsRules
 from mmcurate.stages.crawl.robots_fetch import load_robots
+
+
+class FetchClock:
+    """One fetch's deadline, shared by every hop and by the robots.txt fetch made for it; moved on by the time
+    spent queued for a politeness slot (one thread uses it: a fetch is one thread's call)."""
+
+    def __init__(self, deadline_s: float):
+        self.deadline = time.monotonic() + deadline_s  # time.monotonic() value
+
+    def pause(self, seconds: float) -> None:
+        self.deadline += seconds
 
 
 @dataclass(frozen=True)
 class FetchState:
     """What one fetch carries from hop to hop (urllib makes a new Request per redirect)."""
 
-    deadline: float  # time.monotonic() value
+    clock: FetchClock
     chain: tuple[str, ...]  # URLs requested so far, fragment-free
     hops: int = 0
     for_robots: bool = False  # this is the robots.txt fetch made on behalf of a page
+
+    @property
+    def deadline(self) -> float:
+        return self.clock.deadline
 
 
 def fetch_state(request: urllib.request.Request, config: FetchConfig) -> FetchState:
     """The request's state; a request that has none starts a fetch now (its deadline starts counting)."""
     state = getattr(request, "mmcurate_state", None)
     if state is None:
-        state = FetchState(deadline=time.monotonic() + config.deadline_s, chain=(request.full_url.split("#", 1)[0],))
+        state = FetchState(FetchClock(config.deadline_s), chain=(request.full_url.split("#", 1)[0],))
         request.mmcurate_state = state  # type: ignore[attr-defined]
     return state
 
@@ -69,9 +89,10 @@ class _RequestGuard(urllib.request.BaseHandler):
 
     handler_order = 100  # before the other processors
 
-    def __init__(self, config: FetchConfig):
+    def __init__(self, config: FetchConfig, politeness: HostPoliteness):
         self.config = config
         self.robots = RobotsCache()
+        self.politeness = politeness
 
     def _check(self, request: urllib.request.Request) -> urllib.request.Request:
         if request.type not in self.config.allowed_schemes:
@@ -83,9 +104,11 @@ class _RequestGuard(urllib.request.BaseHandler):
         if time.monotonic() >= state.deadline:
             raise DeadlineExceeded(self.config.deadline_s, f"redirect hop {state.hops}")
         if self.config.respect_robots and not state.for_robots:
-            refusal = robots_refusal(self._robots_for(request, state), request.full_url)
+            rules = self._robots_for(request, state)
+            refusal = robots_refusal(rules, request.full_url)
             if refusal is not None:
                 raise refusal
+            self.politeness.note_robots(request.full_url, rules)  # Crawl-delay: the host's delay, or refused
         return request
 
     http_request = _check
@@ -102,8 +125,8 @@ class _RequestGuard(urllib.request.BaseHandler):
         def open_robots() -> Any:
             assert self.parent is not None
             robots_request = urllib.request.Request(robots_url, headers={"User-Agent": self.config.user_agent})
-            # the page's deadline: a slow robots.txt cannot buy the page more time
-            robots_state = FetchState(state.deadline, (robots_url,), for_robots=True)
+            # the page's clock: a slow robots.txt cannot buy the page more time
+            robots_state = FetchState(state.clock, (robots_url,), for_robots=True)
             robots_request.mmcurate_state = robots_state  # type: ignore[attr-defined]
             return self.parent.open(robots_request, timeout=self.config.timeout_s)
 
@@ -112,29 +135,35 @@ class _RequestGuard(urllib.request.BaseHandler):
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, config: FetchConfig, networks: tuple[IPNetwork, ...]):
+    def __init__(self, config: FetchConfig, networks: tuple[IPNetwork, ...], politeness: HostPoliteness):
         super().__init__()
-        self.config, self.networks = config, networks
+        self.config, self.networks, self.politeness = config, networks, politeness
 
     def http_open(self, request: urllib.request.Request) -> Any:
-        deadline = fetch_state(request, self.config).deadline
-        connection = functools.partial(
-            GuardedHTTPConnection, allow_networks=self.networks, deadline=deadline, deadline_s=self.config.deadline_s
-        )
-        return self.do_open(connection, request)
+        state = fetch_state(request, self.config)
+
+        def do_open() -> Any:  # the deadline is read after the wait for a slot, which moved it on
+            connection = functools.partial(GuardedHTTPConnection, allow_networks=self.networks,
+                                           deadline=state.deadline, deadline_s=self.config.deadline_s)  # fmt: skip
+            return self.do_open(connection, request)
+
+        return self.politeness.open(request.full_url, state.clock, do_open)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, config: FetchConfig, networks: tuple[IPNetwork, ...]):
+    def __init__(self, config: FetchConfig, networks: tuple[IPNetwork, ...], politeness: HostPoliteness):
         super().__init__(context=deadline_ssl_context())
-        self.config, self.networks = config, networks
+        self.config, self.networks, self.politeness = config, networks, politeness
 
     def https_open(self, request: urllib.request.Request) -> Any:
-        deadline = fetch_state(request, self.config).deadline
-        connection = functools.partial(
-            GuardedHTTPSConnection, allow_networks=self.networks, deadline=deadline, deadline_s=self.config.deadline_s
-        )
-        return self.do_open(connection, request, context=self._context)  # type: ignore[attr-defined]
+        state = fetch_state(request, self.config)
+
+        def do_open() -> Any:
+            connection = functools.partial(GuardedHTTPSConnection, allow_networks=self.networks,
+                                           deadline=state.deadline, deadline_s=self.config.deadline_s)  # fmt: skip
+            return self.do_open(connection, request, context=self._context)  # type: ignore[attr-defined]
+
+        return self.politeness.open(request.full_url, state.clock, do_open)
 
 
 class _CappedRedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -196,14 +225,18 @@ class _ResponseGuard(urllib.request.BaseHandler):
     https_response = _finish
 
 
-def build_opener(config: FetchConfig) -> urllib.request.OpenerDirector:
-    """An opener with only the guarded handlers: no proxy, file, ftp or data handlers (see module docstring)."""
+def build_opener(config: FetchConfig, gate: Gate | None = None) -> urllib.request.OpenerDirector:
+    """An opener with only the guarded handlers: no proxy, file, ftp or data handlers (see module docstring).
+
+    ``gate``: the politeness gate; default this process's (``politeness.process_gate``: the run's gate actors
+    under Ray, else one in-process gate)."""
     networks = config.networks()
+    politeness = HostPoliteness(config, gate)
     opener = urllib.request.OpenerDirector()
     for handler in (
-        _RequestGuard(config),
-        _GuardedHTTPHandler(config, networks),
-        _GuardedHTTPSHandler(config, networks),
+        _RequestGuard(config, politeness),
+        _GuardedHTTPHandler(config, networks, politeness),
+        _GuardedHTTPSHandler(config, networks, politeness),
         _CappedRedirectHandler(config),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
@@ -218,7 +251,7 @@ def build_opener(config: FetchConfig) -> urllib.request.OpenerDirector:
 _install_lock = threading.Lock()
 
 
-def install_global_opener(config: FetchConfig) -> urllib.request.OpenerDirector:
+def install_global_opener(config: FetchConfig, gate: Gate | None = None) -> urllib.request.OpenerDirector:
     """Make every plain ``urllib.request.urlopen(...)`` in this process go through the guard.
 
     Process-global, so call it only in a process that exists to download (a Ray actor's setup), or use
@@ -226,19 +259,19 @@ def install_global_opener(config: FetchConfig) -> urllib.request.OpenerDirector:
     ``urlopen(..., context=...)`` bypasses installed openers (urllib builds a fresh one), so callers that pass an
     SSL context are not guarded; img2dataset 1.47 passes none.
     """
-    opener = build_opener(config)
+    opener = build_opener(config, gate)
     with _install_lock:
         urllib.request.install_opener(opener)
     return opener
 
 
 @contextmanager
-def global_guard(config: FetchConfig) -> Iterator[urllib.request.OpenerDirector]:
+def global_guard(config: FetchConfig, gate: Gate | None = None) -> Iterator[urllib.request.OpenerDirector]:
     """``install_global_opener`` for the duration of a ``with`` block."""
     with _install_lock:
         previous = urllib.request._opener  # type: ignore[attr-defined]  # urllib has no public getter
     try:
-        yield install_global_opener(config)
+        yield install_global_opener(config, gate)
     finally:
         with _install_lock:
             urllib.request.install_opener(previous)

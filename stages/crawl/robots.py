@@ -45,6 +45,16 @@ class RobotsVerdict:
 class _Group:
     user_agents: set[str] = field(default_factory=set)
     rules: list[tuple[bool, str]] = field(default_factory=list)  # (allow, pattern), once however many agents
+    crawl_delay: float | None = None  # seconds; not in RFC 9309, but the common extension (Bing, Yandex)
+
+
+def _seconds(value: str) -> float | None:
+    """A Crawl-delay value: a non-negative finite number of seconds, or None for anything else."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
 
 
 def _normalise_path(path: str) -> str:
@@ -105,12 +115,17 @@ def _parse_groups(text: str) -> list[_Group]:
             # "Googlebot/2.1" names the product token "googlebot".
             current.user_agents.add(value.split("/", 1)[0].strip().lower())
             last_was_agent = True
+        elif key == "crawl-delay":  # a group member, like a rule: a user-agent line after it starts a new group
+            last_was_agent = False
+            seconds = _seconds(value)
+            if current is not None and seconds is not None:
+                current.crawl_delay = seconds if current.crawl_delay is None else max(current.crawl_delay, seconds)
         elif key in ("allow", "disallow"):
             last_was_agent = False
             if current is None or not value:  # rules before any user-agent, or an empty "Disallow:"
                 continue
             current.rules.append((key == "allow", value))
-        else:  # sitemap, crawl-delay, host, …: not group members, do not end the group
+        else:  # sitemap, host, …: not group members, do not end the group
             continue
     return groups
 
@@ -121,12 +136,13 @@ class RobotsRules:
 
     rules: tuple[RobotsRule, ...]
     fallback: RobotsVerdict  # the verdict when no rule matches
+    crawl_delay: float | None = None  # the largest Crawl-delay of the selected groups; what it does: politeness.py
 
     @classmethod
     def parse(cls, text: str, user_agent_token: str) -> RobotsRules:
         """Select the groups for ``user_agent_token`` (exact, case-insensitive), else the ``*`` groups.
 
-        All groups naming the same agent are merged (RFC 9309 §2.2.1).
+        All groups naming the same agent are merged (RFC 9309 §2.2.1), their Crawl-delay too (the largest).
         """
         token = user_agent_token.lower()
         groups = _parse_groups(text)
@@ -137,7 +153,8 @@ class RobotsRules:
             if agent in group.user_agents
             for allow, pattern in group.rules
         )
-        return cls(rules=rules, fallback=RobotsVerdict(True, "no matching rule"))
+        delays = [g.crawl_delay for g in groups if agent in g.user_agents and g.crawl_delay is not None]
+        return cls(rules=rules, fallback=RobotsVerdict(True, "no matching rule"), crawl_delay=max(delays, default=None))
 
     @classmethod
     def allow_all(cls, why: str) -> RobotsRules:

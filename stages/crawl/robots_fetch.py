@@ -2,9 +2,10 @@
 
 What the answer means is RFC 9309 §2.3.1 (decided in ``optout.py``): a 4xx other than 429 means no rules; 5xx,
 429 and no answer at all mean disallow everything; rules past the first ``ROBOTS_MAX_BYTES`` are ignored.
-Two outcomes are *not* turned into rules, because they say nothing about the site's wishes and would otherwise be
+Three outcomes are *not* turned into rules, because they say nothing about the site's wishes and would otherwise be
 cached for every later fetch of the origin: the page's own address or domain being refused (the page gets that
-reason), and the page's deadline passing while robots.txt was read (the page times out).
+reason), the host being past its error budget (the page is HOST_FAILING), and the page's deadline passing while
+robots.txt was read (the page times out).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from mmcurate.stages.crawl.connection import DeadlineExceeded
 from mmcurate.stages.crawl.optout import robots_for_status, robots_from_text, robots_unreachable
 from mmcurate.stages.crawl.robots import ROBOTS_MAX_BYTES, RobotsRules
 
-_NOT_RULES = (Reason.ADDRESS_NOT_ALLOWED.value, Reason.DOMAIN_NOT_ALLOWED.value)
+# the host failing its error budget is the gate's verdict on the host, not robots.txt's on the page
+_NOT_RULES = (Reason.ADDRESS_NOT_ALLOWED.value, Reason.DOMAIN_NOT_ALLOWED.value, Reason.HOST_FAILING.value)
 
 
 def load_robots(open_robots: Callable[[], Any], user_agent_token: str) -> RobotsRules:
