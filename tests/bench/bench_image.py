@@ -1,6 +1,6 @@
 """Align's image normalisation against the floor of one decode, one resize and one encode, one process per core.
 
-    .venv/bin/python tests/bench/bench_image.py [--n N] [--processes P] [--max-side S]
+    .venv/bin/python tests/bench/bench_image.py [--n N] [--processes P] [--max-side S] [--repeat R]
 
 Builds N 480x360 JPEGs from scikit-image's photos (each a different crop, flip and JPEG quality), then times
 three ways of turning them into JPEGs whose longer side is at most ``--max-side``, each on the same images in one
@@ -12,9 +12,10 @@ three ways of turning them into JPEGs whose longer side is at most ``--max-side`
 * old: the path before issue 7: Pillow decode, a lossless PNG, img2dataset's ``Resizer`` decoding that again.
 
 Prints one ``name: value`` line per figure, the ratios first (floor seconds / path seconds: 1 means as fast as the
-floor). Only the processing is timed: workers are started, handed the images and warmed up on every path before
-the clock runs. Floor and normalise are timed ``--repeat`` times, alternating, and the best of each is kept (the
-machine is shared: a burst of load elsewhere should not decide the ratio); the old path once.
+floor), by wall time (throughput of the pool) and by the CPU time the workers used (``*_cpu``: on a shared, loaded
+machine the steadier of the two). Only the processing is timed: workers are started, handed the images and
+warmed up on every path before the clock runs. Floor and normalise are timed ``--repeat`` times, alternating, and
+the best of each is kept (a burst of load from elsewhere should not decide the ratio); the old path once.
 ``floor_seconds``, ``path_seconds`` and ``timing_pool`` are importable for other benchmarks.
 """
 
@@ -28,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -131,16 +133,26 @@ def _start_worker(images: list[bytes], paths: tuple[str, ...], max_side: int, re
     ready.put(os.getpid())
 
 
-def _run_slice(task: tuple[str, int, int, int]) -> int:
+def _run_slice(task: tuple[str, int, int, int]) -> float:
+    """CPU seconds this worker spent on images ``start:stop``."""
     path, max_side, start, stop = task
     run = PATHS[path]
-    return sum(len(run(data, max_side)) for data in _IMAGES[start:stop])
+    cpu = time.process_time()
+    for data in _IMAGES[start:stop]:
+        run(data, max_side)
+    return time.process_time() - cpu
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall_s: float  # what the pool took: the throughput figure
+    cpu_s: float  # what the workers' processes used: less moved by other load on a shared machine
 
 
 @contextmanager
 def timing_pool(images: list[bytes], max_side: int, processes: int,
-                paths: tuple[str, ...] = tuple(PATHS)) -> Iterator[Callable[[str], float]]:
-    """A spawn pool of ready workers; yields ``seconds(path)``: wall seconds to put every image through a path."""
+                paths: tuple[str, ...] = tuple(PATHS)) -> Iterator[Callable[[str], Timing]]:
+    """A spawn pool of ready workers; yields ``seconds(path)``: the Timing of every image through a path."""
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
     with context.Pool(processes, initializer=_start_worker, initargs=(images, paths, max_side, ready)) as pool:
@@ -148,11 +160,11 @@ def timing_pool(images: list[bytes], max_side: int, processes: int,
             ready.get(timeout=600)
         step = max(1, len(images) // (processes * 8))  # small slices: a slow worker does not hold the rest up
 
-        def seconds(path: str) -> float:
+        def seconds(path: str) -> Timing:
             tasks = [(path, max_side, i, min(i + step, len(images))) for i in range(0, len(images), step)]
             start = time.perf_counter()
-            pool.map(_run_slice, tasks, chunksize=1)
-            return time.perf_counter() - start
+            cpu = pool.map(_run_slice, tasks, chunksize=1)
+            return Timing(time.perf_counter() - start, sum(cpu))
 
         yield seconds
 
@@ -160,7 +172,7 @@ def timing_pool(images: list[bytes], max_side: int, processes: int,
 def path_seconds(path: str, images: list[bytes], max_side: int, processes: int) -> float:
     """Wall seconds for ``processes`` workers to put every image through ``path`` ("floor", "normalise", "old")."""
     with timing_pool(images, max_side, processes, (path,)) as seconds:
-        return seconds(path)
+        return seconds(path).wall_s
 
 
 def floor_seconds(images: list[bytes], max_side: int, processes: int) -> float:
@@ -177,18 +189,24 @@ def main() -> None:
     args = parser.parse_args()
 
     images = build_images(args.n)
-    best = {path: float("inf") for path in PATHS}
+    runs: dict[str, list[Timing]] = {path: [] for path in PATHS}
     with timing_pool(images, args.max_side, args.processes) as seconds:
         # floor and normalise alternate, so a burst of load from elsewhere hits both; the old path (an order of
         # magnitude slower: the "before" figure) runs once
         for _ in range(args.repeat):
             for path in ("floor", "normalise"):
-                best[path] = min(best[path], seconds(path))
-        best["old"] = seconds("old")
-    print(f"normalise_vs_floor: {best['floor'] / best['normalise']:.3f}")
-    print(f"old_vs_floor: {best['floor'] / best['old']:.3f}")
+                runs[path].append(seconds(path))
+        runs["old"].append(seconds("old"))
+    wall = {path: min(t.wall_s for t in timings) for path, timings in runs.items()}
+    cpu = {path: min(t.cpu_s for t in timings) for path, timings in runs.items()}
+    print(f"normalise_vs_floor: {wall['floor'] / wall['normalise']:.3f}")
+    print(f"old_vs_floor: {wall['floor'] / wall['old']:.3f}")
+    print(f"normalise_vs_floor_cpu: {cpu['floor'] / cpu['normalise']:.3f}")
+    print(f"old_vs_floor_cpu: {cpu['floor'] / cpu['old']:.3f}")
     for path in ("floor", "normalise", "old"):
-        print(f"{path}_images_per_s: {args.n / best[path]:.1f}")
+        print(f"{path}_images_per_s: {args.n / wall[path]:.1f}")
+    for path in ("floor", "normalise", "old"):
+        print(f"{path}_cpu_ms_per_image: {1000 * cpu[path] / args.n:.3f}")
     print(f"n: {args.n}")
     print(f"processes: {args.processes}")
     print(f"repeat: {args.repeat}")
