@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -51,12 +52,14 @@ def _any(run: Path, pattern: str) -> bool:
 # In pipeline order: the run directory is killed at each point in turn, restarted each time, and only then allowed
 # to finish, so every resume starts from the state the kill before it left.
 KILL_POINTS = [
-    KillPoint("crawl-url-list-chunk", lambda run: _any(run, ".progress/crawl-*/fetched/.list0-*.tmp")),
     KillPoint("crawl-bfs-level", lambda run: _any(run, ".progress/crawl-*/pages/level-001.parquet")),
+    # the BFS levels are all fetched before the first block: URL-list chunks and page media stream together
+    KillPoint("crawl-url-list-block", lambda run: _any(run, ".progress/crawl-*/blocks/.list0-*.tmp-*")),
+    # page media are fetched and aligned in one streamed pass: some blocks done by both stages, others in flight
+    KillPoint("media-block", lambda run: _any(run, ".progress/align-*/blocks/level-*")),
     KillPoint("commit-crawl-after-link-swap", None, "publish:crawl:after"),
-    KillPoint("align", lambda run: (run / "crawl" / "_SUCCESS.json").exists() and _any(run, ".work/align-*")),
     KillPoint("commit-align-before-link-swap", None, "publish:align:before"),
-    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".work/shard-*")),
+    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".progress/shard-*/partitions/*")),
 ]
 CHOSEN = os.environ.get("MMCURATE_KILL_POINTS")  # e.g. "align,shard": only these, still in pipeline order
 
@@ -203,13 +206,37 @@ def _committed(run: Path) -> set[str]:
     return {stage for stage in ("crawl", "align", "shard") if (run / stage / "_SUCCESS.json").exists()}
 
 
-def _check_resumed_work(run: Path, committed: set[str], levels: list[str], again: list[str]) -> None:
-    """What a run started after a kill asked the server for: nothing once the crawl was committed, and never a
-    BFS level that was saved."""
+def _block_media(run: Path) -> tuple[set[str], set[str]]:
+    """Paths of the media candidates in crawl blocks that a killed run finished, and in those it did not."""
+    import pyarrow.parquet as pq
+
+    done = {d.name.rsplit("-", 1)[0] for d in run.glob(".progress/crawl-*/blocks/*") if not d.name.startswith(".")}
+    finished, pending = set(), set()
+    for chunk in run.glob(".work/crawl-*/candidates/*/*.parquet"):
+        rows = pq.read_table(chunk).to_pylist()
+        paths = {urlsplit(row[c]).path for row in rows for c in MEDIA_COLUMNS if row.get(c)}
+        (finished if chunk.stem in done else pending).update(paths)
+    return finished, pending
+
+
+MEDIA_COLUMNS = ("image_url", "audio_url", "subtitles_url", "transcript_url")
+
+
+def _check_resumed_work(run: Path, committed: set[str], levels: list[str], blocks: tuple[set[str], set[str]],
+                        again: list[str]) -> None:
+    """What a run started after a kill asked the server for: nothing once the crawl was committed, never a BFS
+    level that was saved, and no media of a finished block (only media of blocks in flight or not started)."""
     if "crawl" in committed:
         assert again == [], f"a committed crawl was fetched again: {again[:5]}"
     if "level-000.parquet" in levels:
         assert "GET /index.html" not in again  # the saved BFS level is replayed, not fetched
+    finished, pending = blocks
+    paths = [line.split(" ", 1)[1].split("?", 1)[0] for line in again if " " in line]
+    refetched = [p for p in paths if p in finished and p not in pending]
+    assert not refetched, f"media of finished blocks fetched again: {refetched[:5]}"
+    media_again = [p for p in paths if p in pending]
+    print(f"  resumed: {len(media_again)} media requests, all of blocks unfinished at the kill "
+          f"({len(finished)} media paths in finished blocks, none asked for again)")
 
 
 def test_a_demo_killed_again_and_again_resumes_to_the_same_shards(installed, reference, elsewhere):
@@ -219,12 +246,13 @@ def test_a_demo_killed_again_and_again_resumes_to_the_same_shards(installed, ref
     for point in [*points, None]:  # None: the last run, left to finish
         committed, seen = _committed(run), len(requests(run))
         levels = sorted(p.name for p in run.glob(".progress/crawl-*/pages/level-*.parquet"))
+        blocks = _block_media(run)
         if point is None:
             _finish(_run_demo(installed, run, elsewhere), run)
         else:
             _kill_at(point, installed, run, elsewhere)
             assert not (run / "shards" / "shard-000000.tar").exists()
-        _check_resumed_work(run, committed, levels, requests(run)[seen:])
+        _check_resumed_work(run, committed, levels, blocks, requests(run)[seen:])
     assert shard_files(run) == shard_files(reference)
     assert not any((run / ".progress").glob("*")) and not any((run / ".work").glob("*"))
     statuses = {s["name"]: s["status"] for s in json.loads((run / "manifest.json").read_text())["stages"]}
