@@ -12,14 +12,15 @@ writes its own outcome: per block and stage, the kept records, the reject rows a
 written under a temporary name and renamed whole, by the worker. A block whose directory exists is never done
 again, so a killed run loses at most the blocks in flight; the driver sees one small counts row per block and
 stage. Committing a stage moves its block files into the stage's generation (``commit_blocks``).
+On a remote run directory (``pipeline.storage``) the worker writes the block's files in a local temporary
+directory, uploads them and then ``_DONE``; committing links them by server-side copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcurate.pipeline.storage import is_url, join, local_copy, storage_for
 from mmcurate.schemas.record import FIRST_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_SCHEMA, REJECT_SCHEMA
 from mmcurate.stages.base import Block, RecordStage, reject_rows, split_outcomes
-from mmcurate.stages.files import fsync_dir, fsync_tree
 
 COUNTS = "counts.json"
 COUNT_SCHEMA = pa.schema([pa.field("block", pa.string()), pa.field("stage", pa.int32()), pa.field("counts", pa.string())])
@@ -46,14 +47,14 @@ class StageRun:
     config: Any
     name: str
     config_hash: str
-    blocks_dir: str  # DIR/.progress/<stage>-<fp>/blocks
+    blocks_dir: str  # DIR/.progress/<stage>-<fp>/blocks (a local path or a URL)
 
     def done(self, block_id: str) -> bool:
-        return os.path.isdir(os.path.join(self.blocks_dir, block_id))
+        return storage_for(self.blocks_dir).published(join(self.blocks_dir, block_id))
 
 
-def block_dir(run: StageRun, block_id: str) -> Path:
-    return Path(run.blocks_dir) / block_id
+def block_dir(run: StageRun, block_id: str) -> Path | str:
+    return join(run.blocks_dir, block_id) if is_url(run.blocks_dir) else Path(run.blocks_dir) / block_id
 
 
 class _BlockWriter:
@@ -61,9 +62,9 @@ class _BlockWriter:
 
     def __init__(self, run: StageRun, block_id: str):
         self.run = run
-        self.final = block_dir(run, block_id)
-        self.tmp = self.final.with_name(f".{block_id}.tmp-{uuid.uuid4().hex[:8]}")
-        self.tmp.mkdir(parents=True)
+        self.final = str(block_dir(run, block_id))
+        self.store = storage_for(self.final)
+        self.tmp = self.store.staging(self.final)  # local: .<block>.tmp-<id> beside it; remote: a local temp dir
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.counts: Counter[str] = Counter()
         self.entered = self.rows = 0
@@ -95,15 +96,13 @@ class _BlockWriter:
             writer.close()
         row = self.counts_row()
         (self.tmp / COUNTS).write_text(json.dumps(row, sort_keys=True))
-        fsync_tree(self.tmp)
-        os.rename(self.tmp, self.final)
-        fsync_dir(self.final.parent)
+        self.store.publish(self.tmp, self.final)  # local: fsync + one rename; remote: the files, then _DONE
         return row
 
     def abandon(self) -> None:
         for writer in self.writers.values():
             writer.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.store.abandon(self.tmp)
 
 
 def _outcome_rows(rows: list[dict[str, Any]]) -> pa.Table:
@@ -166,14 +165,15 @@ class SegmentWorker:
         """Batches entering the segment at stage ``start``: (True if they are already stage ``start``'s outcome
         rows, table)."""
         if start > 0:  # an earlier stage finished this block before a kill: read what it kept
-            path = block_dir(self.runs[start - 1], block.id) / "data.parquet"
-            if path.exists():
+            path = join(block_dir(self.runs[start - 1], block.id), "data.parquet")
+            if storage_for(path).exists(path):
                 yield from ((False, b) for b in _batches(path, self.window))
             return
         if self.source and self._fetcher(block) is None:
-            yield from ((True, t) for t in self.stages[0].block_outcomes(block))
+            with local_copy(block.path) as path:  # the source reads its own kind of file: give it a local one
+                yield from ((True, t) for t in self.stages[0].block_outcomes(Block(block.id, path, block.kind)))
             return
-        yield from ((False, b) for b in _batches(Path(block.path), self.window))
+        yield from ((False, b) for b in _batches(block.path, self.window))
 
     def _through(self, block: Block, records: pa.Table, first: int, writers: list[_BlockWriter]) -> None:
         """Records through stages ``first``.. in the thread pool, each record through all of them in one thread;
@@ -203,10 +203,29 @@ def _as_record(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row.get(name) for name in RECORD_SCHEMA.names}
 
 
-def _batches(path: Path, rows: int) -> Iterator[pa.Table]:
-    parquet = pq.ParquetFile(str(path))
-    for batch in parquet.iter_batches(batch_size=rows):
-        yield pa.Table.from_batches([batch])
+def _batches(path: Path | str, rows: int) -> Iterator[pa.Table]:
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(storage_for(path).open(str(path))) if is_url(path) else str(path)
+        parquet = pq.ParquetFile(source)
+        for batch in parquet.iter_batches(batch_size=rows):
+            yield pa.Table.from_batches([batch])
+
+
+def shared_blocks(blocks: list[Block], scratch: Path, inputs: str) -> list[Block]:
+    """Blocks whose file the driver wrote under ``scratch`` (candidate chunks), uploaded to ``inputs`` when that
+    is remote (Ray workers may run on other nodes), named by block id; other blocks unchanged."""
+    if not is_url(inputs):
+        return blocks
+    store = storage_for(inputs)
+    moved, pairs = [], []
+    for block in blocks:
+        if Path(block.path).is_relative_to(scratch):
+            target = join(inputs, f"{block.id}.parquet")
+            pairs.append((Path(block.path), target))
+            block = Block(block.id, target, block.kind)
+        moved.append(block)
+    store.upload(pairs)
+    return moved
 
 
 # --- the driver's side: schedule the blocks, then gather each stage's block files for its commit
@@ -217,15 +236,19 @@ def run_blocks(runs: list[StageRun], blocks: list[Block], *, source: bool, log: 
     small counts row per block and stage; the data never passes through it."""
     import ray
 
-    pending = [b for b in blocks if not runs[-1].done(b.id)]
+    done = set(storage_for(runs[-1].blocks_dir).published_children(runs[-1].blocks_dir))  # one listing
+    pending = [b for b in blocks if b.id not in done]
     log.info("segment %s: %d blocks, %d done by an earlier run", "+".join(r.name for r in runs), len(blocks),
              len(blocks) - len(pending))
     if not pending:
         return
     configs = [r.config for r in runs]
     threads = max(c.threads for c in configs)
-    concurrency = min(max(c.concurrency for c in configs), len(pending))
     num_cpus = max(getattr(r.cls, "num_cpus", 0.5) for r in runs)
+    # a fixed pool (an elastic one never grows past one actor with one block in flight per actor), no larger
+    # than the cluster can place
+    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
+    concurrency = min(max(c.concurrency for c in configs), len(pending), fits)
     items = [{"id": b.id, "path": b.path, "kind": b.kind} for b in pending]
     results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         SegmentWorker,
@@ -234,7 +257,7 @@ def run_blocks(runs: list[StageRun], blocks: list[Block], *, source: bool, log: 
         batch_size=1,
         # one block per actor at a time: no block waits in a busy actor's queue while another actor idles, and a
         # kill finds at most one block in flight per actor
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency, max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
         num_cpus=num_cpus,
     )
     finished = 0
@@ -247,21 +270,25 @@ def block_counts(run: StageRun, blocks: list[Block]) -> dict[str, Any]:
     """The stage's counts summed over its blocks (each block's counts.json)."""
     total: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
-    for block in blocks:
-        counts = json.loads((block_dir(run, block.id) / COUNTS).read_text())
+    bodies = storage_for(run.blocks_dir).read_many([join(block_dir(run, b.id), COUNTS) for b in blocks])
+    for body in bodies:
+        counts = json.loads(body)
         total.update({k: counts[k] for k in ("in", "out", "kept")})
         rejected.update(counts["rejected"])
     return {"in": total["in"], "out": total["out"], "kept": total["kept"], "rejected": dict(sorted(rejected.items()))}
 
 
-def link_blocks(run: StageRun, blocks: list[Block], work: Path) -> None:
+def link_blocks(run: StageRun, blocks: list[Block], work: Path | str) -> None:
     """Link the stage's block files into its generation directory: ``data/<block>.parquet``,
     ``rejects/<block>.parquet``. Hard links: the bytes were written once, by the workers, and the block files stay
-    in ``.progress`` (a kill before the commit must still find every finished block) until the commit removes it."""
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    (work / "rejects").mkdir(parents=True, exist_ok=True)
-    for block in blocks:
-        source = block_dir(run, block.id)
-        for name, folder in (("data.parquet", "data"), ("rejects.parquet", "rejects")):
-            if (source / name).exists():
-                os.link(source / name, work / folder / f"{block.id}.parquet")
+    in ``.progress`` (a kill before the commit must still find every finished block) until the commit removes it.
+    Remote: server-side copies into the generation's prefix."""
+    work = str(work)
+    if not is_url(work):
+        os.makedirs(os.path.join(work, "data"), exist_ok=True)
+        os.makedirs(os.path.join(work, "rejects"), exist_ok=True)
+    present = set(storage_for(run.blocks_dir).files(run.blocks_dir))  # one listing, not a look-up per file
+    pairs = [(join(block_dir(run, block.id), name), join(work, folder, f"{block.id}.parquet"))
+             for block in blocks for name, folder in (("data.parquet", "data"), ("rejects.parquet", "rejects"))
+             if f"{block.id}/{name}" in present]
+    storage_for(work).link_many(pairs)
