@@ -1,9 +1,47 @@
-"""Breadth-first page crawl: fetch pages level by level on Ray, keep their media references as candidates.
+"""Breadth-first page crawl on Ray: the frontier, the seen set and every page row live in parquet files written by
+Ray workers; the driver names files and adds up counters, so its memory does not grow with the crawl.
 
-Each level is one Ray Data map over the frontier; only the small per-page results (links, references, failure
-reason) come back to the driver, which picks the next frontier. A page that cannot be read becomes a reject row;
-a page that can contributes one outcome per media reference (a candidate to fetch, or a reject row: opt-out,
-repeated media, past ``max_refs_per_page``; see ``page_ref_outcomes``) and no row of its own.
+``pages_dir`` after a crawl (a plain ``pyarrow.dataset`` over it reads every page row, fetched and cut: it skips
+names that start with ``_`` or ``.``)::
+
+    level-000.parquet/                 one BFS level, a directory (PAGE_SCHEMA rows, in frontier order):
+        part-000000.parquet ...          the pages of one fetch call each, numbered in frontier order
+        _links/part-000000.parquet ...   each part's links on the crawl's hosts, one row group per frontier bucket
+        _FRONTIER                        the key of the frontier slice the level was fetched from
+    level-003-cut.parquet/             pages discovered but not fetched (reason crawl_limit), in frontier order
+    _frontier/level-001/bucket-0000.parquet   while crawling: the URLs first seen at depth 1 (the seen set is the
+                                              union of these files; removed when the crawl ends)
+
+How a level goes (``crawl_pages``):
+
+* The frontier of depth d+1 is the distinct links of level d on the crawl's hosts (``address.host_allowed`` with
+  ``crawl_domains``) minus every URL of the frontiers of depths 0..d. Links are split by sha256 of the URL into
+  ``frontier_buckets(config)`` ranges; one Ray task per bucket reads that bucket's links from the level's
+  ``_links`` files and that bucket of the earlier frontiers, and writes the bucket's new URLs sorted by
+  (sha256(URL), URL). A bucket is a range of the digest, so bucket 0 then bucket 1 ... is the frontier sorted by
+  digest whatever the number of buckets: the order of a frontier depends on its URLs only, never on scheduling.
+* ``max_pages`` fetches the first pages of the frontier in that order and cuts the rest (``level-*-cut``); a cut is
+  therefore a deterministic, evenly spread sample of the discovered pages (before this, it kept the pages linked
+  first). ``max_depth`` cuts the whole frontier past it. A cut page is a crawl_limit row, counted, not vanished.
+* A level is fetched by ``LevelFetcher`` actors (``on_actor_pool``), one part of the frontier per call; each
+  writes its part's page rows and links and returns three numbers (pages, failed, media references). The level
+  is written into a hidden directory and renamed into place once every part is there.
+* Resume: a level (or cut) directory left by a killed run is reused only if its ``_FRONTIER`` key is this run's:
+  the key is a digest of the frontier (per-bucket URL digests computed by the workers that wrote the buckets)
+  and of how many of its pages the level holds. Frontiers are rebuilt on every run from the saved levels, which
+  costs no HTTP request.
+
+``candidates_from_pages`` is one Ray Data map over the levels: each task streams one level's pages into
+candidate chunks and refused outcome rows (``level_candidates``, also a plain function for tests without Ray).
+A page that cannot be read becomes a reject row; a page that can contributes one outcome per media reference (a
+candidate to fetch, or a reject row: opt-out, repeated media, past ``max_refs_per_page``; see
+``page_ref_outcomes``) and no row of its own.
+
+Proof: ``tests/crawl/test_page_frontier.py`` (a served site: a page linked from every level is fetched once, two
+crawls write byte-identical files, 1 or 3 buckets give the same pages in the same order, the max_pages cut, one
+outcome per page, the resume rule), ``tests/unit/test_frontier.py`` (the pieces without Ray), and
+``tests/bench/bench_crawl_memory.py`` (driver RSS at 50, 200, 800 pages: the crawl raised it by 2.2, 2.4, 2.8 MiB;
+it was 5.8, 15.7, 35.2 MiB when the driver held the levels).
 """
 
 from __future__ import annotations
@@ -11,25 +49,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcurate.schemas.reasons import Reason, Rejected
-from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
+from mmcurate.schemas.record import OUTCOME_SCHEMA, RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
 from mmcurate.stages.base import internal_error_detail, on_actor_pool, rejected
-from mmcurate.stages.files import atomic_write_parquet
+from mmcurate.stages.files import atomic_write_bytes, atomic_write_parquet, fsync_dir
 
 log = logging.getLogger("mmcurate.crawl")
 
 _DEFAULT_MAX_REFS: int = CrawlConfig.model_fields["max_refs_per_page"].default
-FRONTIER_KEY = b"mmcurate.frontier_sha256"  # parquet metadata of a saved level: the frontier it was fetched from
+FRONTIER_MARKER = "_FRONTIER"  # in a level or cut directory: the key of the frontier slice it holds
+FRONTIERS = "_frontier"  # under pages_dir, while crawling
+LINKS = "_links"  # under a level directory
+PAGES_PER_BUCKET = 20_000  # of max_pages: a frontier bucket task holds about this many pages' links
+MAX_BUCKETS = 256
+FRONTIER_ROW_GROUP = 4096  # URLs per row group of a frontier bucket file: a part reads one or two of them
+PAGE_BATCH = 256  # pages parsed at a time when turning a level into candidates
+REFUSED_BATCH = 4096  # outcome rows buffered before they are written
+MAX_PARTS = 1024  # parts of one level at most: Ray Data plans one task per part, on the driver
 
 PAGE_SCHEMA = pa.schema(
     [
@@ -44,6 +93,129 @@ PAGE_SCHEMA = pa.schema(
         pa.field("refs", pa.string()),  # JSON list of MediaRef dicts
     ]
 )
+FRONTIER_SCHEMA = pa.schema([pa.field("url", pa.string())])
+LINK_SCHEMA = pa.schema([pa.field("bucket", pa.int32()), pa.field("url", pa.string())])
+COUNTER_SCHEMA = pa.schema([pa.field(name, pa.int64()) for name in ("pages", "failed", "refs")])
+
+
+# ------------------------------------------------------------------------------------------------ frontier order
+
+
+def frontier_buckets(config: CrawlConfig) -> int:
+    """How many digest ranges a frontier is split into: a performance setting only, since the order of a frontier
+    is the same for any number of buckets."""
+    return max(1, min(MAX_BUCKETS, -(-config.max_pages // PAGES_PER_BUCKET)))
+
+
+def _order_key(url: str) -> tuple[bytes, str]:
+    return hashlib.sha256(url.encode("utf-8")).digest(), url
+
+
+def bucket_of(url: str, buckets: int) -> int:
+    """The digest range ``url`` falls in: buckets in ascending order hold ascending digests."""
+    return (int.from_bytes(hashlib.sha256(url.encode("utf-8")).digest()[:8], "big") * buckets) >> 64
+
+
+def _bucket_file(directory: Path, bucket: int) -> Path:
+    return directory / f"bucket-{bucket:04d}.parquet"
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """One depth's frontier on disk: per bucket, how many URLs its file holds and their digest. Never the URLs."""
+
+    directory: Path
+    counts: tuple[int, ...]
+    digests: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(self.counts)
+
+    def file(self, bucket: int) -> Path:
+        return _bucket_file(self.directory, bucket)
+
+    def key(self, pages: int, *extra: str) -> str:
+        """What a level fetched from the first ``pages`` URLs of this frontier is reused by."""
+        lines = [f"{b}:{n}:{d}" for b, (n, d) in enumerate(zip(self.counts, self.digests, strict=True)) if n]
+        return hashlib.sha256("\n".join([*lines, f"pages:{pages}", *extra]).encode()).hexdigest()
+
+    def quotas(self, pages: int) -> tuple[int, ...]:
+        """Per bucket, how many of its URLs are among the first ``pages`` of the frontier."""
+        out, left = [], pages
+        for count in self.counts:
+            out.append(min(count, left))
+            left -= out[-1]
+        return tuple(out)
+
+
+def _write_frontier_bucket(urls: list[str], path: Path) -> tuple[int, str]:
+    """Write one bucket's URLs (already in frontier order); return (count, digest)."""
+    digest = hashlib.sha256("\n".join(urls).encode("utf-8")).hexdigest()
+    if urls:
+        pq.write_table(pa.table({"url": pa.array(urls, pa.string())}, schema=FRONTIER_SCHEMA), path,
+                       row_group_size=FRONTIER_ROW_GROUP)
+    return len(urls), digest
+
+
+def _seed_frontier(seeds: tuple[str, ...], directory: Path, buckets: int) -> Frontier:
+    """Depth 0: the seeds (config, already on the driver), deduplicated, in frontier order."""
+    directory.mkdir(parents=True)
+    by_bucket: list[list[str]] = [[] for _ in range(buckets)]
+    for url in sorted(dict.fromkeys(seeds), key=_order_key):
+        by_bucket[bucket_of(url, buckets)].append(url)
+    written = [_write_frontier_bucket(urls, _bucket_file(directory, b)) for b, urls in enumerate(by_bucket)]
+    return Frontier(directory, tuple(n for n, _ in written), tuple(d for _, d in written))
+
+
+def _next_frontier_bucket(level_dir: str, seen_files: list[str], out_file: str, bucket: int) -> tuple[int, str]:
+    """Ray task: one bucket of the next frontier. Its memory is one bucket's links, plus one earlier frontier's
+    bucket at a time: the distinct links of this bucket, minus every URL seen before, in frontier order."""
+    pieces = []
+    for links_file in sorted(Path(level_dir, LINKS).glob("part-*.parquet")):
+        parquet = pq.ParquetFile(links_file)
+        for group in range(parquet.num_row_groups):
+            stats = parquet.metadata.row_group(group).column(0).statistics
+            if stats is not None and stats.has_min_max and not stats.min <= bucket <= stats.max:
+                continue
+            table = parquet.read_row_group(group)
+            pieces.append(table.filter(pc.equal(table["bucket"], bucket))["url"])
+    urls = pc.unique(pa.chunked_array([c for p in pieces for c in p.chunks], pa.string()))
+    for seen_file in seen_files:  # the anti-join: URLs already in an earlier frontier are not new
+        seen = pq.read_table(seen_file, columns=["url"])["url"].combine_chunks()
+        urls = urls.filter(pc.invert(pc.is_in(urls, value_set=seen)))
+    return _write_frontier_bucket(sorted(urls.to_pylist(), key=_order_key), Path(out_file))
+
+
+def _next_frontier(level_dir: Path, seen: list[Frontier], directory: Path, buckets: int) -> Frontier:
+    import ray
+
+    directory.mkdir(parents=True)
+    task = ray.remote(_next_frontier_bucket)
+    refs = [
+        task.remote(str(level_dir), [str(f.file(b)) for f in seen if f.counts[b]], str(_bucket_file(directory, b)), b)
+        for b in range(buckets)
+    ]
+    written = ray.get(refs)  # one (count, digest) per bucket
+    return Frontier(directory, tuple(n for n, _ in written), tuple(d for _, d in written))
+
+
+def _read_urls(path: Path, start: int, stop: int) -> list[str]:
+    """Rows ``start:stop`` of a frontier bucket file, reading only the row groups they lie in."""
+    parquet, urls, offset = pq.ParquetFile(path), [], 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > start:
+            column = parquet.read_row_group(group, columns=["url"])["url"]
+            lo, hi = max(start - offset, 0), min(stop - offset, rows)
+            urls.extend(column.slice(lo, hi - lo).to_pylist())
+        offset += rows
+        if offset >= stop:
+            break
+    return urls
+
+
+# ------------------------------------------------------------------------------------------------ fetching a level
 
 
 class PageFetcher:
@@ -85,95 +257,243 @@ class PageFetcher:
         return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
 
 
-def _fetch_level(config: CrawlConfig, frontier: list[str], depth: int) -> pa.Table:
-    import ray
+@dataclass(frozen=True)
+class LevelPlan:
+    """What the workers of one level need (a few numbers per bucket): part ``i`` is the ``i``-th run of
+    ``part_rows`` URLs of the fetched slice, bucket by bucket, so parts are numbered in frontier order."""
 
-    level = on_actor_pool(
-        ray.data.from_items([{"url": u, "depth": depth} for u in frontier]), PageFetcher, (config,),
-        batch_size=max(1, min(config.batch_size, len(frontier) // config.concurrency or 1)),
-        concurrency=config.concurrency, num_cpus=0.5,  # waits on the network, not the CPU
-    )
-    # page results are small (links and references, no bodies): one level at a time on the driver is fine
-    rows = [row for batch in level.iter_batches(batch_format="pyarrow", batch_size=None) for row in batch.to_pylist()]
-    order = {url: i for i, url in enumerate(frontier)}
-    rows.sort(key=lambda row: order[row["url"]])  # frontier order, whatever order Ray finished in
-    return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
+    depth: int
+    directory: str  # where the parts go (the level's hidden temporary directory)
+    bucket_files: tuple[str, ...]
+    quotas: tuple[int, ...]  # per bucket, how many of its URLs are fetched
+    part_rows: int
+    buckets: int  # of the next frontier: how links are split
+
+    @property
+    def parts(self) -> int:
+        return sum(-(-q // self.part_rows) for q in self.quotas)
+
+    def part(self, index: int) -> tuple[int, int, int]:
+        """(bucket, first row, end row) of part ``index``."""
+        for bucket, quota in enumerate(self.quotas):
+            here = -(-quota // self.part_rows)
+            if index < here:
+                return bucket, index * self.part_rows, min((index + 1) * self.part_rows, quota)
+            index -= here
+        raise IndexError(f"no part {index} in this level")
 
 
-def _frontier_digest(frontier: list[str]) -> str:
-    return hashlib.sha256("\n".join(frontier).encode("utf-8")).hexdigest()
+class LevelFetcher(PageFetcher):
+    """Ray worker: one part of a BFS level per row of part numbers; writes the part's page rows and its links on
+    the crawl's hosts (distinct, with their frontier bucket) and returns only counters."""
+
+    def __init__(self, config: CrawlConfig, plan: LevelPlan):
+        from mmcurate.stages.crawl.address import crawl_domains
+
+        super().__init__(config)
+        self.plan, self.domains = plan, crawl_domains(config)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.fetch_part(i) for i in table["id"].to_pylist()], schema=COUNTER_SCHEMA)
+
+    def fetch_part(self, index: int) -> dict[str, int]:
+        from mmcurate.stages.crawl.address import host_allowed
+
+        bucket, start, stop = self.plan.part(index)
+        urls = _read_urls(Path(self.plan.bucket_files[bucket]), start, stop)
+        pages = [self.page(url, self.plan.depth) for url in urls]
+        name = f"part-{index:06d}.parquet"
+        _write_durable(pa.Table.from_pylist(pages, schema=PAGE_SCHEMA), Path(self.plan.directory, name))
+        checked: dict[str, int | None] = {}  # link -> its bucket, None when off the crawl's hosts
+        for page in pages:
+            for link in page["links"]:
+                if link not in checked:
+                    allowed = host_allowed(urlsplit(link).hostname or "", self.domains)
+                    checked[link] = bucket_of(link, self.plan.buckets) if allowed else None
+        by_bucket: dict[int, list[str]] = {}
+        for link, link_bucket in checked.items():
+            if link_bucket is not None:
+                by_bucket.setdefault(link_bucket, []).append(link)
+        links_file = Path(self.plan.directory, LINKS, name)
+        with open(links_file, "wb") as sink:
+            with pq.ParquetWriter(sink, LINK_SCHEMA) as writer:
+                for link_bucket in sorted(by_bucket):  # one row group per bucket: the bucket tasks skip the others
+                    urls = by_bucket[link_bucket]
+                    writer.write_table(pa.table({"bucket": pa.array([link_bucket] * len(urls), pa.int32()),
+                                                 "url": pa.array(urls, pa.string())}, schema=LINK_SCHEMA))
+            sink.flush()
+            os.fsync(sink.fileno())
+        failed = sum(page["reason"] is not None for page in pages)
+        refs = sum(len(json.loads(page["refs"])) for page in pages)
+        return {"pages": len(pages), "failed": failed, "refs": refs}
 
 
-def _saved_level(level_file: Path, frontier: list[str]) -> bool:
-    """A level saved by an interrupted run is reused only if it was fetched from this very frontier."""
-    if not level_file.exists():
-        return False
-    metadata = pq.read_schema(level_file).metadata or {}
-    if metadata.get(FRONTIER_KEY) == _frontier_digest(frontier).encode():
+def _write_durable(table: pa.Table, path: Path) -> None:
+    """Write and fsync a file in a directory that is renamed into place later (by the driver, which then fsyncs
+    only the directory: it never lists the parts)."""
+    with open(path, "wb") as sink:
+        pq.write_table(table, sink)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def _scratch(final: Path) -> Path:
+    scratch = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    return scratch
+
+
+def _publish(scratch: Path, final: Path, key: str) -> None:
+    """Mark a complete level (or cut) directory with its frontier key and rename it into place."""
+    atomic_write_bytes(scratch / FRONTIER_MARKER, key.encode())
+    for directory in (scratch / LINKS, scratch):
+        if directory.is_dir():
+            fsync_dir(directory)
+    _remove(final)
+    scratch.rename(final)
+    fsync_dir(final.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _saved(final: Path, key: str) -> bool:
+    """A level saved by an interrupted run is reused only if it was fetched from this very frontier slice."""
+    marker = final / FRONTIER_MARKER
+    if marker.is_file() and marker.read_bytes() == key.encode():
         return True
-    log.warning("crawl: %s was fetched from another frontier; fetching it again", level_file.name)
-    level_file.unlink()
+    if final.exists():
+        log.warning("crawl: %s came from another frontier; writing it again", final.name)
+        _remove(final)
     return False
 
 
-def _write_level(table: pa.Table, frontier: list[str], level_file: Path) -> None:
-    metadata = {**(table.schema.metadata or {}), FRONTIER_KEY: _frontier_digest(frontier).encode()}
-    atomic_write_parquet(table.replace_schema_metadata(metadata), level_file)
+def _fetch_level(
+    config: CrawlConfig, frontier: Frontier, pages: int, depth: int, final: Path, key: str
+) -> dict[str, int]:
+    import ray
+
+    scratch = _scratch(final)
+    (scratch / LINKS).mkdir()
+    plan = LevelPlan(
+        depth=depth,
+        directory=str(scratch),
+        bucket_files=tuple(str(frontier.file(b)) for b in range(len(frontier.counts))),
+        quotas=frontier.quotas(pages),
+        # a part is one actor call: batch_size pages, fewer so that every worker gets one, more past MAX_PARTS
+        part_rows=max(1, min(config.batch_size, pages // config.concurrency), -(-pages // MAX_PARTS)),
+        buckets=len(frontier.counts),
+    )
+    counters = on_actor_pool(
+        ray.data.range(plan.parts, override_num_blocks=plan.parts), LevelFetcher, (config, plan),  # a part a block
+        batch_size=1, concurrency=config.concurrency, num_cpus=0.5,  # waits on the network, not the CPU
+    )
+    totals = dict.fromkeys(COUNTER_SCHEMA.names, 0)
+    for batch in counters.iter_batches(batch_format="pyarrow", batch_size=None):
+        for name in totals:
+            totals[name] += pc.sum(batch[name]).as_py() or 0
+    if totals["pages"] != pages:  # every page of the slice in exactly one part
+        raise RuntimeError(f"crawl: depth {depth}: {totals['pages']} pages written, {pages} expected")
+    _publish(scratch, final, key)
+    return totals
 
 
-def _cut_pages(urls: list[str], depth: int, why: str) -> pa.Table:
-    """Pages discovered but not fetched, as page rows with reason ``crawl_limit``: counted, not vanished."""
-    rows = [{"url": url, "depth": depth, "final_url": None, "reason": Reason.CRAWL_LIMIT.value, "detail": why,
-             "noai": False, "noimageai": False, "links": [], "refs": "[]"} for url in urls]
-    return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
+def _write_cut_part(bucket_file: str, start: int, stop: int, depth: int, why: str, out_file: str) -> int:
+    """Ray task: rows ``start:stop`` of one frontier bucket as crawl_limit page rows, streamed."""
+    with open(out_file, "wb") as sink:
+        with pq.ParquetWriter(sink, PAGE_SCHEMA) as writer:
+            for first in range(start, stop, FRONTIER_ROW_GROUP):
+                urls = _read_urls(Path(bucket_file), first, min(first + FRONTIER_ROW_GROUP, stop))
+                n = len(urls)
+                writer.write_table(pa.table({
+                    "url": pa.array(urls, pa.string()),
+                    "depth": pa.array([depth] * n, pa.int32()),
+                    "final_url": pa.nulls(n, pa.string()),
+                    "reason": pa.array([Reason.CRAWL_LIMIT.value] * n, pa.string()),
+                    "detail": pa.array([why] * n, pa.string()),
+                    "noai": pa.array([False] * n, pa.bool_()),
+                    "noimageai": pa.array([False] * n, pa.bool_()),
+                    "links": pa.array([[]] * n, pa.list_(pa.string())),
+                    "refs": pa.array(["[]"] * n, pa.string()),
+                }, schema=PAGE_SCHEMA))
+        sink.flush()
+        os.fsync(sink.fileno())
+    return stop - start
+
+
+def _cut(frontier: Frontier, fetched: int, depth: int, why: str, final: Path) -> None:
+    """Pages discovered but not fetched (the frontier past its first ``fetched`` URLs), as page rows with reason
+    ``crawl_limit``: counted, not vanished. One Ray task per bucket with URLs past the cut."""
+    import ray
+
+    key = frontier.key(fetched, "cut", why)
+    if _saved(final, key):
+        return
+    scratch = _scratch(final)
+    task = ray.remote(_write_cut_part)
+    refs = [
+        task.remote(str(frontier.file(b)), quota, count, depth, why, str(scratch / f"part-{b:06d}.parquet"))
+        for b, (quota, count) in enumerate(zip(frontier.quotas(fetched), frontier.counts, strict=True)) if count > quota
+    ]
+    ray.get(refs)
+    _publish(scratch, final, key)
 
 
 def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
-    """Crawl from the seeds, one BFS level at a time; each finished level is written to ``pages_dir``. A level
-    already there (from a run that was killed) is replayed instead of fetched again, if the frontier it was fetched
-    from is this run's. Pages cut by ``max_pages`` or ``max_depth`` go to ``pages_dir/level-*-cut.parquet``.
+    """Crawl from the seeds, one BFS level at a time; each finished level is a directory in ``pages_dir``. A level
+    already there (from a run that was killed) is replayed instead of fetched again, if the frontier slice it was
+    fetched from is this run's. Pages cut by ``max_pages`` or ``max_depth`` go to ``pages_dir/level-*-cut.parquet``.
     Return the number of pages fetched."""
-
-    from mmcurate.stages.crawl.address import crawl_domains, host_allowed
-
-    domains = crawl_domains(config)
-    seen: set[str] = set()
-    frontier = []
-    for seed in config.seeds:
-        if seed not in seen:
-            seen.add(seed)
-            frontier.append(seed)
+    buckets = frontier_buckets(config)
     pages_dir.mkdir(parents=True, exist_ok=True)
+    frontiers = pages_dir / FRONTIERS
+    _remove(frontiers)  # derived from the saved levels, so rebuilt on every run
+    frontier = _seed_frontier(config.seeds, frontiers / "level-000", buckets)
+    seen: list[Frontier] = []  # one entry per depth: a directory and a few numbers per bucket
+    written: set[str] = set()  # names of the level and cut directories of this crawl, two per depth at most
     fetched = 0
     for depth in range(config.max_depth + 2):
-        if not frontier:
+        if not frontier.size:
             break
         budget = config.max_pages - fetched
         if depth > config.max_depth or budget <= 0:
-            why = f"depth {depth} > max_depth {config.max_depth}" if depth > config.max_depth else f"max_pages {config.max_pages} reached"
-            log.warning("crawl: %s; %d discovered pages not fetched", why, len(frontier))
-            atomic_write_parquet(_cut_pages(frontier, depth, why), pages_dir / f"level-{depth:03d}-cut.parquet")
+            why = (f"depth {depth} > max_depth {config.max_depth}" if depth > config.max_depth
+                   else f"max_pages {config.max_pages} reached")
+            log.warning("crawl: %s; %d discovered pages not fetched", why, frontier.size)
+            _cut(frontier, 0, depth, why, pages_dir / f"level-{depth:03d}-cut.parquet")
+            written.add(f"level-{depth:03d}-cut.parquet")
             break
-        if len(frontier) > budget:
+        pages = min(frontier.size, budget)
+        if pages < frontier.size:
             why = f"max_pages {config.max_pages} reached"
-            log.warning("crawl: %s: fetching %d of %d pages at depth %d", why, budget, len(frontier), depth)
-            atomic_write_parquet(_cut_pages(frontier[budget:], depth, why), pages_dir / f"level-{depth:03d}-cut.parquet")
-            frontier = frontier[:budget]
-        level_file = pages_dir / f"level-{depth:03d}.parquet"
-        if _saved_level(level_file, frontier):
-            log.info("crawl: depth %d: reusing %d pages fetched by an interrupted run", depth, len(frontier))
+            log.warning("crawl: %s: fetching %d of %d pages at depth %d", why, pages, frontier.size, depth)
+            _cut(frontier, pages, depth, why, pages_dir / f"level-{depth:03d}-cut.parquet")
+            written.add(f"level-{depth:03d}-cut.parquet")
+        level_dir = pages_dir / f"level-{depth:03d}.parquet"
+        key = frontier.key(pages)
+        if _saved(level_dir, key):
+            log.info("crawl: depth %d: reusing %d pages fetched by an interrupted run", depth, pages)
         else:
-            _write_level(_fetch_level(config, frontier, depth), frontier, level_file)
-        fetched += len(frontier)
-        next_frontier = []
-        for links in pq.read_table(level_file, columns=["links"])["links"].to_pylist():
-            for link in links or []:
-                if link not in seen and host_allowed(urlsplit(link).hostname or "", domains):
-                    seen.add(link)
-                    next_frontier.append(link)
-        frontier = next_frontier
-        log.info("crawl: depth %d: %d pages, %d new links", depth, fetched, len(frontier))
+            totals = _fetch_level(config, frontier, pages, depth, level_dir, key)
+            log.info("crawl: depth %d: %d pages fetched, %d failed, %d media references",
+                     depth, totals["pages"], totals["failed"], totals["refs"])
+        written.add(level_dir.name)
+        fetched += pages
+        seen.append(frontier)
+        frontier = _next_frontier(level_dir, seen, frontiers / f"level-{depth + 1:03d}", buckets)
+        log.info("crawl: depth %d: %d pages so far, %d new links", depth, fetched, frontier.size)
+    for stale in pages_dir.iterdir():  # levels of an interrupted run this crawl no longer reaches, scratch dirs
+        if stale.name not in written:
+            _remove(stale)
     return fetched
+
+
+# ------------------------------------------------------------------------------------------------ pages -> candidates
 
 
 def page_ref_outcomes(
@@ -210,6 +530,66 @@ def page_ref_outcomes(
         yield ref, refusal
 
 
+def level_candidates(
+    level: Path, fetch_dir: Path, refused_dir: Path, chunk_rows: int, max_refs_per_page: int = _DEFAULT_MAX_REFS
+) -> tuple[int, int]:
+    """One level's pages (a level directory, or a single parquet file of PAGE_SCHEMA rows), streamed: candidates
+    to ``fetch_dir/<level>-NNNN.parquet`` (``chunk_rows`` each, the last fewer; page order, then reference order),
+    outcome rows to ``refused_dir/<level name>``. Holds one chunk and one batch of pages. Returns (media
+    references, failed pages)."""
+    files = sorted(level.glob("part-*.parquet")) if level.is_dir() else [level]
+    stem = level.name.removesuffix(".parquet")
+    media = failed = chunks = 0
+    to_fetch: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
+    partial = refused_dir / f".{level.name}.tmp"
+    with pq.ParquetWriter(partial, OUTCOME_SCHEMA) as refused_out:
+        wrote = False
+        batches = (b for f in files for b in pq.ParquetFile(f).iter_batches(batch_size=PAGE_BATCH))
+        for page in (page for batch in batches for page in batch.to_pylist()):
+            if page["reason"] is not None:
+                failed += 1
+                url = page["url"]
+                record = empty_record(key=stable_key("page", url), source="page", url=url, page_url=url)
+                refused.append(rejected(record, page["reason"], page["detail"] or ""))
+            else:
+                refs = json.loads(page["refs"])
+                media += len(refs)
+                for ref, refusal in page_ref_outcomes(refs, page["noai"], page["noimageai"], max_refs_per_page):
+                    record = record_of_ref(page["url"], ref)
+                    if refusal is not None:
+                        refused.append(rejected(record, refusal.reason, refusal.detail))
+                    else:
+                        to_fetch.append(record)
+            if len(refused) >= REFUSED_BATCH:
+                refused_out.write_table(outcome_table(refused))
+                refused, wrote = [], True
+            while len(to_fetch) >= chunk_rows:
+                _write_chunk(to_fetch[:chunk_rows], fetch_dir / f"{stem}-{chunks:04d}.parquet")
+                to_fetch, chunks = to_fetch[chunk_rows:], chunks + 1
+        if to_fetch:
+            _write_chunk(to_fetch, fetch_dir / f"{stem}-{chunks:04d}.parquet")
+        if refused or not wrote:  # an empty level still gets its (empty) outcome file
+            refused_out.write_table(outcome_table(refused))
+    os.replace(partial, refused_dir / level.name)
+    return media, failed
+
+
+def _write_chunk(records: list[dict[str, Any]], path: Path) -> None:
+    atomic_write_parquet(pa.Table.from_pylist(records, schema=RECORD_SCHEMA), path)
+
+
+def _candidates_batch(table: pa.Table, *, pages_dir: str, fetch_dir: str, refused_dir: str, chunk_rows: int,
+                      max_refs_per_page: int) -> pa.Table:
+    """Ray Data task: ``level_candidates`` for each level named in the batch; counters out."""
+    rows = []
+    for name in table["level"].to_pylist():
+        media, failed = level_candidates(Path(pages_dir, name), Path(fetch_dir), Path(refused_dir), chunk_rows,
+                                         max_refs_per_page)
+        rows.append({"media": media, "failed": failed})
+    return pa.Table.from_pylist(rows, schema=pa.schema([pa.field("media", pa.int64()), pa.field("failed", pa.int64())]))
+
+
 def candidates_from_pages(
     pages_dir: Path,
     fetch_dir: Path,
@@ -218,32 +598,26 @@ def candidates_from_pages(
     max_refs_per_page: int = _DEFAULT_MAX_REFS,
 ) -> tuple[int, int]:
     """Turn page results into candidates: a record to fetch per media reference of a readable page (into
-    ``fetch_dir``), and an outcome row per unreadable page or per reference not fetched — noai page, media
-    already referenced on the page, past ``max_refs_per_page`` (``page_ref_outcomes``) — into ``refused_dir``.
-    Returns (media references, failed pages)."""
+    ``fetch_dir``, chunks of ``chunk_rows``), and an outcome row per unreadable or cut page or per reference not
+    fetched — noai page, media already referenced on the page, past ``max_refs_per_page``
+    (``page_ref_outcomes``) — into ``refused_dir`` (one file per level). One Ray Data task per level writes them;
+    the driver gets back two numbers per level. Returns (media references, failed pages)."""
+    import ray
+
     fetch_dir.mkdir(parents=True, exist_ok=True)
     refused_dir.mkdir(parents=True, exist_ok=True)
+    levels = sorted(p.name for p in pages_dir.glob("level-*.parquet"))  # two names per depth at most
+    if not levels:
+        return 0, 0
+    counters = ray.data.from_items([{"level": name} for name in levels]).map_batches(
+        _candidates_batch, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"pages_dir": str(pages_dir), "fetch_dir": str(fetch_dir), "refused_dir": str(refused_dir),
+                   "chunk_rows": chunk_rows, "max_refs_per_page": max_refs_per_page},
+    )
     media = failed = 0
-    for level_file in sorted(pages_dir.glob("level-*.parquet")):
-        to_fetch, refused = [], []
-        for page in pq.read_table(level_file).to_pylist():
-            if page["reason"] is not None:
-                failed += 1
-                record = empty_record(key=stable_key("page", page["url"]), source="page", url=page["url"], page_url=page["url"])
-                refused.append(rejected(record, page["reason"], page["detail"] or ""))
-                continue
-            refs = json.loads(page["refs"])
-            media += len(refs)
-            for ref, refusal in page_ref_outcomes(refs, page["noai"], page["noimageai"], max_refs_per_page):
-                record = record_of_ref(page["url"], ref)
-                if refusal is not None:
-                    refused.append(rejected(record, refusal.reason, refusal.detail))
-                else:
-                    to_fetch.append(record)
-        for start in range(0, len(to_fetch), chunk_rows):
-            chunk = pa.Table.from_pylist(to_fetch[start : start + chunk_rows], schema=RECORD_SCHEMA)
-            pq.write_table(chunk, fetch_dir / f"{level_file.stem}-{start // chunk_rows:04d}.parquet")
-        pq.write_table(outcome_table(refused), refused_dir / level_file.name)
+    for batch in counters.iter_batches(batch_format="pyarrow", batch_size=None):
+        media += pc.sum(batch["media"]).as_py() or 0
+        failed += pc.sum(batch["failed"]).as_py() or 0
     return media, failed
 
 

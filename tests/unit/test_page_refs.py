@@ -20,7 +20,7 @@ from warcio.warcwriter import WARCWriter
 
 from mmcurate.schemas.record import DETAIL_COLUMN, REASON_COLUMN
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.crawl.pages import PAGE_SCHEMA, PageFetcher, candidates_from_pages
+from mmcurate.stages.crawl.pages import PAGE_SCHEMA, PageFetcher, level_candidates
 from mmcurate.stages.crawl.warc_source import WarcReader
 
 SITE = "http://site.test"
@@ -46,7 +46,8 @@ def distinct_images_page(n: int) -> bytes:
 
 def live_candidates(tmp_path: Path, body: bytes, **crawl) -> tuple[list[dict], list[dict], int]:
     """The page through the real page path (PageFetcher.page parses it; only the HTTP fetch is stubbed), then
-    ``candidates_from_pages``: (records to fetch, reject rows, media references counted)."""
+    ``level_candidates`` (what each Ray task of ``candidates_from_pages`` runs on one level): (records to fetch,
+    reject rows, media references counted)."""
     config = CrawlConfig(seeds=(PAGE_URL,), **crawl)
     fetcher = PageFetcher(config)
     fetcher.fetcher.fetch = lambda url, accept=(): SimpleNamespace(body=body, url=url, content_type="text/html")
@@ -56,7 +57,10 @@ def live_candidates(tmp_path: Path, body: bytes, **crawl) -> tuple[list[dict], l
     pages_dir.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([page], schema=PAGE_SCHEMA), pages_dir / "level-000.parquet")
     kwargs = {"max_refs_per_page": config.max_refs_per_page} if "max_refs_per_page" in crawl else {}
-    media, failed = candidates_from_pages(pages_dir, fetch_dir, refused_dir, config.chunk_rows, **kwargs)
+    fetch_dir.mkdir()
+    refused_dir.mkdir()
+    level = pages_dir / "level-000.parquet"
+    media, failed = level_candidates(level, fetch_dir, refused_dir, config.chunk_rows, **kwargs)
     assert failed == 0
     to_fetch = [r for f in sorted(fetch_dir.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     refused = pq.read_table(refused_dir / "level-000.parquet").to_pylist()
