@@ -29,10 +29,21 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(funnel_table(result.stats))
     print(f"\nrun directory: {result.run_dir}")
-    if (result.run_dir / "shards").is_dir():
-        shards = sorted((result.run_dir / "shards").glob("*.tar"))
-        print(f"shards: {len(shards)} in {result.run_dir / 'shards'}")
+    _print_shards(result.run_dir)
     return 0
+
+
+def _print_shards(run_dir: str | Path) -> None:
+    """Where the shards are. Remote: also the generation the pointer ``DIR/shards/_CURRENT.json`` names, which is
+    what a plain client (webdataset, s3 tools) reads; the trainer resolves ``DIR/shards/*.tar`` itself."""
+    from mmcurate.pipeline.rundir import RunDir
+    from mmcurate.pipeline.storage import join, storage_for
+
+    rundir = RunDir(run_dir)
+    shards = rundir.resolve("shards")
+    tars = [n for n in storage_for(shards).files(shards) if n.endswith(".tar") and "/" not in n]
+    if tars:
+        print(f"shards: {len(tars)} in {join(str(run_dir), 'shards')}" + (f" (now {shards})" if rundir.remote else ""))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -57,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a workflow file")
     run.add_argument("workflow")
-    run.add_argument("--run-dir", help="default: runs/<workflow name>")
+    run.add_argument("--run-dir", help="a path or an fsspec URL (s3://bucket/run); default: runs/<workflow name>")
     run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="override a config field")
     run.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     run.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="build the offline demo site, crawl it and write shards")
-    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--run-dir", default="runs/demo", help="a path or an fsspec URL (s3://bucket/run)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--pages", type=int, default=200)
     demo.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE")
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     explain = sub.add_parser("explain", help="print one sample's history in a run directory")
-    explain.add_argument("run_dir")
+    explain.add_argument("run_dir", help="a path or an fsspec URL (s3://bucket/run)")
     explain.add_argument("key")
     explain.set_defaults(func=_explain)
 

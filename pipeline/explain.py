@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +10,31 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from mmcurate.pipeline.rundir import RunDir
+from mmcurate.pipeline.storage import join, stem_of, storage_for
 
 _SHOWN = ("source", "url", "page_url", "image_url", "audio_url", "subtitles_url", "text", "text_source",
           "caption", "alt", "title", "figcaption", "clip_start", "clip_end", "image_width", "image_height",
           "audio_seconds", "scores")
 
 
-def _rows_matching(path: Path, keys: set[str], children_of: str | None = None) -> list[dict[str, Any]]:
+def _parquet_files(folder: Path | str) -> list[str]:
+    """The parquet files directly in ``folder`` (a local directory or a remote prefix), as a dataset would."""
+    store = storage_for(folder)
+    return [join(folder, n) for n in store.files(str(folder))
+            if n.endswith(".parquet") and "/" not in n and not n.startswith((".", "_"))]
+
+
+def _dataset(files: list[str]) -> pads.Dataset:
+    paths, filesystem = storage_for(files[0]).arrow(files)
+    return pads.dataset(paths, format="parquet", filesystem=filesystem)
+
+
+def _rows_matching(path: Path | str, keys: set[str], children_of: str | None = None) -> list[dict[str, Any]]:
     """Rows whose key is in ``keys``, plus rows derived from ``children_of``."""
-    if not path.is_dir() or not any(path.glob("*.parquet")):
+    files = _parquet_files(path)
+    if not files:
         return []
-    dataset = pads.dataset(str(path), format="parquet")
+    dataset = _dataset(files)
     condition = pc.field("key").isin(pa.array(sorted(keys), pa.string()))
     if children_of is not None and "parent" in dataset.schema.names:
         condition = condition | (pc.field("parent") == children_of)
@@ -32,11 +45,12 @@ def _rows_matching(path: Path, keys: set[str], children_of: str | None = None) -
 def committed_stages(rundir: RunDir) -> list[str]:
     """Stage names in run order: from the manifest of the last finished run, else (a run killed before its end
     writes none) from the committed stages' markers, by commit time."""
-    manifest = rundir.root / "manifest.json"
-    if manifest.exists():
-        return [s["name"] for s in json.loads(manifest.read_text())["stages"]]
-    markers = [(m["finished"], link.name) for link in rundir.root.iterdir()
-               if link.is_symlink() and (m := rundir.marker(link.name)) is not None and "finished" in m]
+    manifest = rundir.read_json("manifest.json")
+    if manifest is not None:
+        return [s["name"] for s in manifest["stages"]]
+    names = [n for n in rundir.store.children(rundir.url) if not n.startswith(".") and "." not in n]
+    markers = [(m["finished"], name) for name in names
+               if (m := rundir.marker(name)) is not None and "finished" in m]
     return [name for _, name in sorted(markers)]
 
 
@@ -61,10 +75,10 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
         for row in _rows_matching(rundir.rejects_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "rejected", **row})
     written = {e["key"] for e in events}
-    for index in sorted(rundir.shards_dir.glob("*.parquet")):
-        table = pads.dataset(str(index)).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())))
+    for index in _parquet_files(rundir.shards_dir):
+        table = _dataset([index]).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())))
         for row in table.to_pylist():
-            events.append({"stage": "shards", "decision": "written", "shard": index.stem, **row})
+            events.append({"stage": "shards", "decision": "written", "shard": stem_of(index), **row})
     return events
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
-from mmcurate.pipeline.rundir import RunDir, atomic_write_json
+from mmcurate.pipeline.rundir import RunDir
+from mmcurate.pipeline.storage import join, stem_of, storage_for
 from mmcurate.pipeline.stages_registry import stage_class
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
@@ -50,7 +51,7 @@ class StageOutcome:
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path | str  # a local path, or the URL of a remote run directory
     stages: list[StageOutcome] = field(default_factory=list)
 
     @property
@@ -124,14 +125,16 @@ def check_accounting(stage: str, stats: dict[str, Any], upstream_rows: int | Non
         )
 
 
-def check_error_fraction(stage: str, stats: dict[str, Any], limit: float, rejects_dir: Path) -> None:
+def check_error_fraction(stage: str, stats: dict[str, Any], limit: float, rejects_dir: Path | str) -> None:
     errors = stats["rejected"].get(Reason.INTERNAL_ERROR.value, 0)
     if not errors or errors <= limit * max(stats["in"], 1):
         return
     import pyarrow.dataset as pads
 
+    store = storage_for(rejects_dir)
+    paths, filesystem = store.arrow([join(rejects_dir, n) for n in store.files(str(rejects_dir)) if n.endswith(".parquet")])
     first = (
-        pads.dataset(str(rejects_dir), format="parquet")
+        pads.dataset(paths, format="parquet", filesystem=filesystem)
         .to_table(columns=["key", "detail"], filter=pads.field("reason") == Reason.INTERNAL_ERROR.value)
         .slice(0, 5)
         .to_pylist()
@@ -152,7 +155,7 @@ def _served(serve: Any, run_dir: RunDir) -> Iterator[dict[str, str]]:
         return
     from mmcurate.pipeline.demo import prepared_demo_site
 
-    with prepared_demo_site(serve.demo_site, run_dir.root) as variables:
+    with prepared_demo_site(serve.demo_site, run_dir.local_root) as variables:  # remote: the local cache
         yield variables
 
 
@@ -183,6 +186,7 @@ def run_workflow(
         finally:
             logging.getLogger("mmcurate").removeHandler(handler)
             handler.close()
+            rundir.upload_logs()
 
 
 def _placeholder_variables() -> dict[str, str]:
@@ -191,14 +195,14 @@ def _placeholder_variables() -> dict[str, str]:
     return dict(DEMO_PLACEHOLDERS)
 
 
-def _committed_files(rundir: RunDir, stage: str) -> tuple[list[Path], int]:
-    """A committed stage's data files (through the generation's real path, whatever the link does later) and
-    their row count from the parquet footers."""
+def _committed_files(rundir: RunDir, stage: str) -> tuple[list[str], int]:
+    """A committed stage's data files (through the generation's real location, whatever the link does later)
+    and their row count from the parquet footers."""
     import pyarrow.dataset as pads
 
-    data = Path(os.path.realpath(rundir.data_dir(stage)))
-    files = sorted(data.glob("*.parquet"))
-    return files, (pads.dataset([str(f) for f in files], format="parquet").count_rows() if files else 0)
+    files = rundir.committed_files(stage)
+    paths, filesystem = rundir.store.arrow(files)
+    return files, (pads.dataset(paths, format="parquet", filesystem=filesystem).count_rows() if files else 0)
 
 
 @dataclass
@@ -235,7 +239,7 @@ def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Pl
 
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
     started = datetime.now(timezone.utc).isoformat()
-    result = RunResult(run_dir=rundir.root)
+    result = RunResult(run_dir=rundir.local_root if not rundir.remote else rundir.url)
     planned = _plan(workflow, FileDigests(rundir.cache_dir / "file_digests.json"))
     ray_started = False
     i = 0
@@ -263,20 +267,20 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
             for done, stage_stats in zip(segment, stats):
                 result.stages.append(StageOutcome(done.spec.name, "ran", stage_stats, done.fingerprint, done.covers))
             i += len(segment)
-        atomic_write_json(rundir.root / "stats.json", result.stats, sort_keys=False)  # stages in run order
+        rundir.write_json("stats.json", result.stats, sort_keys=False)  # stages in run order
     _write_manifest(workflow, rundir, result, ray_address, started)
     return result
 
 
 def _context(spec: StageSpec, fp: str, rundir: RunDir) -> StageContext:
-    return StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=rundir.begin_stage(spec.name),
+    return StageContext(name=spec.name, config_hash=spec.config_hash, work_dir=rundir.begin_stage(spec.name, fp),
                         progress_dir=rundir.progress_dir(spec.name, fp))
 
 
 def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, previous: StageSpec | None) -> list[dict]:
     """Stream a source (or a committed upstream) through the segment's stages, block by block on Ray workers,
     then check and commit each stage in order."""
-    from mmcurate.pipeline.stream import StageRun, block_counts, link_blocks, run_blocks
+    from mmcurate.pipeline.stream import StageRun, block_counts, link_blocks, run_blocks, shared_blocks
 
     t0 = time.perf_counter()
     for step in segment:
@@ -284,25 +288,31 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
     contexts = [_context(step.spec, step.fingerprint, rundir) for step in segment]
     runs = [
         StageRun(cls=stage_class(step.spec.kind), config=step.spec.config, name=step.spec.name,
-                 config_hash=step.spec.config_hash, blocks_dir=str(ctx.progress_dir / "blocks"))
+                 config_hash=step.spec.config_hash,
+                 blocks_dir=join(rundir.progress_location(step.spec.name, step.fingerprint), "blocks"))
         for step, ctx in zip(segment, contexts)
     ]
     is_source = segment[0].role == "source"
     if is_source:
         blocks = runs[0].cls(runs[0].config, runs[0].name).plan(contexts[0])
+        # remote: the candidate chunks planned on the driver go where workers on any node can read them
+        blocks = shared_blocks(blocks, rundir.work_root, join(rundir.progress_location(segment[0].spec.name,
+                                                                                        segment[0].fingerprint), "inputs"))
         upstream_rows = None
     else:
         files, upstream_rows = _committed_files(rundir, previous.name)
-        blocks = [Block(id=f.stem, path=str(f), kind="records") for f in files]
-    for ctx in contexts:
-        (ctx.progress_dir / "blocks").mkdir(parents=True, exist_ok=True)
+        blocks = [Block(id=stem_of(f), path=f, kind="records") for f in files]
+    if not rundir.remote:
+        for ctx in contexts:
+            (ctx.progress_dir / "blocks").mkdir(parents=True, exist_ok=True)
     run_blocks(runs, blocks, source=is_source, log=log)
     all_stats = []
     for step, run, ctx in zip(segment, runs, contexts):
         stats = block_counts(run, blocks)
         check_accounting(step.spec.name, stats, upstream_rows)
-        link_blocks(run, blocks, ctx.work_dir)
-        check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, ctx.work_dir / "rejects")
+        staged = rundir.staging_location(ctx.work_dir)
+        link_blocks(run, blocks, staged)
+        check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, join(staged, "rejects"))
         stats["seconds"] = round(time.perf_counter() - t0, 2)  # a streamed stage shares its segment's time
         _commit(rundir, step, ctx.work_dir, stats, sink=False)
         log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
@@ -332,9 +342,11 @@ def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir, previous: Stag
     ctx = _context(step.spec, step.fingerprint, rundir)
     stage = stage_class(step.spec.kind)(step.spec.config, step.spec.name)
     files, upstream_rows = _committed_files(rundir, previous.name)
-    stats = run_sink(stage, step.spec.config_hash, files, upstream_rows, ctx.work_dir, ctx.progress_dir, log)
+    staged = rundir.staging_location(ctx.work_dir)
+    stats = run_sink(stage, step.spec.config_hash, files, upstream_rows, staged,
+                     rundir.progress_location(step.spec.name, step.fingerprint), log)
     check_accounting(step.spec.name, stats, upstream_rows)
-    check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, ctx.work_dir / "rejects")
+    check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, join(staged, "rejects"))
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     _commit(rundir, step, ctx.work_dir, stats, sink=True)
     log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
@@ -343,8 +355,8 @@ def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir, previous: Stag
 
 
 def _write_manifest(workflow: Workflow, rundir: RunDir, result: RunResult, ray_address: str | None, started: str):
-    atomic_write_json(
-        rundir.root / "manifest.json",
+    rundir.write_json(
+        "manifest.json",
         {
             "workflow": {"name": workflow.name, "path": str(Path(workflow.path).resolve()), "sha256": workflow.sha256},
             "stages": [

@@ -6,14 +6,14 @@
 A partition's directory is written under a temporary name and renamed whole by the worker, so a killed run
 resumes by writing only the partitions that have no directory yet. The driver reads the small
 ``partition.json`` files, links the shards into the generation as ``<prefix>-NNNNNN`` (numbered across
-partitions in key order) and writes their ``_stats.json``; no record passes through it.
+partitions in key order) and writes their ``_stats.json``; no record passes through it. On a remote run directory
+(``pipeline.storage``) a partition is uploaded from the worker's local temporary directory, ``_DONE`` last, and
+linked by server-side copy.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcurate.pipeline.storage import is_url, join, storage_for
 from mmcurate.schemas.record import RECORD_SCHEMA, outcome_table
 from mmcurate.stages.base import reject_rows
-from mmcurate.stages.files import atomic_write_bytes, fsync_dir, fsync_tree
 from mmcurate.stages.shard import PARTITION_COLUMN, ShardStage, partition_count, partition_of
 
 PARTITION_FILE = "partition.json"
@@ -43,10 +43,10 @@ def _with_partition(batch: pa.Table, partitions: int, skip: list[int]) -> pa.Tab
 def _write_group(group: pa.Table, config: Any, name: str, config_hash: str, partitions_dir: str) -> pa.Table:
     """One partition, in one worker: sorted, written as shards, published by one rename."""
     partition = group[PARTITION_COLUMN][0].as_py()
-    final = Path(partitions_dir) / f"{partition:06d}"
-    if not final.exists():
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
+    final = join(partitions_dir, f"{partition:06d}")
+    store = storage_for(final)
+    if not store.published(final):
+        tmp = store.staging(final)  # local: .<p>.tmp-<id> beside it; remote: a local temp dir
         infos, refused = ShardStage(config, name).write_partition(group.drop_columns([PARTITION_COLUMN]), tmp, "part")
         if refused:
             pq.write_table(reject_rows(outcome_table(refused), name, config_hash), tmp / "rejects.parquet")
@@ -56,21 +56,20 @@ def _write_group(group: pa.Table, config: Any, name: str, config_hash: str, part
             "rejected": dict(sorted(Counter(r["_reason"] for r in refused).items())),
         }
         (tmp / PARTITION_FILE).write_text(json.dumps(summary, sort_keys=True))
-        fsync_tree(tmp)
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
+        store.publish(tmp, final)  # local: fsync + one rename; remote: the files, then _DONE
     return pa.table({"partition": [partition]})
 
 
-def run_sink(stage: ShardStage, config_hash: str, files: list[Path], rows: int, work: Path, progress: Path,
-             log: Any) -> dict[str, Any]:
+def run_sink(stage: ShardStage, config_hash: str, files: list[str], rows: int, work: Path | str,
+             progress: Path | str, log: Any) -> dict[str, Any]:
     import ray
 
     cfg = stage.config
     partitions = partition_count(rows, cfg.samples_per_shard)
-    parts_dir = progress / "partitions"
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    done = sorted(int(d.name) for d in parts_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    parts_dir = join(progress, "partitions")
+    if not is_url(parts_dir):
+        Path(parts_dir).mkdir(parents=True, exist_ok=True)
+    done = sorted(int(name) for name in storage_for(parts_dir).published_children(parts_dir))
     log.info("stage %s: %d records in %d key ranges, %d written by an earlier run", stage.name, rows, partitions,
              len(done))
     if files and len(done) < partitions:
@@ -78,42 +77,50 @@ def run_sink(stage: ShardStage, config_hash: str, files: list[Path], rows: int, 
 
         # the sort-based shuffle runs as plain tasks; the hash shuffle starts aggregator actors (seconds each here)
         DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        paths, filesystem = storage_for(files[0]).arrow(files)
         written = (
-            ray.data.read_parquet([str(f) for f in files])
+            ray.data.read_parquet(paths, filesystem=filesystem)
             .map_batches(_with_partition, fn_kwargs={"partitions": partitions, "skip": done}, batch_format="pyarrow")
             .groupby(PARTITION_COLUMN, num_partitions=min(partitions, _SHUFFLE_PARTITIONS))
             .map_groups(_write_group, batch_format="pyarrow",
                         fn_kwargs={"config": cfg, "name": stage.name, "config_hash": config_hash,
-                                   "partitions_dir": str(parts_dir)})
+                                   "partitions_dir": parts_dir})
         )
         for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
             log.info("stage %s: key ranges %s written", stage.name, batch["partition"].to_pylist())
     return _gather(stage, parts_dir, work)
 
 
-def _gather(stage: ShardStage, parts_dir: Path, work: Path) -> dict[str, Any]:
+def _gather(stage: ShardStage, parts_dir: Path | str, work: Path | str) -> dict[str, Any]:
     """Link every partition's shards into ``work/shards`` as ``<prefix>-NNNNNN`` in key order, its reject rows into
-    ``work/rejects``; return the stage's counts."""
-    shards_dir, rejects_dir = work / "shards", work / "rejects"
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    rejects_dir.mkdir(parents=True, exist_ok=True)
+    ``work/rejects``; return the stage's counts. ``work`` is the generation being written (remote: its prefix)."""
+    parts_dir, work = str(parts_dir), str(work)
+    source, target = storage_for(parts_dir), storage_for(work)
+    shards_dir, rejects_dir = join(work, "shards"), join(work, "rejects")
+    if not is_url(work):
+        Path(shards_dir).mkdir(parents=True, exist_ok=True)
+        Path(rejects_dir).mkdir(parents=True, exist_ok=True)
     number = written = shard_bytes = 0
     rejected: Counter[str] = Counter()
-    for part in sorted((d for d in parts_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                       key=lambda d: int(d.name)):
-        summary = json.loads((part / PARTITION_FILE).read_text())
+    parts = sorted(source.published_children(parts_dir), key=int)
+    present = set(source.files(parts_dir))
+    summaries = source.read_many([join(parts_dir, part, PARTITION_FILE) for part in parts])
+    links = []
+    for part, body in zip(parts, summaries):
+        summary = json.loads(body)
         for shard in summary["shards"]:
             name = f"{stage.config.prefix}-{number:06d}"
             for suffix in (".tar", ".parquet"):
-                os.link(part / f"{shard['file']}{suffix}", shards_dir / f"{name}{suffix}")
+                links.append((join(parts_dir, part, f"{shard['file']}{suffix}"), join(shards_dir, f"{name}{suffix}")))
             stats = {"name": name, **{k: shard[k] for k in ("samples", "bytes", "images", "audio")}}
-            atomic_write_bytes(shards_dir / f"{name}_stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
+            target.write_bytes(join(shards_dir, f"{name}_stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
             number += 1
             written += shard["samples"]
             shard_bytes += shard["bytes"]
-        if (part / "rejects.parquet").exists():
-            os.link(part / "rejects.parquet", rejects_dir / f"part-{part.name}.parquet")
+        if f"{part}/rejects.parquet" in present:
+            links.append((join(parts_dir, part, "rejects.parquet"), join(rejects_dir, f"part-{part}.parquet")))
         rejected.update(summary["rejected"])
+    target.link_many(links)  # hard links; remote: server-side copies
     refused = sum(rejected.values())
     return {
         "in": written + refused,

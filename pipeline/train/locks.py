@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 RUN_LOCK = ".lock"
-from mmcurate.pipeline.rundir import READERS_LOCK  # noqa: E402 (the file the pipeline puts in each generation)
+from mmcurate.pipeline.rundir import READERS_LOCK, reader_leases  # noqa: E402 (the file the pipeline puts in each generation)
 
 
 class RunDirLocked(RuntimeError):
@@ -66,6 +66,7 @@ def reader_locks(paths: Iterable[str], *, wait_s: float = 30.0) -> Iterator[list
     """Hold a shared flock on ``_READERS.lock`` in each distinct directory of the local ``paths`` (already real
     paths: a lock taken through a symlink that is swapped later would guard the wrong generation). Yields the
     lock files held; directories without one (shards the pipeline did not publish) are read unguarded."""
+    paths = list(paths)
     dirs = sorted({os.path.dirname(p) for p in paths if "://" not in p})
     with ExitStack() as stack:
         held = []
@@ -87,6 +88,8 @@ def reader_locks(paths: Iterable[str], *, wait_s: float = 30.0) -> Iterator[list
                     f"published a newer one); run the trainer again to read the current shards"
                 )
             held.append(lock)
+        # remote shards (a run directory on an object store): a renewed lease object per generation instead
+        held += stack.enter_context(reader_leases([p.rsplit("/", 1)[0] for p in paths if "://" in p]))
         yield held
 
 

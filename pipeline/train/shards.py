@@ -14,6 +14,8 @@ import braceexpand
 import fsspec
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from mmcurate.pipeline.storage import resolve_url
+
 _GLOB_CHARS = set("*?[")
 
 
@@ -43,7 +45,13 @@ def _glob_one(pattern: str) -> list[str]:
     if not (_GLOB_CHARS & set(path)):
         # HTTP servers cannot list directories; a literal URL is taken on trust and fails when opened
         return [pattern]
-    return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
+    # a remote run directory's DIR/shards is a pointer object (pipeline.storage): glob the generation it names now,
+    # and name the matches by the pattern's own prefix, as a local DIR/shards symlink would
+    first = min(i for i, c in enumerate(pattern) if c in _GLOB_CHARS)
+    prefix = pattern[: pattern.rfind("/", 0, first)]
+    resolved = resolve_url(prefix)
+    found = sorted(fs.unstrip_protocol(p) for p in fs.glob(fs._strip_protocol(resolved + pattern[len(prefix) :])))
+    return [prefix + url[len(resolved) :] if url.startswith(resolved) else url for url in found]
 
 
 def _sibling(url: str, suffix: str) -> str:
@@ -57,13 +65,14 @@ def _open(url: str, mode: str = "rb") -> Any:
 
 
 def resolve_local(url: str) -> str:
-    """The real path of a local shard (``file://`` included), other URLs unchanged. Shards are read through their
-    real path so that a later swap of a symlink in between (the pipeline's ``DIR/shards`` pointing at a new
-    generation) cannot mix two generations into one run."""
+    """The real path of a local shard (``file://`` included); a remote URL with the pipeline's pointer objects
+    followed (``s3://bucket/run/shards/x.tar`` -> the generation's ``.../shards/x.tar``), other URLs unchanged.
+    Shards are read through their real location so that a later swap of a link in between (the pipeline's
+    ``DIR/shards`` pointing at a new generation) cannot mix two generations into one run."""
     if url.startswith("file://"):
         url = url[len("file://") :]
     elif "://" in url:
-        return url
+        return resolve_url(url)
     return os.path.realpath(url)
 
 
