@@ -6,11 +6,15 @@ names that start with ``_`` or ``.``)::
 
     level-000.parquet/                 one BFS level, a directory (PAGE_SCHEMA rows, in frontier order):
         part-000000.parquet ...          the pages of one fetch call each, numbered in frontier order
-        _links/part-000000.parquet ...   each part's links on the crawl's hosts, one row group per frontier bucket
         _FRONTIER                        the key of the frontier slice the level was fetched from
     level-003-cut.parquet/             pages discovered but not fetched (reason crawl_limit), in frontier order
+    _links/level-000.parquet/part-000000.parquet ...  each part's links on the crawl's hosts (distinct, one row
+                                              group per frontier bucket): what the next frontier is built from
     _frontier/level-001/bucket-0000.parquet   while crawling: the URLs first seen at depth 1 (the seen set is the
                                               union of these files; removed when the crawl ends)
+
+``ray.data.read_parquet(pages_dir)`` reads the same rows (it skips top-level names starting with ``_`` or ``.``
+and files not named ``*.parquet``).
 
 How a level goes (``crawl_pages``):
 
@@ -40,7 +44,7 @@ candidate to fetch, or a reject row: opt-out, repeated media, past ``max_refs_pe
 Proof: ``tests/crawl/test_page_frontier.py`` (a served site: a page linked from every level is fetched once, two
 crawls write byte-identical files, 1 or 3 buckets give the same pages in the same order, the max_pages cut, one
 outcome per page, the resume rule), ``tests/unit/test_frontier.py`` (the pieces without Ray), and
-``tests/bench/bench_crawl_memory.py`` (driver RSS at 50, 200, 800 pages: the crawl raised it by 2.2, 2.4, 2.8 MiB;
+``tests/bench/bench_crawl_memory.py`` (driver RSS at 50, 200, 800 pages: the crawl raised it by 2.1, 2.9, 3.6 MiB;
 it was 5.8, 15.7, 35.2 MiB when the driver held the levels).
 """
 
@@ -72,7 +76,7 @@ log = logging.getLogger("mmcurate.crawl")
 _DEFAULT_MAX_REFS: int = CrawlConfig.model_fields["max_refs_per_page"].default
 FRONTIER_MARKER = "_FRONTIER"  # in a level or cut directory: the key of the frontier slice it holds
 FRONTIERS = "_frontier"  # under pages_dir, while crawling
-LINKS = "_links"  # under a level directory
+LINKS = "_links"  # under pages_dir: one directory per level, published just before the level
 PAGES_PER_BUCKET = 20_000  # of max_pages: a frontier bucket task holds about this many pages' links
 MAX_BUCKETS = 256
 FRONTIER_ROW_GROUP = 4096  # URLs per row group of a frontier bucket file: a part reads one or two of them
@@ -168,11 +172,11 @@ def _seed_frontier(seeds: tuple[str, ...], directory: Path, buckets: int) -> Fro
     return Frontier(directory, tuple(n for n, _ in written), tuple(d for _, d in written))
 
 
-def _next_frontier_bucket(level_dir: str, seen_files: list[str], out_file: str, bucket: int) -> tuple[int, str]:
+def _next_frontier_bucket(links_dir: str, seen_files: list[str], out_file: str, bucket: int) -> tuple[int, str]:
     """Ray task: one bucket of the next frontier. Its memory is one bucket's links, plus one earlier frontier's
     bucket at a time: the distinct links of this bucket, minus every URL seen before, in frontier order."""
     pieces = []
-    for links_file in sorted(Path(level_dir, LINKS).glob("part-*.parquet")):
+    for links_file in sorted(Path(links_dir).glob("part-*.parquet")):
         parquet = pq.ParquetFile(links_file)
         for group in range(parquet.num_row_groups):
             stats = parquet.metadata.row_group(group).column(0).statistics
@@ -187,13 +191,13 @@ def _next_frontier_bucket(level_dir: str, seen_files: list[str], out_file: str, 
     return _write_frontier_bucket(sorted(urls.to_pylist(), key=_order_key), Path(out_file))
 
 
-def _next_frontier(level_dir: Path, seen: list[Frontier], directory: Path, buckets: int) -> Frontier:
+def _next_frontier(links_dir: Path, seen: list[Frontier], directory: Path, buckets: int) -> Frontier:
     import ray
 
     directory.mkdir(parents=True)
     task = ray.remote(_next_frontier_bucket)
     refs = [
-        task.remote(str(level_dir), [str(f.file(b)) for f in seen if f.counts[b]], str(_bucket_file(directory, b)), b)
+        task.remote(str(links_dir), [str(f.file(b)) for f in seen if f.counts[b]], str(_bucket_file(directory, b)), b)
         for b in range(buckets)
     ]
     written = ray.get(refs)  # one (count, digest) per bucket
@@ -344,12 +348,21 @@ def _scratch(final: Path) -> Path:
     return scratch
 
 
+def _links_dir(final: Path) -> Path:
+    return final.parent / LINKS / final.name
+
+
 def _publish(scratch: Path, final: Path, key: str) -> None:
-    """Mark a complete level (or cut) directory with its frontier key and rename it into place."""
+    """Mark a complete level (or cut) directory with its frontier key and rename it into place; a level's links
+    go first, so a level in place always has its links."""
+    links = scratch / LINKS
+    if links.is_dir():
+        fsync_dir(links)
+        _remove(_links_dir(final))
+        _links_dir(final).parent.mkdir(exist_ok=True)
+        links.rename(_links_dir(final))
+        fsync_dir(_links_dir(final).parent)
     atomic_write_bytes(scratch / FRONTIER_MARKER, key.encode())
-    for directory in (scratch / LINKS, scratch):
-        if directory.is_dir():
-            fsync_dir(directory)
     _remove(final)
     scratch.rename(final)
     fsync_dir(final.parent)
@@ -362,10 +375,10 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _saved(final: Path, key: str) -> bool:
+def _saved(final: Path, key: str, *, links: bool) -> bool:
     """A level saved by an interrupted run is reused only if it was fetched from this very frontier slice."""
     marker = final / FRONTIER_MARKER
-    if marker.is_file() and marker.read_bytes() == key.encode():
+    if marker.is_file() and marker.read_bytes() == key.encode() and (not links or _links_dir(final).is_dir()):
         return True
     if final.exists():
         log.warning("crawl: %s came from another frontier; writing it again", final.name)
@@ -432,7 +445,7 @@ def _cut(frontier: Frontier, fetched: int, depth: int, why: str, final: Path) ->
     import ray
 
     key = frontier.key(fetched, "cut", why)
-    if _saved(final, key):
+    if _saved(final, key, links=False):
         return
     scratch = _scratch(final)
     task = ray.remote(_write_cut_part)
@@ -476,7 +489,7 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
             written.add(f"level-{depth:03d}-cut.parquet")
         level_dir = pages_dir / f"level-{depth:03d}.parquet"
         key = frontier.key(pages)
-        if _saved(level_dir, key):
+        if _saved(level_dir, key, links=True):
             log.info("crawl: depth %d: reusing %d pages fetched by an interrupted run", depth, pages)
         else:
             totals = _fetch_level(config, frontier, pages, depth, level_dir, key)
@@ -485,10 +498,11 @@ def crawl_pages(config: CrawlConfig, pages_dir: Path) -> int:
         written.add(level_dir.name)
         fetched += pages
         seen.append(frontier)
-        frontier = _next_frontier(level_dir, seen, frontiers / f"level-{depth + 1:03d}", buckets)
+        frontier = _next_frontier(_links_dir(level_dir), seen, frontiers / f"level-{depth + 1:03d}", buckets)
         log.info("crawl: depth %d: %d pages so far, %d new links", depth, fetched, frontier.size)
-    for stale in pages_dir.iterdir():  # levels of an interrupted run this crawl no longer reaches, scratch dirs
-        if stale.name not in written:
+    # levels of an interrupted run that this crawl no longer reaches, their links, scratch directories, frontiers
+    for stale in [*pages_dir.iterdir(), *(pages_dir / LINKS).iterdir()]:
+        if stale.name not in written and stale != pages_dir / LINKS:
             _remove(stale)
     return fetched
 

@@ -75,7 +75,10 @@ def test_a_page_linked_from_many_pages_and_levels_is_fetched_once_and_two_crawls
     for depth in range(4):  # each level in frontier order: by sha256 of the URL
         urls = [r["url"] for r in rows if r["depth"] == depth]
         assert urls == sorted(urls, key=_order_key)
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"level-{d:03d}.parquet" for d in range(4)]
+    levels = [f"level-{d:03d}.parquet" for d in range(4)]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["_links", *levels]
+    assert sorted(p.name for p in (tmp_path / "one" / "_links").iterdir()) == levels
+    assert ray_session.data.read_parquet(str(tmp_path / "one")).count() == len(LINKS)  # Ray reads the page rows too
     assert len(list((tmp_path / "one" / "level-001.parquet").glob("part-*.parquet"))) > 1
 
     seen = len(site.requests)

@@ -106,7 +106,7 @@ def test_the_next_frontier_is_the_new_distinct_links_on_the_crawls_hosts_in_fron
     for bucket in range(2):
         out = tmp_path / f"next-{bucket}.parquet"
         seen = [str(frontier.file(bucket))] if frontier.counts[bucket] else []
-        count, digest = _next_frontier_bucket(str(level), seen, str(out), bucket)
+        count, digest = _next_frontier_bucket(str(level / LINKS), seen, str(out), bucket)
         urls = pq.read_table(out)["url"].to_pylist() if count else []
         assert count == len(urls) and digest == hashlib.sha256("\n".join(urls).encode()).hexdigest()
         assert all(bucket_of(u, 2) == bucket for u in urls)
