@@ -144,6 +144,7 @@ def main() -> int:
             figures[f"{prefix}_crawl_out"] = stats.get("crawl", {}).get("out")
             figures[f"{prefix}_samples"] = stats.get("shard", {}).get("kept")
             figures[f"{prefix}_loadavg_before"] = loads[kind, scale]
+            figures[f"{prefix}_started_own_ray"] = m.extra.get("ray_local")
     figures["code"] = harness.code_version()
     harness.print_figures(figures)
     for failure in failures:

@@ -323,6 +323,8 @@ def run_mmcurate(workflow: Path, run_dir: Path, log_prefix: Path, timeout_s: flo
     stats_path = run_dir / "stats.json"
     measured.extra["stats"] = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     measured.extra["run_dir"] = run_dir
+    # ray.init() with no address joins a cluster registered by `ray start`; we want the run's own
+    measured.extra["ray_local"] = "Started a local Ray instance" in measured.stderr.read_text(errors="replace")
     return measured
 
 
@@ -363,6 +365,17 @@ def print_figures(figures: dict[str, Any]) -> None:
     for name in ordered:
         value = figures[name]
         print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
+
+
+def wait_for_load(max_load: float | None, max_wait_s: float = 600) -> None:
+    """Wait until the 1-minute load average is below ``max_load`` (the machine is shared), at most ``max_wait_s``."""
+    if max_load is None:
+        return
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= max_load and time.monotonic() - t0 < max_wait_s:
+        time.sleep(5)
+    if os.getloadavg()[0] >= max_load:
+        log(f"load average still {loadavg()} after {max_wait_s:.0f} s; running anyway")
 
 
 def loadavg() -> str:
