@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from mmcurate.pipeline.rundir import RunDir
-from mmcurate.pipeline.storage import join, stem_of, storage_for
+from mmcurate.pipeline.storage import filesystem_threads, join, stem_of, storage_for
 
 _SHOWN = ("source", "url", "page_url", "image_url", "audio_url", "subtitles_url", "text", "text_source",
           "caption", "alt", "title", "figcaption", "clip_start", "clip_end", "image_width", "image_height",
@@ -39,7 +39,7 @@ def _rows_matching(path: Path | str, keys: set[str], children_of: str | None = N
     if children_of is not None and "parent" in dataset.schema.names:
         condition = condition | (pc.field("parent") == children_of)
     columns = [c for c in dataset.schema.names if c not in ("image", "audio", "subtitles")]
-    return dataset.to_table(filter=condition, columns=columns).to_pylist()
+    return dataset.to_table(filter=condition, columns=columns, use_threads=filesystem_threads(files[0])).to_pylist()
 
 
 def committed_stages(rundir: RunDir) -> list[str]:
@@ -76,7 +76,8 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
             events.append({"stage": stage, "decision": "rejected", **row})
     written = {e["key"] for e in events}
     for index in _parquet_files(rundir.shards_dir):
-        table = _dataset([index]).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())))
+        table = _dataset([index]).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())),
+                                           use_threads=filesystem_threads(index))
         for row in table.to_pylist():
             events.append({"stage": "shards", "decision": "written", "shard": stem_of(index), **row})
     return events

@@ -35,11 +35,13 @@ kept with what the store offers, where one PUT is atomic and there is no rename,
   its files (``storage.ObjectStorage.publish``); one without ``_DONE`` is redone;
 * the lock is the lease object ``DIR/.lock`` (``storage.ObjectLease``: owner, expiry, renewed; conditional PUTs)
   plus a ``flock`` in the local cache, so one machine never runs two;
-* what only the driver reads (BFS levels, candidate chunks being planned, ``.work/``, ``.cache/``, the demo site,
-  ``logs/``) lives in a local cache directory keyed by the URL (``storage.cache_dir_for``; ``MMCURATE_CACHE_DIR``
-  moves it): a kill and a re-run on the same machine resume from it, a re-run on another machine redoes only the
-  unfinished BFS levels. Candidate chunks are uploaded to ``.progress/`` before workers read them, and the run
-  log is uploaded to ``DIR/logs/run.log`` when the run ends;
+* scratch of the stage code, which takes local paths (``StageContext.work_dir``/``progress_dir``: BFS levels,
+  candidate chunks, ``.work/``), ``.cache/``, the demo site and ``logs/`` live in a local cache directory keyed by
+  the URL (``storage.cache_dir_for``; ``MMCURATE_CACHE_DIR`` moves it): a kill and a re-run on the same machine
+  resume from it, a re-run on another machine redoes the BFS levels. Candidate chunks are uploaded to
+  ``.progress/`` before block workers read them; the run log is uploaded to ``DIR/logs/run.log`` when the run
+  ends. Not yet routed: the page crawl's level and candidate workers (``stages/crawl/pages.py``) write that
+  local path, so a page crawl into a remote run directory needs every Ray worker on the driver's machine;
 * superseded generations are deleted only once their stage's pointer is older than ``GENERATION_GRACE_S`` and
   no reader lease (``<generation>/shards/_READERS/*.json``, unexpired) names them.
 Readers resolve the pointers: ``RunDir.resolve``, and the trainer's shard lookup (``pipeline.train.shards``) for

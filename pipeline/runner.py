@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir
-from mmcurate.pipeline.storage import join, stem_of, storage_for
+from mmcurate.pipeline.storage import filesystem_threads, join, stem_of, storage_for
 from mmcurate.pipeline.stages_registry import stage_class
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
@@ -135,7 +135,8 @@ def check_error_fraction(stage: str, stats: dict[str, Any], limit: float, reject
     paths, filesystem = store.arrow([join(rejects_dir, n) for n in store.files(str(rejects_dir)) if n.endswith(".parquet")])
     first = (
         pads.dataset(paths, format="parquet", filesystem=filesystem)
-        .to_table(columns=["key", "detail"], filter=pads.field("reason") == Reason.INTERNAL_ERROR.value)
+        .to_table(columns=["key", "detail"], filter=pads.field("reason") == Reason.INTERNAL_ERROR.value,
+                  use_threads=filesystem_threads(rejects_dir))
         .slice(0, 5)
         .to_pylist()
     )
@@ -202,7 +203,8 @@ def _committed_files(rundir: RunDir, stage: str) -> tuple[list[str], int]:
 
     files = rundir.committed_files(stage)
     paths, filesystem = rundir.store.arrow(files)
-    return files, (pads.dataset(paths, format="parquet", filesystem=filesystem).count_rows() if files else 0)
+    dataset = pads.dataset(paths, format="parquet", filesystem=filesystem) if files else None
+    return files, (dataset.count_rows(use_threads=filesystem_threads(rundir.url)) if dataset else 0)
 
 
 @dataclass

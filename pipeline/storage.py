@@ -394,6 +394,13 @@ def arrow_filesystem(protocol: str) -> Any:
 LOCAL = LocalStorage()
 
 
+def filesystem_threads(location: str | os.PathLike) -> bool:
+    """Whether a pyarrow scan of ``location`` may use Arrow's thread pool. Not over ``arrow_filesystem``: Arrow
+    threads calling into the Python fsspec handler abort the interpreter at exit now and then ("terminate called
+    without an active exception", about one exit in three here), so remote scans on the driver run single-threaded."""
+    return not is_url(location)
+
+
 # --- locks
 
 

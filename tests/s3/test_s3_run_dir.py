@@ -142,9 +142,11 @@ def killed_run(s3, demo):
 
 @pytest.mark.timeout(900)
 def test_a_demo_killed_during_an_s3_run_resumes_to_the_shards_of_a_local_run_byte_for_byte(
-        s3, s3fs_client, local_run, killed_run):
+        s3, s3fs_client, demo, local_run, killed_run):
     url, finished, media, again, output = killed_run
     assert finished, "the kill came before any block was done"
+    first = (demo.root / "killed-1.log").read_text(errors="replace").split("stage crawl: running (fingerprint ")[1][:16]
+    assert f"stage crawl: running (fingerprint {first})" in output, "the crawl's code changed between the two runs"
     assert s3_shards(s3fs_client, url) == local_shards(local_run)
     # finished blocks were not redone: none of their media was asked for again (only media of blocks unfinished)
     refetched = [p for p in _paths(again) if p in media["finished"] and p not in media["pending"]]
