@@ -2,6 +2,9 @@
 
     .venv/bin/python tests/bench/bench_shards.py [--from-run RUN_DIR] [--n 5000] [--repeats 3] [--quick]
 
+With ``--from-run`` every kept record of the run is used (``--quick`` then only cuts the repeats to one) and
+shards are cut at the run's samples_per_shard.
+
 Input: the align output of a run (``RUN_DIR/align/data/*.parquet``, e.g. bench_ingest.py's ``--work-dir``), or
 else N records synthesised from the benchmark image set (each 480×360 image resized to 256×192, JPEG quality 90,
 as align would write it, with a short caption). The records are loaded into memory before any timing.
@@ -17,7 +20,9 @@ as align would write it, with a short caption). The records are loaded into memo
   ``plain_nofsync_s`` is the same without the fsync.
 
 Each is the median of ``--repeats`` runs, alternated (plain, shard, sink, plain, ...) so drift hits all alike.
-Ratios (1.0 = as fast as the plain write): ``plain_s / shard_s``, ``plain_s / sink_s``.
+Ratios (1.0 = as fast as the plain write): ``plain_s / shard_s``, ``plain_s / sink_s``; with ``--from-run`` also
+``plain_s / run_shard_stage_s``, against that run's whole shard stage from its stats.json (Ray reading, the
+shuffle into key ranges, scheduling and the commit included; timed under that run's load, not this one's).
 """
 
 from __future__ import annotations
@@ -65,6 +70,20 @@ def synthesised_table(n: int, cache: Path) -> Any:
     table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
     pq.write_table(table, path)
     return table
+
+
+def run_samples_per_shard(run_dir: Path) -> int:
+    """The shard stage's samples_per_shard in the workflow that made ``run_dir`` (its manifest names the file)."""
+    import json
+
+    import yaml
+
+    from mmcurate.schemas.stage_configs import ShardConfig
+
+    workflow = json.loads((run_dir / "manifest.json").read_text())["workflow"]["path"]
+    stages = yaml.safe_load(Path(workflow).read_text())["stages"]
+    spec = next((s for s in stages if s.get("stage") == "shard"), {})
+    return int(spec.get("samples_per_shard", ShardConfig().samples_per_shard))
 
 
 def run_table(run_dir: Path) -> Any:
@@ -149,14 +168,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--from-run", help="a run directory whose align output to shard")
     parser.add_argument("--n", type=int, default=5000, help="synthesised records (without --from-run)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (samples_per_shard)")
+    parser.add_argument("--shard-size", type=int,
+                        help="samples per shard (default: the run's samples_per_shard with --from-run, else 1000)")
     parser.add_argument("--repeats", type=int, help="default 3 (1 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="500 records in shards of 100, one repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="500 synthesised records in shards of 100, one repeat")
     parser.add_argument("--work-dir", help="default: a temp dir, removed at the end")
     parser.add_argument("--cache-dir", default=str(harness.DEFAULT_CACHE))
     args = parser.parse_args()
     if args.quick:
-        args.n, args.shard_size = min(args.n, 500), min(args.shard_size, 100)
+        args.n = min(args.n, 500)
+    if args.shard_size is None:
+        args.shard_size = run_samples_per_shard(Path(args.from_run)) if args.from_run else 100 if args.quick else 1000
     args.repeats = args.repeats or (1 if args.quick else 3)
 
     from mmcurate.schemas.stage_configs import ShardConfig
@@ -216,6 +239,15 @@ def main() -> int:
     figures["plain_mib_per_s"] = harness.mib(member_bytes) / med["plain"]
     for name in med:
         figures[f"{name}_tar_mib"] = harness.mib(sizes[name])
+    if args.from_run:  # the whole shard stage of that run (Ray read, shuffle by key range, workers, commit)
+        import json
+
+        stats_path = Path(args.from_run) / "stats.json"
+        run_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        run_stage_s = run_stats.get("shard", {}).get("seconds")
+        if run_stage_s and args.shard_size == run_samples_per_shard(Path(args.from_run)):
+            figures["plain_s / run_shard_stage_s"] = med["plain"] / run_stage_s
+            figures["run_shard_stage_s"] = run_stage_s
     figures["repeats"] = args.repeats
     for name, values in times.items():
         if len(values) > 1:
