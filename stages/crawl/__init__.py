@@ -47,11 +47,13 @@ class CrawlStage(SourceStage[CrawlConfig]):
         if cfg.seeds:
             # BFS levels are fetched (and kept across a kill) before any media: the next level needs this one's links
             pages = crawl_pages(cfg, ctx.progress_dir / "pages")
-            shutil.copytree(ctx.progress_dir / "pages", ctx.work_dir / "pages")  # kept with the stage, for audits
+            # kept with the stage, for audits (the links are in the page rows already)
+            shutil.copytree(ctx.progress_dir / "pages", ctx.work_dir / "pages", ignore=shutil.ignore_patterns("_links"))
             to_fetch, refused = candidates / "media", candidates / "refused"
             media, failed = candidates_from_pages(ctx.work_dir / "pages", to_fetch, refused, cfg.chunk_rows,
                                                   max_refs_per_page=cfg.max_refs_per_page)
-            ctx.log.info("crawl: %d pages read, %d failed, %d media references", pages - failed, failed, media)
+            ctx.log.info("crawl: %d pages fetched, %d not read or not fetched (failed or cut), %d media references",
+                         pages, failed, media)
             blocks += _blocks_of(refused, "outcomes") + _blocks_of(to_fetch, "media")
         for i, path in enumerate(cfg.warcs):
             # the archive's bytes are in the stage's fingerprint, so its position and name identify it here
