@@ -156,9 +156,7 @@ class HostTable:
 
     def release(self, host: str, lease: int, outcome: Outcome, error_budget: int | None) -> bool:
         """Record the outcome; True when this freed a slot (it had not expired)."""
-        entry = self._hosts.get(host)
-        if entry is None:
-            return False
+        entry = self._hosts.setdefault(host, _Host())  # an unconstrained fetch took no lease, but its outcome counts
         freed = entry.leases.pop(lease, None) is not None
         if outcome == "ok":
             entry.failures = 0
@@ -170,6 +168,10 @@ class HostTable:
 
     def busy(self) -> bool:
         return any(entry.leases for entry in self._hosts.values())
+
+    def failing(self, host: str) -> int | None:
+        entry = self._hosts.get(host)
+        return entry.failing_after if entry is not None else None
 
     def _prune(self, now: float) -> None:
         """Forget hosts that would behave the same if never seen (a crawl over millions of hosts stays small)."""
@@ -264,12 +266,14 @@ class GateActor:
             if not waiting.count:
                 del self._waiting[host]
 
-    async def release(self, host: str, lease: int, outcome: Outcome, error_budget: int | None) -> None:
+    async def release(self, host: str, lease: int, outcome: Outcome, error_budget: int | None) -> int | None:
+        """Record the outcome; return the failure count that made the host failing, if it is."""
         self._touch()
         if self._table.release(host, lease, outcome, error_budget) and host in self._waiting:
             changed = self._waiting[host].changed
             async with changed:
                 changed.notify()  # one slot freed: one waiter (a woken waiter that loses the race waits again)
+        return self._table.failing(host)
 
     async def _exit_when_idle(self) -> None:
         import ray
@@ -301,6 +305,7 @@ class RayGate:
         self.run_id, self.shards, self._idle_exit_s = run_id, shards, idle_exit_s
         self._actors: dict[int, Any] = {}
         self._failing: dict[str, int] = {}  # a failing host stays failing: no need to ask again
+        self._reports: dict[str, Any] = {}  # host -> the latest release's answer (failing count or None), unread
         self._lock = threading.Lock()
 
     def _shard(self, host: str) -> int:
@@ -323,8 +328,13 @@ class RayGate:
         import ray
         from ray.exceptions import RayActorError
 
+        self._read_report(host)
         if host in self._failing:
             raise host_failing(host, self._failing[host])
+        if limits.concurrency is None and limits.delay_s <= 0:
+            # nothing to wait for: no round trip to the gate. The error budget still counts every outcome (release
+            # reports it); a host that became failing is learnt from the answer to an earlier release.
+            return Lease(host, 0)
         shard = self._shard(host)
         try:
             decision = ray.get(self._actor(shard).acquire.remote(host, limits))
@@ -339,7 +349,22 @@ class RayGate:
 
     def release(self, lease: Lease, outcome: Outcome, error_budget: int | None) -> None:
         # not waited for: a lost release (dead actor) costs nothing but the lease's expiry
-        self._actor(self._shard(lease.host)).release.remote(lease.host, lease.id, outcome, error_budget)
+        answer = self._actor(self._shard(lease.host)).release.remote(lease.host, lease.id, outcome, error_budget)
+        self._reports[lease.host] = answer
+
+    def _read_report(self, host: str) -> None:
+        import ray
+
+        answer = self._reports.get(host)
+        if answer is None or not ray.wait([answer], timeout=0)[0]:
+            return
+        self._reports.pop(host, None)
+        try:
+            failures = ray.get(answer)
+        except Exception:  # the gate went away: its verdicts with it
+            return
+        if failures is not None:
+            self._failing[host] = failures
 
 
 _local_gate = LocalGate()

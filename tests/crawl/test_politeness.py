@@ -431,6 +431,20 @@ def test_two_worker_processes_share_one_hosts_delay_and_error_budget(servers, ra
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
+def test_an_unconstrained_host_asks_the_gate_nothing_but_still_spends_one_error_budget(servers, ray_workers):
+    """No cap and no delay: fetches skip the gate's round trip; outcomes still reach it, and a worker learns that
+    the host is failing from the answer to one of its own releases (a few fetches late, never never)."""
+    server = servers()
+    workers = ray_workers(2, per_host_concurrency=None, host_error_budget=2, respect_robots=False)
+    (_, first), = run_on(workers[:1], [([server.url("/fail"), server.url("/fail")], 1)])
+    assert first == ["http_error", "http_error"]
+    (_, second), = run_on(workers[1:], [([server.url(f"/ok?after={i}") for i in range(8)], 1)])
+    assert second[0] == "ok" and second[-3:] == ["host_failing"] * 3, second
+    assert server.paths().count("/fail") == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
 def test_a_slot_held_by_a_killed_worker_is_free_again_after_its_lease(ray_workers):
     import ray
 
