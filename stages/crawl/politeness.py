@@ -66,6 +66,7 @@ Outcome = Literal["ok", "failed", "neutral"]  # neutral: nothing learnt about th
 NAMESPACE = "mmcurate"
 IDLE_EXIT_S = 300.0
 LEASE_GRACE_S = 2.0
+_REPORT_EVERY_S = 1.0  # a steady unconstrained host's successes reach the gate this often, per process
 _RECHECK_S = 1.0  # a waiter re-checks at least this often, whatever wakes it (or fails to)
 
 
@@ -306,6 +307,8 @@ class RayGate:
         self._actors: dict[int, Any] = {}
         self._failing: dict[str, int] = {}  # a failing host stays failing: no need to ask again
         self._reports: dict[str, Any] = {}  # host -> the latest release's answer (failing count or None), unread
+        self._unsteady: set[str] = set()  # hosts whose last outcome this process reported was a failure
+        self._reported_at: dict[str, float] = {}  # host -> when this process last reported an outcome
         self._lock = threading.Lock()
 
     def _shard(self, host: str) -> int:
@@ -348,6 +351,21 @@ class RayGate:
         return Lease(host, decision.lease)
 
     def release(self, lease: Lease, outcome: Outcome, error_budget: int | None) -> None:
+        now = time.monotonic()
+        if lease.id == 0 and (outcome == "neutral" or (
+                outcome == "ok" and lease.host not in self._unsteady
+                and now - self._reported_at.get(lease.host, -_REPORT_EVERY_S) < _REPORT_EVERY_S)):
+            # an unconstrained fetch holds no slot, and a success only matters to the gate to reset a run of
+            # failures: after no failure of this process there is none of its own to reset, so a steady host's
+            # successes are reported about once a second (each answer says whether the host became failing)
+            # instead of every time (the call cost ~15% of a fetch). A run of failures ends at the next success
+            # of a process that failed.
+            return
+        self._reported_at[lease.host] = now
+        if outcome == "failed":
+            self._unsteady.add(lease.host)
+        elif outcome == "ok":
+            self._unsteady.discard(lease.host)
         # not waited for: a lost release (dead actor) costs nothing but the lease's expiry
         answer = self._actor(self._shard(lease.host)).release.remote(lease.host, lease.id, outcome, error_budget)
         self._reports[lease.host] = answer

@@ -438,6 +438,7 @@ def test_an_unconstrained_host_asks_the_gate_nothing_but_still_spends_one_error_
     workers = ray_workers(2, per_host_concurrency=None, host_error_budget=2, respect_robots=False)
     (_, first), = run_on(workers[:1], [([server.url("/fail"), server.url("/fail")], 1)])
     assert first == ["http_error", "http_error"]
+    # its first success is reported (nothing reported for the host in the last second): the answer says failing
     (_, second), = run_on(workers[1:], [([server.url(f"/ok?after={i}") for i in range(8)], 1)])
     assert second[0] == "ok" and second[-3:] == ["host_failing"] * 3, second
     assert server.paths().count("/fail") == 2
