@@ -46,7 +46,8 @@ name: bench-ingest
 stages:
   - stage: crawl
     url_lists: [{{path: "{urls}", url_column: url, caption_column: caption}}]
-    fetch: {{allow_networks: ["127.0.0.0/8"]}}
+    # like for like: img2dataset has no per-host limits, and every URL here is on one loopback host
+    fetch: {{allow_networks: ["127.0.0.0/8"], per_host_concurrency: null}}
   - stage: align
     image_max_side: 256
     image_format: jpg
