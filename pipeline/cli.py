@@ -17,11 +17,12 @@ def _run(args: argparse.Namespace) -> int:
     from mmcurate.pipeline.rundir import RunDirBusy
     from mmcurate.pipeline.runner import StageFailed, run_workflow
     from mmcurate.schemas.workflow import WorkflowError
+    from mmcurate.stages.base import InputError
 
     run_dir = args.run_dir or str(Path("runs") / Path(args.workflow).stem)
     try:
         result = run_workflow(args.workflow, run_dir, overrides=args.set, ray_address=args.ray_address)
-    except WorkflowError as err:
+    except (WorkflowError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (StageFailed, RunDirBusy) as err:

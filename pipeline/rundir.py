@@ -64,11 +64,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmcurate.pipeline.storage import (
     LOCAL,
+    _alive,
     LockBusy,
     ObjectLease,
     ObjectStorage,
@@ -142,6 +144,41 @@ class RunDirBusy(LockBusy):
     """Another mmcurate run holds this run directory."""
 
 
+OWNER = ".lock.owner"  # the token of the run holding a local run directory's lock
+
+
+@dataclass(frozen=True)
+class RunGuard:
+    """Lets a Ray worker ask, before it publishes a block, whether the run that handed it the block still holds
+    the run directory. Ray workers can outlive a SIGKILLed CLI by seconds; a block they finish then may hold
+    failures the kill caused (its server gone, connections refused), and publishing it would make them permanent.
+    Local: the lock is held (a shared flock cannot be taken) and ``DIR/.lock.owner`` names this run's token.
+    Remote: the lock object names this run's token and its holder is alive (``storage._alive``)."""
+
+    token: str
+    lock: str  # DIR/.lock: a local path, or the lock object's location
+    store: Any = None  # the object store of a remote run directory
+
+    def alive(self) -> bool:
+        if self.store is not None:
+            try:
+                holder = json.loads(self.store.fs.cat_file(self.store._path(self.lock)))
+            except (FileNotFoundError, ValueError):
+                return False
+            return holder.get("token") == self.token and _alive(holder)
+        try:
+            with open(self.lock) as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # held exclusively: by this run, if the owner file says so
+                else:
+                    return False  # nobody holds it: the run is gone
+            return Path(self.lock).with_name(OWNER).read_text() == self.token
+        except FileNotFoundError:
+            return False
+
+
 class RunDir:
     """A run directory at a local path or an fsspec URL. ``url`` is where it lives; ``local_root`` is where the
     driver keeps what only it reads (the directory itself when local, a cache directory keyed by the URL when
@@ -154,7 +191,15 @@ class RunDir:
         self.remote = not self.store.local
         self.local_root = cache_dir_for(self.url) if self.remote else Path(self.url)
         self._lease: ObjectLease | None = None
+        self._guard: RunGuard | None = None
         self._staged: dict[Path, str] = {}  # remote: work dir -> the generation prefix it is written under
+
+    @property
+    def guard(self) -> RunGuard:
+        """What this run's Ray workers check before they publish (only while the run holds the directory)."""
+        if self._guard is None:
+            raise RuntimeError(f"{self.url}: not locked by this process")
+        return self._guard
 
     @property
     def root(self) -> Path:
@@ -298,9 +343,14 @@ class RunDir:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as err:
                 raise RunDirBusy(f"{self.root} is in use by another mmcurate run") from err
-            self._clear_work()
-            self.collect_generations()
-            yield
+            self._guard = RunGuard(token=uuid.uuid4().hex, lock=str(self.root / ".lock"))
+            atomic_write_bytes(self.root / OWNER, self._guard.token.encode())
+            try:
+                self._clear_work()
+                self.collect_generations()
+                yield
+            finally:
+                self._guard = None
 
     @contextmanager
     def _remote_lock(self) -> Iterator[None]:
@@ -313,10 +363,11 @@ class RunDir:
                 except LockBusy as err:
                     raise RunDirBusy(f"{busy}: {err}") from err
                 self._lease = lease
+                self._guard = RunGuard(token=lease.token, lock=self.location(".lock"), store=self.store)
                 try:
                     yield
                 finally:
-                    self._lease = None
+                    self._lease = self._guard = None
                     lease.release()
         except LockBusy as err:
             if isinstance(err, RunDirBusy):

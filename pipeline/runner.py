@@ -291,7 +291,8 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
     runs = [
         StageRun(cls=stage_class(step.spec.kind), config=step.spec.config, name=step.spec.name,
                  config_hash=step.spec.config_hash,
-                 blocks_dir=join(rundir.progress_location(step.spec.name, step.fingerprint), "blocks"))
+                 blocks_dir=join(rundir.progress_location(step.spec.name, step.fingerprint), "blocks"),
+                 guard=rundir.guard)
         for step, ctx in zip(segment, contexts)
     ]
     is_source = segment[0].role == "source"

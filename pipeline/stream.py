@@ -48,6 +48,7 @@ class StageRun:
     name: str
     config_hash: str
     blocks_dir: str  # DIR/.progress/<stage>-<fp>/blocks (a local path or a URL)
+    guard: Any = None  # rundir.RunGuard: a block is published only while the run that handed it out is alive
 
     def done(self, block_id: str) -> bool:
         return storage_for(self.blocks_dir).published(join(self.blocks_dir, block_id))
@@ -55,6 +56,10 @@ class StageRun:
 
 def block_dir(run: StageRun, block_id: str) -> Path | str:
     return join(run.blocks_dir, block_id) if is_url(run.blocks_dir) else Path(run.blocks_dir) / block_id
+
+
+class RunGone(RuntimeError):
+    """The run that handed a worker its block no longer holds the run directory."""
 
 
 class _BlockWriter:
@@ -96,6 +101,9 @@ class _BlockWriter:
             writer.close()
         row = self.counts_row()
         (self.tmp / COUNTS).write_text(json.dumps(row, sort_keys=True))
+        if self.run.guard is not None and not self.run.guard.alive():
+            # a worker outliving a killed run: what it fetched after the kill may be failures the kill caused
+            raise RunGone(f"block {self.final}: the run that started it is gone; not publishing it")
         self.store.publish(self.tmp, self.final)  # local: fsync + one rename; remote: the files, then _DONE
         return row
 

@@ -52,6 +52,11 @@ from mmcurate.schemas.stage_configs import StageConfig
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
 
 
+class InputError(ValueError):
+    """A stage's inputs are not what the workflow says (a missing file or column, no candidates at all): the
+    workflow's mistake, reported by the CLI as an error, not a traceback."""
+
+
 @dataclass
 class StageContext:
     """Who a stage is and where it may write.
@@ -255,6 +260,7 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 __all__ = [
     "OUTCOME_SCHEMA",
     "Block",
+    "InputError",
     "RecordStage",
     "RecordStageWorker",
     "SourceStage",

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import Block, RecordStage, SourceStage, StageContext
+from mmcurate.stages.base import Block, InputError, RecordStage, SourceStage, StageContext
 
 
 def _chunk_id(chunk: Path) -> str:
@@ -59,7 +59,7 @@ class CrawlStage(SourceStage[CrawlConfig]):
             # the archive's bytes are in the stage's fingerprint, so its position and name identify it here
             blocks.append(Block(id=f"warc{i:04d}-{_safe(Path(path).name)}", path=str(path), kind="warc"))
         if not blocks:
-            raise ValueError("crawl found no candidates: every input was empty")
+            raise InputError("crawl found no candidates: every input was empty")
         return blocks
 
     def block_stage(self, block: Block) -> RecordStage | None:

@@ -334,9 +334,10 @@ class RayGate:
         self._read_report(host)
         if host in self._failing:
             raise host_failing(host, self._failing[host])
-        if limits.concurrency is None and limits.delay_s <= 0:
-            # nothing to wait for: no round trip to the gate. The error budget still counts every outcome (release
-            # reports it); a host that became failing is learnt from the answer to an earlier release.
+        if limits.concurrency is None and limits.delay_s <= 0 and host not in self._unsteady:
+            # nothing to wait for: no round trip to the gate. Outcomes still reach it (release); once this process
+            # has seen the host fail, its fetches ask the gate again until a success, so a failing host is refused
+            # after at most the fetches already in flight, not a whole second wave of them.
             return Lease(host, 0)
         shard = self._shard(host)
         try:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig, UrlListInput
-from mmcurate.stages.base import RecordStage, kept, rejected
+from mmcurate.stages.base import InputError, RecordStage, kept, rejected
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 CHUNK_ROWS = 2000  # rows downloaded (and remembered as done) together
@@ -85,7 +85,7 @@ def number_url_list(
     candidates (text not UTF-8; the rest of a file that stops parsing) as reject outcome rows into ``refused_dir``.
     Return the number of rows, both kinds."""
     if not Path(spec.path).is_file():  # a missing input is the workflow's mistake: fail loudly, naming it
-        raise FileNotFoundError(f"url list {spec.path}: no such file")
+        raise InputError(f"url list {spec.path}: no such file")
     columns = [spec.url_column, *([spec.caption_column] if spec.caption_column else [])]
     out_dir.mkdir(parents=True, exist_ok=True)
     refused: list[dict[str, Any]] = []
@@ -94,7 +94,7 @@ def number_url_list(
         source = pads.dataset(spec.path, format=_file_format(spec))  # reads the first block to infer a schema
         missing = set(columns) - set(source.schema.names)
         if missing:
-            raise ValueError(f"url list {spec.path}: no column(s) {sorted(missing)}; it has {source.schema.names}")
+            raise InputError(f"url list {spec.path}: no column(s) {sorted(missing)}; it has {source.schema.names}")
         for chunk_number, batch in enumerate(source.to_batches(columns=columns, batch_size=chunk_rows)):
             rows = []
             for row in batch.to_pylist():

@@ -165,3 +165,15 @@ def test_explain_traces_a_clip_to_its_recording_and_a_reject_to_its_reason(finis
     reject = pads.dataset(str(run_dir / "rejects" / "align")).to_table().to_pylist()[0]
     text = format_history(reject["key"], history(run_dir, reject["key"]))
     assert f"rejected {reject['key']}" in text and reject["reason"] in text
+
+
+def test_an_empty_list_is_a_clean_cli_error_not_a_traceback(ray_session, tmp_path, capsys):
+    from mmcurate.pipeline.cli import main
+
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,caption\n")  # a header and no row
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(f"name: empty\nstages:\n  - stage: crawl\n    url_lists: [{{path: \"{urls}\"}}]\n"
+                        "  - stage: align\n  - stage: shard\n")
+    assert main(["run", str(workflow), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "crawl found no candidates" in capsys.readouterr().err

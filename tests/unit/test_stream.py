@@ -110,3 +110,23 @@ def test_counts_and_files_gathered_for_the_commit(tmp_path):
     assert pq.read_table(work / "data" / "block0.parquet").num_rows == stats["kept"]
     assert pq.read_table(work / "rejects" / "block0.parquet").num_rows == sum(stats["rejected"].values())
     assert (block_dir(runs[0], "block0") / "data.parquet").exists()  # still there until the commit
+
+
+def test_a_worker_does_not_publish_a_block_once_its_run_is_gone(tmp_path):
+    """Ray workers can outlive a SIGKILLed CLI; what they fetched after the kill must not become a finished block."""
+    from mmcurate.pipeline.rundir import RunDir
+    from mmcurate.pipeline.stream import RunGone
+
+    path = records_file(tmp_path, 6)
+    rundir = RunDir(tmp_path / "run")
+    with rundir.locked():
+        guard = rundir.guard
+        assert guard.alive()
+    assert not guard.alive()  # the lock is free: the run that handed out the block is gone
+    with rundir.locked():
+        assert not guard.alive() and rundir.guard.alive()  # another run holds it now
+        runs = [StageRun(CountingAlign, AlignConfig(), "align", "h1", str(tmp_path / "p1" / "blocks"), guard)]
+        with pytest.raises(RunGone):
+            SegmentWorker(runs, source=False, threads=2).run_block(Block(id="block0", path=str(path), kind="records"))
+        assert not block_dir(runs[0], "block0").exists()
+        assert not list(block_dir(runs[0], "block0").parent.glob(".block0.tmp-*"))

@@ -65,3 +65,4 @@ def test_a_ten_megabyte_caption_is_read(tmp_path):
     src.write_text("url,caption\nhttp://a/1.jpg," + "x" * 10_000_000 + "\nhttp://a/2.jpg,two\n")
     assert number_url_list(UrlListInput(path=str(src)), 0, tmp_path / "out", chunk_rows=1) == 2
     assert [len(r["caption"]) for r in pq.read_table(tmp_path / "out").to_pylist()] == [10_000_000, 3]
+
