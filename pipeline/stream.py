@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmcurate.pipeline.storage import is_url, join, local_copy, storage_for
-from mmcurate.schemas.record import FIRST_COLUMN, OUTCOME_SCHEMA, REASON_COLUMN, RECORD_SCHEMA, REJECT_SCHEMA
+from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN, RECORD_SCHEMA, REJECT_SCHEMA, outcome_table
 from mmcurate.stages.base import Block, RecordStage, reject_rows, split_outcomes
 
 COUNTS = "counts.json"
@@ -113,11 +113,6 @@ class _BlockWriter:
         self.store.abandon(self.tmp)
 
 
-def _outcome_rows(rows: list[dict[str, Any]]) -> pa.Table:
-    columns = {name: [r.get(name) for r in rows] for name in OUTCOME_SCHEMA.names}
-    return pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)
-
-
 class SegmentWorker:
     """The Ray actor of a segment: builds every stage once (``setup``: models load once per worker), then runs
     blocks. ``runs[0]`` is the source when ``source`` is set; the other stages are ``RecordStage``s."""
@@ -192,7 +187,7 @@ class SegmentWorker:
         per_record = list(self.pool.map(lambda r: _run_chain(chain, r), records.to_pylist()))
         for offset, writer in enumerate(writers):
             outcomes = [row for produced in per_record for row in produced[offset]]
-            writer.add(_outcome_rows(outcomes), is_source=(first + offset == 0 and self.source))
+            writer.add(outcome_table(outcomes), is_source=(first + offset == 0 and self.source))
 
 
 def _run_chain(chain: list[RecordStage], record: dict[str, Any]) -> list[list[dict[str, Any]]]:

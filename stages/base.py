@@ -217,17 +217,6 @@ def on_actor_pool(
     )
 
 
-class RecordStageWorker:
-    """The Ray actor around a RecordStage: builds it and runs ``setup`` once, then processes batches."""
-
-    def __init__(self, stage_cls: type[RecordStage], config: StageConfig, name: str):
-        self.stage = stage_cls(config, name)
-        self.stage.setup()
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        return self.stage.process_table(table)
-
-
 def reject_rows(outcomes: pa.Table, stage: str, config_hash: str) -> pa.Table:
     """Rejected outcome rows as the run directory keeps them (``REJECT_SCHEMA``): who, why, which stage and config."""
     n = outcomes.num_rows
@@ -262,7 +251,6 @@ __all__ = [
     "Block",
     "InputError",
     "RecordStage",
-    "RecordStageWorker",
     "SourceStage",
     "Stage",
     "StageContext",

@@ -315,7 +315,6 @@ class RayGate:
         return zlib.crc32(host.encode()) % self.shards  # stable across processes, unlike hash()
 
     def _actor(self, shard: int, fresh: bool = False) -> Any:
-        import ray
 
         with self._lock:
             if fresh:

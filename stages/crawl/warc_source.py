@@ -31,7 +31,7 @@ import pyarrow as pa
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import StageContext, internal_error, kept, on_actor_pool, rejected
+from mmcurate.stages.base import internal_error, kept, rejected
 from mmcurate.stages.crawl.media import transcript_text
 from mmcurate.stages.crawl.optout import header_refusal
 from mmcurate.stages.crawl.pages import page_ref_outcomes, record_of_ref
@@ -180,9 +180,3 @@ class WarcReader:
         if batch or not handed:  # an archive without references still answers, with an empty table
             yield outcome_table(batch)
 
-
-def warc_candidates(config: CrawlConfig, ctx: StageContext) -> Any:
-    import ray
-
-    archives = ray.data.from_items([{"path": p} for p in config.warcs])
-    return on_actor_pool(archives, WarcReader, (config,), batch_size=1, concurrency=config.concurrency, num_cpus=1.0)
