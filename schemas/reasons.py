@@ -48,6 +48,9 @@ class Reason(str, Enum):
     NO_TEXT = "no_text"
     JUNK_TEXT = "junk_text"
     TEXT_TOO_SHORT = "text_too_short"
+    # models and global decisions
+    CLIP_SCORE_LOW = "clip_score_low"  # below the stage's threshold; detail: the score, the threshold, the model
+    SCORE_BELOW_CUT = "score_below_cut"  # outside a score_filter's top_fraction / min; detail: score, cut, rank
     # pipeline
     DUPLICATE_KEY = "duplicate_key"  # a second record with a key already written; the first (in sort order) wins
     INTERNAL_ERROR = "internal_error"  # an unexpected exception on this record; detail: type, message, trace digest
