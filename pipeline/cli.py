@@ -13,6 +13,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 
 def _run(args: argparse.Namespace) -> int:
+    from mmcurate.pipeline.demo import DEMO_SITE
     from mmcurate.pipeline.report import funnel_table
     from mmcurate.pipeline.rundir import RunDirBusy
     from mmcurate.pipeline.runner import StageFailed, run_workflow
@@ -21,7 +22,9 @@ def _run(args: argparse.Namespace) -> int:
 
     run_dir = args.run_dir or str(Path("runs") / Path(args.workflow).stem)
     try:
-        result = run_workflow(args.workflow, run_dir, overrides=args.set, ray_address=args.ray_address)
+        # the services a workflow's serve: section may name; the runner knows no other
+        result = run_workflow(args.workflow, run_dir, overrides=args.set, ray_address=args.ray_address,
+                              services={"demo_site": DEMO_SITE})
     except (WorkflowError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

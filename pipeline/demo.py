@@ -1,7 +1,8 @@
 """The offline demo: build the seeded sample site, serve it on 127.0.0.1 for the length of a run.
 
-``workflows/demo.yaml`` names ``serve: demo_site`` and refers to the served site through two variables:
-``${demo_site.base_url}`` and ``${demo_site.url_list}`` (an absolute URL list written for this server).
+``DEMO_SITE`` is the ``Service`` the CLI hands the runner as ``demo_site``: ``workflows/demo.yaml`` names
+``serve: demo_site`` and refers to the served site through two variables: ``${demo_site.base_url}`` and
+``${demo_site.url_list}`` (an absolute URL list written for this server).
 The site is served on a port derived from the run directory (or ``serve.demo_site.port``), so its URLs, the
 sample keys made from them and the crawl progress saved by a killed run are the same on every invocation.
 """
@@ -16,13 +17,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmcurate.schemas.workflow import DemoSiteConfig
+from pydantic import Field
+
+from mmcurate.pipeline.services import Service
+from mmcurate.schemas.stage_configs import StrictModel
 
 log = logging.getLogger("mmcurate.demo")
 
-DEMO_VARIABLES = ("demo_site.base_url", "demo_site.url_list")
 # what the variables stand for while a workflow is validated, before the site is served
 DEMO_PLACEHOLDERS = {"demo_site.base_url": "http://127.0.0.1:1", "demo_site.url_list": "url_list.csv"}
+
+
+class DemoSiteConfig(StrictModel):
+    """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
+
+    seed: int = 0
+    pages: int = Field(200, ge=5)
+    # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
+    # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
+    # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)
+    port: int | None = Field(None, ge=0, le=65535)
+    root: str | None = None  # where the site is built; default: <run dir>/demo_site
 
 
 def demo_workflow_path() -> Path:
@@ -73,3 +88,6 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
         write_url_list(root, server.base_url, url_list)
         log.info("demo: serving %s at %s", root / "site", server.base_url)
         yield {"demo_site.base_url": server.base_url, "demo_site.url_list": str(url_list)}
+
+
+DEMO_SITE = Service(config=DemoSiteConfig, placeholders=DEMO_PLACEHOLDERS, serve=prepared_demo_site)

@@ -5,33 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmcurate.schemas.stage_configs import STAGE_KINDS, StageConfig, StrictModel
+from mmcurate.schemas.stage_configs import STAGE_KINDS, StageConfig
 
 
 class WorkflowError(ValueError):
     """A workflow file that cannot run; the message names the file, the stage and the field."""
-
-
-class DemoSiteConfig(StrictModel):
-    """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
-
-    seed: int = 0
-    pages: int = Field(200, ge=5)
-    # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
-    # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
-    # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)
-    port: int | None = Field(None, ge=0, le=65535)
-    root: str | None = None  # where the site is built; default: <run dir>/demo_site
-
-
-class ServeConfig(StrictModel):
-    demo_site: DemoSiteConfig | None = None
 
 
 class StageSpec(BaseModel):
@@ -53,7 +38,8 @@ class Workflow(BaseModel):
     name: str
     path: str
     sha256: str
-    serve: ServeConfig
+    # service name -> its config as written; the service that runs it (handed to the runner) validates it
+    serve: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # records whose processing may raise unexpectedly (each becomes an internal_error row) before a stage fails
     max_error_fraction: float = Field(0.01, ge=0, le=1)
     stages: tuple[StageSpec, ...]
@@ -87,7 +73,7 @@ def _format_error(path: str, where: str, err: ValidationError) -> str:
 
 
 def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.demo_site.port=8000``."""
+    """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.<service>.port=8000``."""
     head, _, rest = dotted.partition(".")
     if head == "max_error_fraction" and not rest:
         doc[head] = value
@@ -111,7 +97,7 @@ def load_workflow(
     path: str | Path, *, overrides: list[str] = (), variables: dict[str, str] | None = None
 ) -> Workflow:
     """Parse and validate a workflow file. ``overrides`` are ``stage.field=yaml-value`` strings; ``variables``
-    fill ``${name}`` placeholders (e.g. ``${demo_site.base_url}``)."""
+    fill ``${name}`` placeholders (e.g. ``${<service>.base_url}``, defined by a ``serve:`` service)."""
     path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -132,10 +118,10 @@ def load_workflow(
     unknown_top = set(doc) - set(known_top)
     if unknown_top:
         raise WorkflowError(f"{path}: unknown top-level field(s) {sorted(unknown_top)} (known: {', '.join(known_top)})")
-    try:
-        serve = ServeConfig.model_validate(doc.get("serve") or {})
-    except ValidationError as err:
-        raise WorkflowError(_format_error(path, "serve", err)) from err
+    serve = doc.get("serve") or {}
+    if not isinstance(serve, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in serve.items()):
+        raise WorkflowError(f"{path}: serve: expected a mapping of service name to its config, "
+                            f"e.g. 'serve: {{<service>: {{port: 8000}}}}'")
     raw_stages = doc.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise WorkflowError(f"{path}: 'stages' must be a non-empty list")
@@ -167,6 +153,20 @@ def load_workflow(
         )
     except ValidationError as err:
         raise WorkflowError(_format_error(path, "workflow", err)) from err
+
+
+def validated_serve(workflow: Workflow, models: Mapping[str, type[BaseModel]]) -> dict[str, BaseModel]:
+    """Each ``serve:`` entry checked against the config model of the service named (``models``: name -> model)."""
+    configs = {}
+    for name, raw in workflow.serve.items():
+        if name not in models:
+            raise WorkflowError(f"{workflow.path}: serve: unknown service '{name}' "
+                                f"(known: {', '.join(sorted(models)) or 'none were given'})")
+        try:
+            configs[name] = models[name].model_validate(raw)
+        except ValidationError as err:
+            raise WorkflowError(_format_error(workflow.path, f"serve.{name}", err)) from err
+    return configs
 
 
 def _check_order(path: str, specs: list[StageSpec]) -> None:

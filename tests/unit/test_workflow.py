@@ -1,7 +1,11 @@
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
+from mmcurate.pipeline.services import Service
+from mmcurate.schemas.stage_configs import StrictModel
 from mmcurate.schemas.workflow import WorkflowError, load_workflow
 
 GOOD = """
@@ -27,7 +31,7 @@ def test_demo_workflow_validates():
     wf = load_workflow(Path(__file__).parents[2] / "workflows" / "demo.yaml", variables={
         "demo_site.base_url": "http://127.0.0.1:9", "demo_site.url_list": "/x.csv"})
     assert [s.name for s in wf.stages] == ["crawl", "align", "shard"]
-    assert wf.serve.demo_site is not None
+    assert "demo_site" in wf.serve
 
 
 def test_good_workflow_types_and_defaults(tmp_path):
@@ -143,9 +147,66 @@ def test_input_files_are_local_paths_not_uris(tmp_path):
             load_workflow(write(tmp_path, bad))
 
 
-def test_the_installed_demo_workflow_validates_with_the_runners_placeholders():
-    from mmcurate.pipeline.demo import demo_workflow_path
-    from mmcurate.pipeline.runner import _placeholder_variables
+def test_the_installed_demo_workflow_validates_with_the_demo_services_placeholders():
+    from mmcurate.pipeline.demo import DEMO_SITE, DemoSiteConfig, demo_workflow_path
+    from mmcurate.schemas.workflow import validated_serve
 
-    workflow = load_workflow(demo_workflow_path(), variables=_placeholder_variables())
-    assert workflow.serve.demo_site is not None and workflow.stages[0].config.url_lists
+    workflow = load_workflow(demo_workflow_path(), variables=dict(DEMO_SITE.placeholders))
+    assert workflow.stages[0].config.url_lists
+    (config,) = validated_serve(workflow, {"demo_site": DEMO_SITE.config}).values()
+    assert isinstance(config, DemoSiteConfig) and config.port is None  # defaults filled in
+
+
+SERVED = GOOD.replace("name: t", "name: t\nserve:\n  tiny: {size: 3}").replace("http://127.0.0.1:1", "${tiny.base_url}")
+
+
+class TinyConfig(StrictModel):
+    size: int = Field(1, ge=1)
+    colour: str = "red"
+
+
+def tiny_service(started: list) -> Service:
+    """A service that records each start, so a test can see whether the runner got as far as serving."""
+
+    @contextmanager
+    def serve(config: TinyConfig, run_root: Path):
+        started.append((config, run_root))
+        yield {"tiny.base_url": "http://127.0.0.1:7"}
+
+    return Service(config=TinyConfig, placeholders={"tiny.base_url": "http://127.0.0.1:1"}, serve=serve)
+
+
+def test_a_serve_entry_no_service_was_given_for_fails_before_anything_runs(tmp_path):
+    from mmcurate.pipeline.runner import run_workflow
+
+    path, started = write(tmp_path, SERVED), []
+    with pytest.raises(WorkflowError) as err:
+        run_workflow(path, tmp_path / "run", services={"other": tiny_service(started)})
+    message = str(err.value)
+    assert str(path) in message and "serve: unknown service 'tiny'" in message and "known: other" in message
+    with pytest.raises(WorkflowError, match="unknown service 'tiny' .known: none were given"):
+        run_workflow(write(tmp_path, SERVED.replace("${tiny.base_url}", "http://127.0.0.1:1")), tmp_path / "run")
+    assert not started and not (tmp_path / "run").exists()
+
+
+def test_a_bad_serve_field_names_file_service_and_field_before_the_service_starts(tmp_path):
+    from mmcurate.pipeline.runner import run_workflow
+
+    started = []
+    for override, field in (("serve.tiny.size=0", "size"), ("serve.tiny.colur=blue", "colur")):
+        path = write(tmp_path, SERVED)
+        with pytest.raises(WorkflowError) as err:
+            run_workflow(path, tmp_path / "run", overrides=[override], services={"tiny": tiny_service(started)})
+        assert f"{path}: serve.tiny: field '{field}'" in str(err.value)
+    assert not started and not (tmp_path / "run").exists()
+
+
+def test_a_services_variables_are_unknown_to_a_workflow_loaded_without_it(tmp_path):
+    with pytest.raises(WorkflowError, match=r"unknown variable \$\{tiny.base_url\}"):
+        load_workflow(write(tmp_path, SERVED))
+
+
+def test_serve_must_map_service_names_to_config_mappings(tmp_path):
+    for section in ("serve: [tiny]", "serve:\n  tiny: 3"):
+        with pytest.raises(WorkflowError, match="serve: expected a mapping of service name to its config"):
+            load_workflow(write(tmp_path, GOOD.replace("name: t", f"name: t\n{section}")))
