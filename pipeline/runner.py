@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,12 +23,13 @@ import pyarrow as pa
 
 from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir
+from mmcurate.pipeline.services import Service
 from mmcurate.pipeline.storage import filesystem_threads, join, stem_of, storage_for
 from mmcurate.pipeline.stages_registry import stage_class
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
 from mmcurate.schemas.stage_configs import STAGE_KINDS
-from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow
+from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow, validated_serve
 from mmcurate.stages.base import Block, StageContext
 
 log = logging.getLogger("mmcurate.run")
@@ -149,14 +150,13 @@ def check_error_fraction(stage: str, stats: dict[str, Any], limit: float, reject
 
 
 @contextlib.contextmanager
-def _served(serve: Any, run_dir: RunDir) -> Iterator[dict[str, str]]:
-    """Start what the workflow's ``serve:`` section asks for; yield the ${...} variables it defines."""
-    if serve is None or serve.demo_site is None:
-        yield {}
-        return
-    from mmcurate.pipeline.demo import prepared_demo_site
-
-    with prepared_demo_site(serve.demo_site, run_dir.local_root) as variables:  # remote: the local cache
+def _served(services: Mapping[str, Service], configs: dict[str, Any], run_dir: RunDir) -> Iterator[dict[str, str]]:
+    """Start each service the workflow's ``serve:`` section names; yield the ${...} variables they define."""
+    with contextlib.ExitStack() as started:
+        variables: dict[str, str] = {}
+        for name, config in configs.items():
+            # remote: the service's files go to the local cache
+            variables.update(started.enter_context(services[name].serve(config, run_dir.local_root)))
         yield variables
 
 
@@ -174,26 +174,30 @@ def run_workflow(
     *,
     overrides: list[str] = (),
     ray_address: str | None = None,
+    services: Mapping[str, Service] | None = None,
 ) -> RunResult:
+    """``services``: what the workflow's ``serve:`` section may name (``pipeline/services.py``)."""
     rundir = RunDir(run_dir)
+    services = dict(services or {})
     # Validate before anything starts: a bad file fails here, naming the file, stage and field.
-    preview = load_workflow(workflow_path, overrides=list(overrides), variables=_placeholder_variables())
+    preview = load_workflow(workflow_path, overrides=list(overrides), variables=_placeholder_variables(services))
+    configs = validated_serve(preview, {name: service.config for name, service in services.items()})
     with rundir.locked():
         handler = _add_log_file(rundir)
         try:
-            with _served(preview.serve, rundir) as variables:
+            with _served(services, configs, rundir) as variables:
                 workflow = load_workflow(workflow_path, overrides=list(overrides), variables=variables)
-                return _execute(workflow, rundir, ray_address)
+                # what was served, defaults filled in, is what a source's fingerprint covers
+                served = {name: config.model_dump(mode="json") for name, config in configs.items()}
+                return _execute(workflow.model_copy(update={"serve": served}), rundir, ray_address)
         finally:
             logging.getLogger("mmcurate").removeHandler(handler)
             handler.close()
             rundir.upload_logs()
 
 
-def _placeholder_variables() -> dict[str, str]:
-    from mmcurate.pipeline.demo import DEMO_PLACEHOLDERS
-
-    return dict(DEMO_PLACEHOLDERS)
+def _placeholder_variables(services: Mapping[str, Service]) -> dict[str, str]:
+    return {name: value for service in services.values() for name, value in service.placeholders.items()}
 
 
 def _committed_files(rundir: RunDir, stage: str) -> tuple[list[str], int]:
@@ -216,7 +220,7 @@ class _Planned:
 
 
 def _plan(workflow: Workflow, files: FileDigests) -> list[_Planned]:
-    serve = workflow.serve.model_dump(mode="json")
+    serve = dict(workflow.serve)
     planned: list[_Planned] = []
     for spec in workflow.stages:
         role = STAGE_KINDS[spec.kind].role
