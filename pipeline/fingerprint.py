@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmcurate.pipeline.stages_registry import IMPLEMENTATIONS
+from mmcurate.pipeline.stages_registry import implementation_module
 from mmcurate.stages.files import atomic_write_bytes
 
 SHARED_CODE = ("mmcurate.stages.base", "mmcurate.stages.files", "mmcurate.schemas")
@@ -40,7 +40,7 @@ def _module_files(module: str) -> list[Path]:
 
 def code_version(kind: str) -> str:
     """Digest of the source a stage kind runs: its implementation package (or module) and the shared contract."""
-    implementation = IMPLEMENTATIONS[kind].partition(":")[0]
+    implementation = implementation_module(kind)
     if implementation.count(".") > 2:  # mmcurate.stages.crawl.x → the whole mmcurate.stages.crawl package
         implementation = ".".join(implementation.split(".")[:3])
     digest = hashlib.sha256()

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 from mmcurate.pipeline.storage import is_url, join, storage_for
 from mmcurate.schemas.record import RECORD_SCHEMA, outcome_table
 from mmcurate.stages.base import reject_rows
-from mmcurate.stages.shard import PARTITION_COLUMN, ShardStage, partition_count, partition_of
+from mmcurate.stages.base import SinkStage
+from mmcurate.stages.shard import PARTITION_COLUMN, partition_of
 
 PARTITION_FILE = "partition.json"
 _SHUFFLE_PARTITIONS = 64  # at most this many shuffle reducers; each takes whole key ranges
@@ -40,14 +41,15 @@ def _with_partition(batch: pa.Table, partitions: int, skip: list[int]) -> pa.Tab
     return table.filter(pc.invert(pc.is_in(table[PARTITION_COLUMN], value_set=pa.array(skip, pa.int32()))))
 
 
-def _write_group(group: pa.Table, config: Any, name: str, config_hash: str, partitions_dir: str) -> pa.Table:
+def _write_group(group: pa.Table, cls: type[SinkStage], config: Any, name: str, config_hash: str,
+                 partitions_dir: str) -> pa.Table:
     """One partition, in one worker: sorted, written as shards, published by one rename."""
     partition = group[PARTITION_COLUMN][0].as_py()
     final = join(partitions_dir, f"{partition:06d}")
     store = storage_for(final)
     if not store.published(final):
         tmp = store.staging(final)  # local: .<p>.tmp-<id> beside it; remote: a local temp dir
-        infos, refused = ShardStage(config, name).write_partition(group.drop_columns([PARTITION_COLUMN]), tmp, "part")
+        infos, refused = cls(config, name).write_partition(group.drop_columns([PARTITION_COLUMN]), tmp, "part")
         if refused:
             pq.write_table(reject_rows(outcome_table(refused), name, config_hash), tmp / "rejects.parquet")
         summary = {
@@ -60,12 +62,12 @@ def _write_group(group: pa.Table, config: Any, name: str, config_hash: str, part
     return pa.table({"partition": [partition]})
 
 
-def run_sink(stage: ShardStage, config_hash: str, files: list[str], rows: int, work: Path | str,
+def run_sink(stage: SinkStage, config_hash: str, files: list[str], rows: int, work: Path | str,
              progress: Path | str, log: Any) -> dict[str, Any]:
     import ray
 
     cfg = stage.config
-    partitions = partition_count(rows, cfg.samples_per_shard)
+    partitions = stage.partitions(rows)
     parts_dir = join(progress, "partitions")
     if not is_url(parts_dir):
         Path(parts_dir).mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def run_sink(stage: ShardStage, config_hash: str, files: list[str], rows: int, w
             .map_batches(_with_partition, fn_kwargs={"partitions": partitions, "skip": done}, batch_format="pyarrow")
             .groupby(PARTITION_COLUMN, num_partitions=min(partitions, _SHUFFLE_PARTITIONS))
             .map_groups(_write_group, batch_format="pyarrow",
-                        fn_kwargs={"config": cfg, "name": stage.name, "config_hash": config_hash,
+                        fn_kwargs={"cls": type(stage), "config": cfg, "name": stage.name, "config_hash": config_hash,
                                    "partitions_dir": parts_dir})
         )
         for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -91,7 +93,7 @@ def run_sink(stage: ShardStage, config_hash: str, files: list[str], rows: int, w
     return _gather(stage, parts_dir, work)
 
 
-def _gather(stage: ShardStage, parts_dir: Path | str, work: Path | str) -> dict[str, Any]:
+def _gather(stage: SinkStage, parts_dir: Path | str, work: Path | str) -> dict[str, Any]:
     """Link every partition's shards into ``work/shards`` as ``<prefix>-NNNNNN`` in key order, its reject rows into
     ``work/rejects``; return the stage's counts. ``work`` is the generation being written (remote: its prefix)."""
     parts_dir, work = str(parts_dir), str(work)

@@ -1,10 +1,11 @@
 """Streamed execution: consecutive stages that need no global view of their input run as one Ray Data pipeline.
 
-A *segment* is a source (or a committed upstream) followed by ``map`` stages. Its input is a list of blocks
+A *segment* is a source, a committed upstream or a ``global`` stage's decision, followed by ``map`` stages. Its input is a list of blocks
 (``stages.base.Block``: a URL-list chunk, a chunk of page media references, a WARC file, a committed data file),
 each named by an id that is stable across runs. One long-lived pool of actors takes the blocks; in each actor a
 block's records run through every stage of the segment, record by record, in a pool of threads (a record is
-fetched and then aligned in the same thread, as img2dataset downloads and resizes in one). Every stage still
+fetched and then aligned in the same thread, as img2dataset downloads and resizes in one); a batch stage (a
+model) takes the window's records as one Arrow batch. Every stage still
 writes its own outcome: per block and stage, the kept records, the reject rows and the counts go to
 
     DIR/.progress/<stage>-<fingerprint>/blocks/<block id>/{data.parquet, rejects.parquet, counts.json}
@@ -32,8 +33,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmcurate.pipeline.storage import is_url, join, local_copy, storage_for
-from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN, RECORD_SCHEMA, REJECT_SCHEMA, outcome_table
-from mmcurate.stages.base import Block, RecordStage, reject_rows, split_outcomes
+from mmcurate.schemas.record import (
+    FIRST_COLUMN,
+    REASON_COLUMN,
+    REJECT_SCHEMA,
+    outcome_schema,
+    outcome_table,
+    record_schema,
+)
+from mmcurate.stages.base import Block, GlobalStage, RecordStage, on_actors, reject_rows, split_outcomes
 
 COUNTS = "counts.json"
 COUNT_SCHEMA = pa.schema([pa.field("block", pa.string()), pa.field("stage", pa.int32()), pa.field("counts", pa.string())])
@@ -49,6 +57,7 @@ class StageRun:
     config_hash: str
     blocks_dir: str  # DIR/.progress/<stage>-<fp>/blocks (a local path or a URL)
     guard: Any = None  # rundir.RunGuard: a block is published only while the run that handed it out is alive
+    summary: dict[str, Any] | None = None  # a global stage's summary (what ``decide`` needs)
 
     def done(self, block_id: str) -> bool:
         return storage_for(self.blocks_dir).published(join(self.blocks_dir, block_id))
@@ -87,7 +96,7 @@ class _BlockWriter:
         self.entered += outcomes.num_rows if is_source else sum(bool(f) for f in outcomes[FIRST_COLUMN].to_pylist())
         self.counts.update(reason or "kept" for reason in outcomes[REASON_COLUMN].to_pylist())
         records, refused = split_outcomes(outcomes)
-        self._write("data.parquet", records, RECORD_SCHEMA)
+        self._write("data.parquet", records, record_schema(records.schema))
         self._write("rejects.parquet", reject_rows(refused, self.run.name, self.run.config_hash), REJECT_SCHEMA)
         return records
 
@@ -121,11 +130,16 @@ class SegmentWorker:
         self.runs = runs
         self.source = source
         self.stages = [run.cls(run.config, run.name) for run in runs]
+        for run, stage in zip(runs, self.stages):
+            if isinstance(stage, GlobalStage):
+                stage.summary = run.summary
         for stage in self.stages[1 if source else 0 :]:
             stage.setup()
         self.fetchers: dict[str, RecordStage] = {}  # the source's per-record stage for each kind of block
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mmcurate-record")
-        self.window = window or max(8, threads * 2)  # records in hand at once: bounds memory, keeps threads busy
+        # records in hand at once: bounds memory, keeps the threads busy, fills a batch stage's batch
+        batched = [run.config.batch_size for run, stage in zip(runs, self.stages) if not isinstance(stage, RecordStage)]
+        self.window = window or max(8, threads * 2, *batched)
 
     def _fetcher(self, block: Block) -> RecordStage | None:
         """The source's per-record stage for this kind of block (built and set up once), or None when the source
@@ -179,15 +193,28 @@ class SegmentWorker:
         yield from ((False, b) for b in _batches(block.path, self.window))
 
     def _through(self, block: Block, records: pa.Table, first: int, writers: list[_BlockWriter]) -> None:
-        """Records through stages ``first``.. in the thread pool, each record through all of them in one thread;
-        each stage's outcome rows go to its own writer, in input order."""
+        """Records through stages ``first``..; each stage's outcome rows go to its own writer, in input order.
+        Consecutive record stages run in the thread pool, each record through all of them in one thread; a batch
+        stage takes the kept records of the stage before it as one batch."""
         if not writers or records.num_rows == 0:
             return
         chain = [self._fetcher(block) if (i == 0 and self.source) else self.stages[i] for i in range(first, len(self.runs))]
-        per_record = list(self.pool.map(lambda r: _run_chain(chain, r), records.to_pylist()))
-        for offset, writer in enumerate(writers):
-            outcomes = [row for produced in per_record for row in produced[offset]]
-            writer.add(outcome_table(outcomes), is_source=(first + offset == 0 and self.source))
+        is_source = [first + i == 0 and self.source for i in range(len(chain))]
+        i = 0
+        while i < len(chain) and records.num_rows:
+            if not isinstance(chain[i], RecordStage):
+                records = writers[i].add(chain[i].process_table(records), is_source=is_source[i])
+                i += 1
+                continue
+            j = i
+            while j < len(chain) and isinstance(chain[j], RecordStage):
+                j += 1
+            per_record = list(self.pool.map(lambda r: _run_chain(chain[i:j], r), records.to_pylist()))
+            schema = outcome_schema(records.schema)
+            for offset in range(j - i):
+                outcomes = outcome_table([row for produced in per_record for row in produced[offset]], schema)
+                records = writers[i + offset].add(outcomes, is_source=is_source[i + offset])
+            i = j
 
 
 def _run_chain(chain: list[RecordStage], record: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -202,8 +229,11 @@ def _run_chain(chain: list[RecordStage], record: dict[str, Any]) -> list[list[di
     return produced
 
 
+_OUTCOME_ONLY = {REASON_COLUMN, "_detail", FIRST_COLUMN}
+
+
 def _as_record(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: row.get(name) for name in RECORD_SCHEMA.names}
+    return {name: value for name, value in row.items() if name not in _OUTCOME_ONLY}
 
 
 def _batches(path: Path | str, rows: int) -> Iterator[pa.Table]:
@@ -246,23 +276,9 @@ def run_blocks(runs: list[StageRun], blocks: list[Block], *, source: bool, log: 
     if not pending:
         return
     configs = [r.config for r in runs]
-    threads = max(c.threads for c in configs)
-    num_cpus = max(getattr(r.cls, "num_cpus", 0.5) for r in runs)
-    # a fixed pool (an elastic one never grows past one actor with one block in flight per actor), no larger
-    # than the cluster can place
-    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
-    concurrency = min(max(c.concurrency for c in configs), len(pending), fits)
     items = [{"id": b.id, "path": b.path, "kind": b.kind} for b in pending]
-    results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        SegmentWorker,
-        fn_constructor_args=(runs, source, threads),
-        batch_format="pyarrow",
-        batch_size=1,
-        # one block per actor at a time: no block waits in a busy actor's queue while another actor idles, and a
-        # kill finds at most one block in flight per actor
-        compute=ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
-        num_cpus=num_cpus,
-    )
+    results = on_actors(ray.data.from_items(items, override_num_blocks=len(items)), SegmentWorker,
+                        (runs, source, max(c.threads for c in configs)), configs, tasks=len(items))
     finished = 0
     for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
         finished += len(set(batch["block"].to_pylist()))

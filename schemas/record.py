@@ -1,13 +1,16 @@
 """The sample record that flows between stages, and the reject row every dropped sample becomes.
 
-A record is one row of an Arrow table. Stages read and write pandas/Arrow batches with these columns; a stage
-may leave a column null but never invents new ones (per-stage scores go into ``scores``, a JSON object).
+A record is one row of an Arrow table with the columns of ``RECORD_SCHEMA``; a stage may leave a column null.
+Per-stage scores go into ``scores``, a ``map<string, double>`` keyed ``<stage>.<model>.<what>`` (readable as is
+by pyarrow, DuckDB and pandas). Beyond these columns a record may carry *extension columns* (``EXTENSION_COLUMNS``:
+an embedding, a perceptual hash): a stage declares the ones it adds in its registration
+(``schemas.stage_configs.STAGE_KINDS``), later stages carry them through, and a workflow that needs one checks
+that an earlier stage adds it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import pandas as pd
@@ -46,10 +49,18 @@ RECORD_SCHEMA = pa.schema(
         *[pa.field(name, pa.string()) for name in TEXT_FIELDS],
         pa.field("text", pa.string()),
         pa.field("text_source", pa.string()),
-        pa.field("scores", pa.string()),  # JSON object {"<stage>.<score>": float}
+        pa.field("scores", pa.map_(pa.string(), pa.float64())),  # {"<stage>.<model>.<what>": score}
     ]
 )
 RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)
+SCORES_TYPE = RECORD_SCHEMA.field("scores").type
+
+# Extension columns by name → how their Arrow type is made. A fixed-size list's size is the producing model's
+# (an embedding's width is known once the model is loaded), so the type here is a function of that size.
+EXTENSION_COLUMNS: dict[str, Any] = {
+    "embedding": lambda size: pa.list_(pa.float32(), size),  # unit-norm image (or audio) embedding
+    "phash": lambda _=None: pa.uint64(),  # 64-bit perceptual hash of the decoded image
+}
 
 # Rows leave a stage with these extra columns: null reason = kept, otherwise the row is a reject. A map stage
 # marks the first outcome row of each input record with ``_first``, which is how the runner counts the records
@@ -94,14 +105,37 @@ def empty_record(**values: Any) -> dict[str, Any]:
 
 
 def scores_of(row: dict[str, Any]) -> dict[str, float]:
+    """A row's scores as a dict, whether the row came from Arrow (a list of pairs) or was built as a dict."""
     raw = row.get("scores")
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    return dict(raw) if not isinstance(raw, dict) else raw
 
 
-def outcome_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Build a batch in the outcome schema from full row dicts (missing columns become null)."""
-    columns = {name: [r.get(name) for r in rows] for name in OUTCOME_SCHEMA.names}
-    return pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)
+def record_schema(extensions: pa.Schema | list[pa.Field] = ()) -> pa.Schema:
+    """``RECORD_SCHEMA`` plus the extension columns among ``extensions`` (a batch's schema, or fields)."""
+    fields = list(RECORD_SCHEMA)
+    fields += [f for f in extensions if f.name in EXTENSION_COLUMNS and f.name not in RECORD_COLUMNS]
+    return pa.schema(fields)
+
+
+def outcome_schema(extensions: pa.Schema | list[pa.Field] = ()) -> pa.Schema:
+    """The outcome schema of records with ``extensions``: the record columns, then ``_reason/_detail/_first``."""
+    schema = record_schema(extensions)
+    for name in (REASON_COLUMN, DETAIL_COLUMN, FIRST_COLUMN):
+        schema = schema.append(OUTCOME_SCHEMA.field(name))
+    return schema
+
+
+def extension_fields(schema: pa.Schema) -> list[pa.Field]:
+    """The extension columns a batch carries."""
+    return [f for f in schema if f.name in EXTENSION_COLUMNS]
+
+
+def outcome_table(rows: list[dict[str, Any]], schema: pa.Schema = OUTCOME_SCHEMA) -> pa.Table:
+    """Build a batch in an outcome schema from full row dicts (missing columns become null)."""
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def outcome_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

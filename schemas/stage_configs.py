@@ -21,10 +21,12 @@ class StrictModel(BaseModel):
 
 
 class StageConfig(StrictModel):
-    """Fields every stage has."""
+    """Fields every stage has: what one of its Ray workers reserves, how many run, what each has in hand."""
 
-    batch_size: int = Field(16, ge=1, description="records per batch handed to the stage")
+    batch_size: int = Field(16, ge=1, description="records per batch handed to a batch stage (a model's batch)")
     concurrency: int = Field(2, ge=1, description="Ray workers running the stage")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs one worker reserves")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs one worker reserves (> 0: a model stage runs on CUDA)")
     # Records one worker has in hand at once, each in its own thread: a stage that waits on the network (or
     # whose work releases the GIL: image decode, resize, encode) overlaps them, as img2dataset's thread_count does.
     # Stages streamed together in one worker use the largest of their values.
@@ -113,6 +115,8 @@ class UrlListInput(StrictModel):
 
 
 class CrawlConfig(StageConfig):
+    # a fetcher waits on the network, not the CPU: more of them overlap their waits
+    num_cpus: float = Field(0.5, gt=0, description="CPUs one worker reserves")
     url_lists: tuple[UrlListInput, ...] = ()
     seeds: tuple[str, ...] = ()
     warcs: tuple[str, ...] = ()
@@ -183,21 +187,44 @@ class ShardConfig(StageConfig):
     max_shard_bytes: int = Field(1 << 30, ge=1024)
 
 
-# What a stage needs earlier stages to have established, and what it establishes; checked when a workflow is built.
+# One registration per stage kind: its config, its role, where its implementation lives, and what it needs and
+# establishes (capabilities, extension columns); the workflow check reads nothing else.
 Role = Literal["source", "map", "global", "sink"]
 
 
 class StageKind(StrictModel):
     config: type[StageConfig]
     role: Role
-    requires: frozenset[str] = frozenset()
+    implementation: str  # "module:Class", imported only when the stage runs (validation never imports torch)
+    requires: frozenset[str] = frozenset()  # capabilities an earlier stage must provide ("aligned")
     provides: frozenset[str] = frozenset()
+    needs_columns: frozenset[str] = frozenset()  # extension columns (schemas.record.EXTENSION_COLUMNS) it reads
+    adds_columns: frozenset[str] = frozenset()  # extension columns it may write
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> StageKind:
+        from mmcurate.schemas.record import EXTENSION_COLUMNS
+
+        unknown = (self.needs_columns | self.adds_columns) - set(EXTENSION_COLUMNS)
+        if unknown:
+            raise ValueError(f"not extension columns: {sorted(unknown)} (known: {sorted(EXTENSION_COLUMNS)})")
+        return self
 
 
-STAGE_KINDS: dict[str, StageKind] = {
-    "crawl": StageKind(config=CrawlConfig, role="source", provides=frozenset({"raw_media"})),
-    "align": StageKind(
-        config=AlignConfig, role="map", requires=frozenset({"raw_media"}), provides=frozenset({"aligned"})
-    ),
-    "shard": StageKind(config=ShardConfig, role="sink", requires=frozenset({"aligned"})),
-}
+STAGE_KINDS: dict[str, StageKind] = {}
+
+
+def register(kind: str, **registration: object) -> StageKind:
+    """Register a stage kind; ``registration`` are ``StageKind``'s fields."""
+    if kind in STAGE_KINDS:
+        raise ValueError(f"stage kind {kind!r} is registered twice")
+    STAGE_KINDS[kind] = StageKind(**registration)
+    return STAGE_KINDS[kind]
+
+
+register("crawl", config=CrawlConfig, role="source", implementation="mmcurate.stages.crawl:CrawlStage",
+         provides=frozenset({"raw_media"}))
+register("align", config=AlignConfig, role="map", implementation="mmcurate.stages.align:AlignStage",
+         requires=frozenset({"raw_media"}), provides=frozenset({"aligned"}))
+register("shard", config=ShardConfig, role="sink", implementation="mmcurate.stages.shard:ShardStage",
+         requires=frozenset({"aligned"}))

@@ -1,25 +1,34 @@
 """The stage contract.
 
-A stage turns records (``mmcurate.schemas.record.RECORD_SCHEMA``) into *outcome rows*: the same columns plus
-``_reason``/``_detail``/``_first``. A null reason means kept; anything else is a reject. Every candidate a stage
-considers yields at least one outcome row, which is what lets the runner prove kept + rejected = out, and
-in = the upstream's committed rows, for every stage.
+A stage turns records (``mmcurate.schemas.record.RECORD_SCHEMA``, plus the extension columns earlier stages added)
+into *outcome rows*: the same columns plus ``_reason``/``_detail``/``_first``. A null reason means kept; anything
+else is a reject. Every candidate a stage considers yields at least one outcome row, which is what lets the runner
+prove kept + rejected = out, and in = the upstream's committed rows, for every stage.
 
-Roles, one base class each:
-  * ``RecordStage`` (role ``map``): one record in, one or more outcome rows out. Subclasses fill ``process``;
-    ``setup`` loads models once per Ray worker. The base (``process_record``) marks each record's first outcome
-    row (``_first``), so the runner can count the records that entered, and turns an unexpected exception on one
-    record into an ``internal_error`` reject row (type, message, a digest of the traceback) instead of a failed
-    stage. Consecutive map stages are streamed together with the source before them
-    (``mmcurate.pipeline.stream``): in each worker a record goes through all of them in one thread, and
-    ``config.threads`` records are in hand at once.
+A stage's resources are its config's fields (``StageConfig``: ``num_cpus``, ``num_gpus``, ``batch_size``,
+``concurrency``, ``threads``); ``on_actors`` builds the one kind of actor pool every stage runs on. Each kind is
+registered once (``schemas.stage_configs.register``). Roles, one base class each:
+
+  * ``MapStage`` (role ``map``): records in, outcome rows out, batch by batch. ``setup`` loads models once per
+    worker. Two ways to fill it:
+      - ``RecordStage``: one record at a time (``process``; ``kept``/``rejected`` build the rows). A record may
+        fan out into several rows (one clip per subtitle cue). In a streamed segment, ``config.threads`` records are
+        in hand at once and a record goes through consecutive record stages in one thread.
+      - ``BatchStage``: a whole Arrow batch at once (``process_batch``: a model's forward pass), one outcome row
+        per record, decided with ``Decisions`` (mark rows rejected by a mask, set columns, add scores).
+    The base marks each record's first outcome row (``_first``), so the runner can count the records that entered,
+    and turns an unexpected exception on one record into an ``internal_error`` reject row (a batch that raises is
+    retried record by record, so only the records that raise become rows) instead of a failed stage.
   * ``SourceStage`` (role ``source``, the crawl): cuts its inputs into ``Block``s on the driver (``plan``), and in
     the workers hands each record of a block to a per-record stage (``block_stage``: a fetcher) or decides the
     block's rows itself (``block_outcomes``: a WARC read in place).
-  * a ``global`` stage (a threshold over the whole data set, dedupe by hash key) computes what it needs with Ray
-    Data aggregations and never pulls the data set to the driver; it ends a streamed segment.
-  * the ``sink`` (shard) writes kept records in Ray workers, one key range per worker task
-    (``mmcurate.pipeline.sink``).
+  * ``GlobalStage`` (role ``global``: a threshold over the whole data set, dedupe by key): ``summarize`` computes
+    what the decision needs over the whole committed input with Ray Data aggregations (small and JSON-able: a
+    quantile, the path of a table of duplicate groups), then ``decide`` marks each batch, in the workers, like a
+    batch stage. The data set never reaches the driver. A global stage starts a streamed segment: the map stages
+    after it stream with it.
+  * ``SinkStage`` (role ``sink``, the shards): writes kept records in Ray workers, one key range per worker task,
+    so its output does not depend on the number of workers (``mmcurate.pipeline.sink``).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
@@ -43,11 +52,12 @@ from mmcurate.schemas.record import (
     FIRST_COLUMN,
     OUTCOME_SCHEMA,
     REASON_COLUMN,
-    RECORD_COLUMNS,
     REJECT_SCHEMA,
+    SCORES_TYPE,
+    outcome_schema,
     outcome_table,
 )
-from mmcurate.schemas.stage_configs import StageConfig
+from mmcurate.schemas.stage_configs import STAGE_KINDS, StageConfig
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
 
@@ -73,11 +83,15 @@ class StageContext:
 
 
 class Stage(ABC, Generic[ConfigT]):
-    kind: ClassVar[str]
-
     def __init__(self, config: ConfigT, name: str | None = None):
         self.config = config
-        self.name = name or self.kind
+        self.name = name or registered_kind(type(self)) or type(self).__name__
+
+
+def registered_kind(cls: type) -> str | None:
+    """The kind a class is registered as (its ``STAGE_KINDS`` implementation), if any."""
+    where = f"{cls.__module__}:{cls.__qualname__}"
+    return next((kind for kind, entry in STAGE_KINDS.items() if entry.implementation == where), None)
 
 
 @dataclass(frozen=True)
@@ -109,9 +123,12 @@ class SourceStage(Stage[ConfigT]):
         raise NotImplementedError(f"{type(self).__name__} has no outcomes for blocks of kind {block.kind}")
 
 
+_OUTCOME_COLUMNS = (REASON_COLUMN, DETAIL_COLUMN, FIRST_COLUMN)
+
+
 def kept(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """An outcome row keeping ``record`` with ``changes`` applied."""
-    row = {name: record.get(name) for name in RECORD_COLUMNS}
+    """An outcome row keeping ``record`` (with any extension columns it carries) with ``changes`` applied."""
+    row = {name: value for name, value in record.items() if name not in _OUTCOME_COLUMNS}
     row.update(changes)
     row[REASON_COLUMN] = None
     row[DETAIL_COLUMN] = None
@@ -119,10 +136,13 @@ def kept(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return row
 
 
+_CARRIED_MEDIA = ("image", "audio", "subtitles")
+
+
 def rejected(record: dict[str, Any], reason: Reason | str, detail: str = "", **changes: Any) -> dict[str, Any]:
     """An outcome row rejecting ``record``. Media bytes are dropped: a reject row explains, it does not carry."""
     row = kept(record, **changes)
-    row.update(image=None, audio=None, subtitles=None)
+    row.update(dict.fromkeys(_CARRIED_MEDIA))
     row[REASON_COLUMN] = Reason(reason).value
     row[DETAIL_COLUMN] = detail[:500]
     return row
@@ -153,21 +173,37 @@ def internal_error(record: dict[str, Any], err: BaseException) -> dict[str, Any]
     return rejected(record, Reason.INTERNAL_ERROR, internal_error_detail(err, record.get("key")))
 
 
-class RecordStage(Stage[ConfigT]):
-    """One record → one or more outcome rows. The base owns the loop, the counters and the reasons; a subclass
-    only decides, in ``process``."""
-
-    def setup(self) -> None:
-        """Load what is expensive (models, lookup tables) once per worker; called before the first batch."""
-
-    @abstractmethod
-    def process(self, record: dict[str, Any]) -> list[dict[str, Any]]:
-        """Return outcome rows (via ``kept``/``rejected``), or raise ``Rejected`` to reject the whole record."""
+class MapStage(Stage[ConfigT]):
+    """Role ``map``: a batch of records in, their outcome rows out (``process_table``). The base owns the loop,
+    the counters and the reasons; subclasses fill ``RecordStage.process`` or ``BatchStage.process_batch``."""
 
     def __init__(self, config: ConfigT, name: str | None = None):
         super().__init__(config, name)
         self.counts: Counter[str] = Counter()
         self.seconds = 0.0
+
+    def setup(self) -> None:
+        """Load what is expensive (models, lookup tables) once per worker; called before the first batch."""
+
+    @abstractmethod
+    def _outcomes(self, table: pa.Table) -> pa.Table:
+        """Outcome rows of ``table``'s records, each record's first row marked ``_first``."""
+
+    def process_table(self, table: pa.Table) -> pa.Table:
+        """Plain callable over an Arrow batch: what the workers run, and what unit tests call directly."""
+        started = time.perf_counter()
+        outcomes = self._outcomes(table)
+        self.counts.update(reason or "kept" for reason in outcomes[REASON_COLUMN].to_pylist())
+        self.seconds += time.perf_counter() - started
+        return outcomes
+
+
+class RecordStage(MapStage[ConfigT]):
+    """One record → one or more outcome rows; a subclass only decides, in ``process``."""
+
+    @abstractmethod
+    def process(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return outcome rows (via ``kept``/``rejected``), or raise ``Rejected`` to reject the whole record."""
 
     def process_record(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """The outcome rows of one record, the first marked ``_first``: ``process`` with its rejections and
@@ -185,35 +221,185 @@ class RecordStage(Stage[ConfigT]):
             row[FIRST_COLUMN] = i == 0
         return produced
 
-    def process_table(self, table: pa.Table) -> pa.Table:
-        """Plain callable over an Arrow batch: what Ray runs, and what unit tests call directly."""
-        started = time.perf_counter()
-        rows: list[dict[str, Any]] = []
-        for record in table.to_pylist():
-            produced = self.process_record(record)
-            for row in produced:
-                self.counts[row[REASON_COLUMN] or "kept"] += 1
-            rows.extend(produced)
-        self.seconds += time.perf_counter() - started
-        return outcome_table(rows)
-
-    # CPUs one worker reserves; network-bound stages ask for less so that more of them overlap their waits
-    num_cpus: ClassVar[float] = 1.0
+    def _outcomes(self, table: pa.Table) -> pa.Table:
+        rows = [row for record in table.to_pylist() for row in self.process_record(record)]
+        return outcome_table(rows, outcome_schema(table.schema))
 
 
-def on_actor_pool(
-    dataset: Any, worker: type, args: tuple[Any, ...], *, batch_size: int, concurrency: int, num_cpus: float
+class BatchStage(MapStage[ConfigT]):
+    """A whole Arrow batch → one outcome row per record (``process_batch``, built with ``Decisions``). A batch
+    that raises unexpectedly is retried one record at a time, so that only the records that raise become
+    ``internal_error`` rows."""
+
+    @abstractmethod
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        """Outcome rows for ``batch``, one per record in order: ``Decisions(batch)…outcomes()``."""
+
+    def _outcomes(self, table: pa.Table) -> pa.Table:
+        if table.num_rows == 0:
+            return outcome_table([], outcome_schema(table.schema))
+        try:
+            return self._checked(table, self.process_batch(table))
+        except Rejected as rej:  # the stage refuses the batch as a whole: every record gets the reason
+            return Decisions(table).reject(None, rej.reason, rej.detail).outcomes()
+        except Exception:
+            if table.num_rows == 1:
+                raise
+        parts = []
+        for i in range(table.num_rows):
+            one = table.slice(i, 1)
+            try:
+                parts.append(self._checked(one, self.process_batch(one)))
+            except Rejected as rej:
+                parts.append(Decisions(one).reject(None, rej.reason, rej.detail).outcomes())
+            except Exception as err:  # one bad record must not fail the stage: it becomes a reason row
+                row = internal_error(one.to_pylist()[0], err)
+                row[FIRST_COLUMN] = True
+                parts.append(outcome_table([row], outcome_schema(one.schema)))
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def _checked(self, batch: pa.Table, outcomes: pa.Table) -> pa.Table:
+        if outcomes.num_rows != batch.num_rows or outcomes["key"] != batch["key"]:
+            raise RuntimeError(f"{type(self).__name__}.process_batch must return one outcome row per record, in order "
+                               f"({batch.num_rows} records, {outcomes.num_rows} rows)")
+        return outcomes
+
+
+class Decisions:
+    """The outcome rows of a batch stage, one per record: every record kept unless ``reject`` marks it (the first
+    reason given to a record is its reason), with columns set and scores added on the way."""
+
+    def __init__(self, batch: pa.Table):
+        self.batch = batch
+        self._reason = pa.nulls(batch.num_rows, pa.string())
+        self._detail = pa.nulls(batch.num_rows, pa.string())
+        self._columns: dict[str, pa.Array] = {}
+        self._scores: dict[str, pa.Array] = {}
+
+    def reject(self, mask: Any, reason: Reason | str, detail: str | Any = "") -> Decisions:
+        """Reject the records where ``mask`` (booleans, one per record; None: all) is true, with ``reason`` and
+        ``detail`` (one string for all, or one per record) unless they were rejected already."""
+        import pyarrow.compute as pc
+
+        n = self.batch.num_rows
+        mask = pa.array([True] * n) if mask is None else pa.array(mask, pa.bool_())
+        new = pc.and_(pc.fill_null(mask, False), pc.is_null(self._reason))
+        details = pa.array([str(detail)[:500]] * n if isinstance(detail, str) else [None if d is None else str(d)[:500]
+                                                                                   for d in detail], pa.string())
+        self._reason = pc.if_else(new, pa.scalar(Reason(reason).value), self._reason)
+        self._detail = pc.if_else(new, details, self._detail)
+        return self
+
+    def set(self, column: str, values: Any, type: pa.DataType | None = None) -> Decisions:
+        """Set a column for every record (a record column, or an extension column with its Arrow type)."""
+        self._columns[column] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type)
+        return self
+
+    def add_scores(self, name: str, values: Any) -> Decisions:
+        """Add score ``name`` (``<stage>.<model>.<what>``) for every record; a null value adds no entry."""
+        self._scores[name] = pa.array(values, pa.float64())
+        return self
+
+    @property
+    def rejected(self) -> pa.Array:
+        import pyarrow.compute as pc
+
+        return pc.is_valid(self._reason)
+
+    def outcomes(self) -> pa.Table:
+        import pyarrow.compute as pc
+
+        table = self.batch
+        for name, values in self._columns.items():
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, values.cast(table.schema.field(name).type))
+            else:
+                table = table.append_column(name, values)
+        if self._scores:
+            table = table.set_column(table.column_names.index("scores"), "scores", self._merged_scores(table["scores"]))
+        is_rejected = self.rejected
+        for name in _CARRIED_MEDIA:
+            if name in table.column_names:
+                column = table[name]
+                table = table.set_column(table.column_names.index(name), name,
+                                         pc.if_else(is_rejected, pa.nulls(len(column), column.type), column))
+        table = table.append_column(REASON_COLUMN, self._reason).append_column(DETAIL_COLUMN, self._detail)
+        table = table.append_column(FIRST_COLUMN, pa.array([True] * table.num_rows, pa.bool_()))
+        return table.select(outcome_schema(table.schema).names).cast(outcome_schema(table.schema))
+
+    def _merged_scores(self, existing: Any) -> pa.Array:
+        added = {name: values.to_pylist() for name, values in self._scores.items()}
+        merged = []
+        for i, pairs in enumerate(existing.to_pylist()):
+            entry = dict(pairs or [])
+            entry.update({name: values[i] for name, values in added.items() if values[i] is not None})
+            merged.append(sorted(entry.items()))
+        return pa.array(merged, SCORES_TYPE)
+
+
+class GlobalStage(BatchStage[ConfigT]):
+    """Role ``global``: a decision over the whole committed input. ``summarize`` runs on the driver over a Ray
+    Dataset of the upstream's records and returns what ``decide`` needs (JSON-able: it is kept in the run's
+    progress so a killed run does not recompute it); ``decide`` then marks each batch in the workers."""
+
+    summary: dict[str, Any] | None = None
+
+    @abstractmethod
+    def summarize(self, dataset: Any) -> dict[str, Any]:
+        """What the decision needs, from Ray Data aggregations over ``dataset``; never the records themselves."""
+
+    @abstractmethod
+    def decide(self, batch: pa.Table, summary: dict[str, Any]) -> pa.Table:
+        """Outcome rows of ``batch`` given the summary (``Decisions``)."""
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        if self.summary is None:
+            raise RuntimeError(f"{type(self).__name__}: decide called before summarize")
+        return self.decide(batch, self.summary)
+
+
+class SinkStage(Stage[ConfigT]):
+    """Role ``sink``: writes kept records in Ray workers, a key range per task (``mmcurate.pipeline.sink``)."""
+
+    @abstractmethod
+    def write_partition(self, records: pa.Table, out_dir: Path, prefix: str) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Write one key range's records under ``out_dir`` as ``<prefix>-NNNNNN`` files, in key order; return
+        what was written and the outcome rows of records that could not be."""
+
+    @abstractmethod
+    def partitions(self, rows: int) -> int:
+        """Key ranges to cut ``rows`` records into; a function of the row count and the config alone, so that
+        the output does not depend on the number of workers."""
+
+
+def on_actors(
+    dataset: Any, worker: type, args: tuple[Any, ...], configs: list[StageConfig], *, tasks: int,
+    batch_size: int = 1,
 ) -> Any:
-    """``dataset.map_batches`` over Arrow batches on an elastic pool of ``worker`` actors, built once each."""
+    """``dataset.map_batches`` over Arrow batches on one fixed pool of ``worker`` actors, each built once: as many
+    actors as the stages' ``concurrency`` asks, no more than ``tasks`` and than the cluster can place; each
+    reserves the largest ``num_cpus``/``num_gpus`` of ``configs``. One task per actor at a time: no task waits in
+    a busy actor's queue while another actor idles, and a kill finds at most one task in flight per actor. (An
+    elastic pool never grows past one actor here: it scales on queued tasks, and there are none.)"""
     import ray
 
+    num_cpus = max(c.num_cpus for c in configs)
+    num_gpus = max(c.num_gpus for c in configs)
+    resources = ray.cluster_resources()
+    fits = int(resources.get("CPU", 1) // num_cpus)
+    if num_gpus:
+        fits = min(fits, int(resources.get("GPU", 0) // num_gpus))
+        if fits < 1:
+            raise RuntimeError(f"the stage asks {num_gpus} GPU per worker; the cluster has {resources.get('GPU', 0)}")
+    size = max(1, min(max(c.concurrency for c in configs), tasks, fits))
     return dataset.map_batches(
         worker,
         fn_constructor_args=args,
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
+        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
         num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
     )
 
 
@@ -248,16 +434,21 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 __all__ = [
     "OUTCOME_SCHEMA",
+    "BatchStage",
     "Block",
+    "Decisions",
+    "GlobalStage",
     "InputError",
+    "MapStage",
     "RecordStage",
+    "SinkStage",
     "SourceStage",
     "Stage",
     "StageContext",
     "internal_error",
     "internal_error_detail",
     "kept",
-    "on_actor_pool",
+    "on_actors",
     "reject_rows",
     "rejected",
     "split_outcomes",

@@ -22,6 +22,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmcurate.schemas.record import SCORES_TYPE, scores_of
+from mmcurate.schemas.stage_configs import ShardConfig
+from mmcurate.stages.base import SinkStage
 from mmcurate.stages.files import atomic_write_bytes, atomic_write_parquet
 
 INDEX_SCHEMA = pa.schema(
@@ -35,6 +38,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("offset", pa.int64()),  # byte offset of the member's data within the tar
         pa.field("size", pa.int64()),
         pa.field("sha256", pa.string()),
+        pa.field("scores", SCORES_TYPE),  # the sample's scores, so a threshold is one SQL query over the index
     ]
 )
 
@@ -77,7 +81,7 @@ def sample_members(record: dict[str, Any]) -> dict[str, bytes]:
         members["flac"] = bytes(record["audio"])
     members["txt"] = (record.get("text") or "").encode("utf-8")
     meta = {name: record.get(name) for name in JSON_FIELDS}
-    meta["scores"] = json.loads(meta["scores"]) if meta.get("scores") else {}
+    meta["scores"] = scores_of(record)
     members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return members
 
@@ -117,6 +121,7 @@ def _write_one(records: list[dict[str, Any]], out_dir: Path, name: str) -> Shard
                         "text_source": record.get("text_source"),
                         "member": f"{record['key']}.{ext}",
                         "sha256": hashlib.sha256(data).hexdigest(),
+                        "scores": sorted(scores_of(record).items()),
                     }
                 )
         writer.close()
@@ -225,7 +230,7 @@ def partition_of(key: str, partitions: int) -> int:
     return prefix * partitions >> 32
 
 
-class ShardStage:
+class ShardStage(SinkStage[ShardConfig]):
     """The ``shard`` sink: kept records → WebDataset shards, written by Ray workers.
 
     Records are range-partitioned by key (``partition_of``); each partition is sorted by key in one worker and
@@ -235,11 +240,8 @@ class ShardStage:
     should two records still share one, the first by content order is written and the others are rejected as
     ``duplicate_key``."""
 
-    kind = "shard"
-
-    def __init__(self, config: Any, name: str | None = None):
-        self.config = config
-        self.name = name or self.kind
+    def partitions(self, rows: int) -> int:
+        return partition_count(rows, self.config.samples_per_shard)
 
     def write_partition(self, records: pa.Table, out_dir: Path, prefix: str) -> tuple[list[ShardInfo], list[dict[str, Any]]]:
         """Write one partition's records as shards ``<prefix>-NNNNNN`` in key order; return the shards and the
@@ -265,7 +267,7 @@ class ShardStage:
                 else:
                     try:
                         sample_members(record)
-                    except Exception as err:  # e.g. a scores value that is not JSON: one row, not a failed stage
+                    except Exception as err:  # one unwritable record is one row, not a failed stage
                         refused.append(internal_error(record, err))
                         continue
                     yield record

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,7 +66,7 @@ def records(
             "key": _key(seed, i), "url": f"synthetic://{seed}/{i}", "page_url": None, "text_source": "caption",
             "image": None, "image_format": None, "image_width": None, "image_height": None,
             "audio": None, "audio_rate": None, "audio_seconds": None, "clip_start": None, "clip_end": None,
-            "scores": json.dumps({}),
+            "scores": {},
         }
         if audio_every and i % audio_every == 0:
             pitch, timbre = rng.choice(list(PITCHES)), rng.choice(TIMBRES)

@@ -20,8 +20,6 @@ from mmcurate.stages.base import RecordStage, kept, rejected
 
 
 class AlignStage(RecordStage[AlignConfig]):
-    kind = "align"
-
     def setup(self) -> None:
         from mmcurate.stages.align.text import DEFAULT_JUNK_PATTERNS
 

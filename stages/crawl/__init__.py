@@ -30,7 +30,6 @@ class CrawlStage(SourceStage[CrawlConfig]):
     """Blocks: URL-list chunks (downloaded by img2dataset), chunks of media referenced by crawled pages (fetched
     by the guard), WARC files (read in place), and files of candidates already refused on the driver."""
 
-    kind = "crawl"
 
     def plan(self, ctx: StageContext) -> list[Block]:
         from mmcurate.stages.crawl.pages import candidates_from_pages, crawl_pages

@@ -16,8 +16,6 @@ SUBTITLE_TYPES = ("text/", "application/x-subrip", "application/octet-stream")
 class MediaFetcher(RecordStage[CrawlConfig]):
     """One media reference → a record carrying the fetched bytes, or a reject row naming the part that failed."""
 
-    kind = "crawl"
-    num_cpus = 0.5  # waits on the network, not the CPU
 
     def setup(self) -> None:
         from mmcurate.stages.crawl.fetch import Fetcher

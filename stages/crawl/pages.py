@@ -27,7 +27,7 @@ How a level goes (``crawl_pages``):
 * ``max_pages`` fetches the first pages of the frontier in that order and cuts the rest (``level-*-cut``); a cut is
   therefore a deterministic, evenly spread sample of the discovered pages (before this, it kept the pages linked
   first). ``max_depth`` cuts the whole frontier past it. A cut page is a crawl_limit row, counted, not vanished.
-* A level is fetched by ``LevelFetcher`` actors (``on_actor_pool``), one part of the frontier per call; each
+* A level is fetched by ``LevelFetcher`` actors (``on_actors``), one part of the frontier per call; each
   writes its part's page rows and links and returns three numbers (pages, failed, media references). The level
   is written into a hidden directory and renamed into place once every part is there.
 * Resume: a level (or cut) directory left by a killed run is reused only if its ``_FRONTIER`` key is this run's:
@@ -68,7 +68,7 @@ import pyarrow.parquet as pq
 from mmcurate.schemas.reasons import Reason, Rejected
 from mmcurate.schemas.record import OUTCOME_SCHEMA, RECORD_SCHEMA, empty_record, outcome_table, stable_key
 from mmcurate.schemas.stage_configs import CrawlConfig
-from mmcurate.stages.base import internal_error_detail, on_actor_pool, rejected
+from mmcurate.stages.base import internal_error_detail, on_actors, rejected
 from mmcurate.stages.files import atomic_write_bytes, atomic_write_parquet, fsync_dir
 
 log = logging.getLogger("mmcurate.crawl")
@@ -402,9 +402,9 @@ def _fetch_level(
         part_rows=max(1, min(config.batch_size, pages // config.concurrency), -(-pages // MAX_PARTS)),
         buckets=len(frontier.counts),
     )
-    counters = on_actor_pool(
+    counters = on_actors(
         ray.data.range(plan.parts, override_num_blocks=plan.parts), LevelFetcher, (config, plan),  # a part a block
-        batch_size=1, concurrency=config.concurrency, num_cpus=0.5,  # waits on the network, not the CPU
+        [config], tasks=plan.parts,
     )
     totals = dict.fromkeys(COUNTER_SCHEMA.names, 0)
     for batch in counters.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -140,8 +140,6 @@ def reason_of_download_error(message: str) -> Rejected:
 class UrlListDownloader(RecordStage[CrawlConfig]):
     """One URL-list row → its image bytes (kept) or a reject row."""
 
-    kind = "crawl"
-    num_cpus = 0.5  # waits on the network, not the CPU
 
     def setup(self) -> None:
         import os

@@ -24,7 +24,7 @@ def records(n: int) -> list[dict]:
     for i in range(n):
         r = empty_record(key=f"k{i:04d}", url=f"http://x/{i}.jpg", text=f"a red square number {i}", text_source="alt",
                          image=jpeg("red"), image_format="jpg", image_width=16, image_height=16,
-                         scores=json.dumps({"clip": 0.5}))
+                         scores={"clip": 0.5})
         if i % 3 == 0:
             r.update(audio=b"fLaC-not-really", audio_rate=16000, audio_seconds=1.0)
         out.append(r)

@@ -44,7 +44,7 @@ def write_all(tmp_path, records: pa.Table, config: ShardConfig, order):
     for p in order(range(partitions)):
         group = tagged.filter(pa.compute.equal(tagged[PARTITION_COLUMN], p))
         if group.num_rows:
-            _write_group(group, config, "shard", "h", str(parts_dir))
+            _write_group(group, ShardStage, config, "shard", "h", str(parts_dir))
     work = tmp_path / "work"
     return _gather(ShardStage(config, "shard"), parts_dir, work), work
 
@@ -70,9 +70,9 @@ def test_a_written_partition_is_not_written_again(tmp_path):
     config = ShardConfig(samples_per_shard=10)
     tagged = _with_partition(table(30), 2, [])
     group = tagged.filter(pa.compute.equal(tagged[PARTITION_COLUMN], 0))
-    _write_group(group, config, "shard", "h", str(tmp_path))
+    _write_group(group, ShardStage, config, "shard", "h", str(tmp_path))
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "000000").iterdir()}
-    _write_group(group, config, "shard", "h", str(tmp_path))
+    _write_group(group, ShardStage, config, "shard", "h", str(tmp_path))
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "000000").iterdir()} == written
     assert _with_partition(tagged.drop_columns([PARTITION_COLUMN]), 2, [0])[PARTITION_COLUMN].to_pylist() == [1] * len(
         [k for k in tagged["key"].to_pylist() if partition_of(k, 2) == 1])
