@@ -187,6 +187,63 @@ class ShardConfig(StageConfig):
     max_shard_bytes: int = Field(1 << 30, ge=1024)
 
 
+class ClipModelSpec(StrictModel):
+    """Which CLIP scores: an open_clip model by name with a pretrained tag (or a weights file), or a checkpoint
+    directory written by ``mmcurate train`` (its ``local-dir:`` layout, audio tower included when it has one)."""
+
+    name: str | None = None  # an open_clip.list_models() name, e.g. "ViT-B-32"
+    pretrained: str | None = None  # with name: an open_clip pretrained tag ("laion2b_s34b_b79k") or a weights file
+    checkpoint: str | None = None  # a directory holding open_clip_config.json + open_clip_pytorch_model.bin
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClipModelSpec:
+        if (self.checkpoint is None) == (self.name is None):
+            raise ValueError("give either model.checkpoint, or model.name (with model.pretrained)")
+        return self
+
+
+class ClipScoreConfig(StageConfig):
+    """Image–text (and audio–text, with an audio tower) cosine similarity of each sample under a CLIP model,
+    stored in ``scores`` as ``clip_score.<model id>.image_text`` / ``.audio_text``; samples below ``min_score``
+    for their modality are ``clip_score_low``. A whole-run cut (keep the top fraction) is a ``score_filter``."""
+
+    model: ClipModelSpec
+    min_score: dict[Literal["image", "audio"], float] = {}  # absolute cosine thresholds; a modality absent: no cut
+    embedding: bool = False  # also write each sample's unit-norm image (else audio) embedding, for semantic dedupe
+    batch_size: int = Field(64, ge=1, description="samples per forward pass")
+    threads: int = Field(4, ge=1, le=512, description="threads decoding and resizing a batch's images")
+
+
+class ScoreFilterConfig(StageConfig):
+    """Keep the samples whose score ``score`` (a key of ``scores``, or a prefix ending in ``.`` naming one score
+    per sample) is in the top ``top_fraction`` of the whole run, computed exactly over every record that has it.
+    Records without the score are kept or dropped by ``missing``."""
+
+    score: str
+    top_fraction: float = Field(..., gt=0, le=1)
+    missing: Literal["keep", "reject"] = "keep"
+
+
+class TrainFilterConfig(StageConfig):
+    """Train a filter model (a small CLIP, Apple's data-filtering-network recipe) with ``mmcurate train`` on the
+    records that ``where`` selects (trusted data), and publish it under the stage's ``artifacts/model``; every
+    record passes through unchanged. ``train_config`` is a ``mmcurate train`` YAML whose ``data`` shard paths
+    the stage fills in."""
+
+    train_config: str
+    where: str = Field(..., description="a DuckDB SQL predicate over record columns: the trusted records")
+    samples_per_shard: int = Field(200, ge=1)
+
+    def input_files(self) -> tuple[str, ...]:
+        return (self.train_config,)
+
+    @field_validator("train_config")
+    @classmethod
+    def _is_local(cls, path: str) -> str:
+        return _local_path(path)
+
+
 # One registration per stage kind: its config, its role, where its implementation lives, and what it needs and
 # establishes (capabilities, extension columns); the workflow check reads nothing else.
 Role = Literal["source", "map", "global", "sink"]
@@ -228,3 +285,10 @@ register("align", config=AlignConfig, role="map", implementation="mmcurate.stage
          requires=frozenset({"raw_media"}), provides=frozenset({"aligned"}))
 register("shard", config=ShardConfig, role="sink", implementation="mmcurate.stages.shard:ShardStage",
          requires=frozenset({"aligned"}))
+register("train_filter", config=TrainFilterConfig, role="global",
+         implementation="mmcurate.stages.train_filter:TrainFilterStage", requires=frozenset({"aligned"}),
+         provides=frozenset({"filter_model"}))
+register("clip_score", config=ClipScoreConfig, role="map", implementation="mmcurate.stages.clip_score:ClipScoreStage",
+         requires=frozenset({"aligned"}), provides=frozenset({"clip_scores"}), adds_columns=frozenset({"embedding"}))
+register("score_filter", config=ScoreFilterConfig, role="global",
+         implementation="mmcurate.stages.score_filter:ScoreFilterStage", requires=frozenset({"aligned"}))
