@@ -110,8 +110,8 @@ def main() -> None:
     if args.driver:
         print("RESULT " + json.dumps(measure(args.driver)), flush=True)
         return
-    from mmcurate.pipeline.demo_server import serve_site
-    from mmcurate.pipeline.demo_site import build_site
+    from mmcurate.pipeline.demo.server import serve_site
+    from mmcurate.pipeline.demo.site import build_site
 
     for pages in args.pages:
         with tempfile.TemporaryDirectory(prefix="bench-site-") as tmp:

@@ -4,7 +4,7 @@
 
 * ``urls``: crawl (a URL list of base × scale loopback images, the set bench_ingest.py serves) → align → shard.
 * ``pages``: crawl (``seeds`` only: the demo site, ``build_site(root, seed=0, pages=base × scale)``, served by
-  ``mmcurate.pipeline.demo_server.serve_site`` in its own process; max_depth 10, max_pages well above the site)
+  ``mmcurate.pipeline.demo.server.serve_site`` in its own process; max_depth 10, max_pages well above the site)
   → align → shard. The site keeps a fixed handful of failure pages (a 5 s stall, a 30 MiB stream, a redirect
   loop, ...) at every size, so their cost is part of the fixed overhead.
 

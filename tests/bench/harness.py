@@ -5,7 +5,7 @@ Not a benchmark itself (run_all.py runs ``bench_*.py``). Its command line starts
 benchmarks need, each in a process of its own so its CPU and memory are not the measured process's::
 
     harness.py serve-files DIR          serve DIR's files on 127.0.0.1 (a threaded HTTP server); prints the port
-    harness.py serve-demo ROOT          serve a built demo site (mmcurate.pipeline.demo_server); prints its base URL
+    harness.py serve-demo ROOT          serve a built demo site (mmcurate.pipeline.demo.server); prints its base URL
     harness.py img2dataset ARGS.json    img2dataset.download(**ARGS) (img2dataset spawns processes: needs a script)
 
 A server runs until its stdin closes, so it cannot outlive the benchmark that started it.
@@ -217,7 +217,7 @@ def _serve_files(folder: Path) -> None:
 
 
 def _serve_demo(root: Path) -> None:
-    from mmcurate.pipeline.demo_server import serve_site
+    from mmcurate.pipeline.demo.server import serve_site
 
     with serve_site(root) as server:
         print(server.base_url, flush=True)
@@ -239,7 +239,7 @@ def served_demo_site(root: Path, log_path: Path) -> Iterator[str]:
 
 def demo_site(pages: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
     """A built demo site (``build_site(root, seed, pages)``), cached by (seed, pages)."""
-    from mmcurate.pipeline.demo_site import build_site
+    from mmcurate.pipeline.demo.site import build_site
 
     root = cache / f"demo-site-seed{seed}-pages{pages}"
     stamp = root / "bench_built.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from mmcurate.pipeline.demo_site import SiteManifest, build_site
-from mmcurate.pipeline.demo_server import SiteServer, serve_site
+from mmcurate.pipeline.demo.site import SiteManifest, build_site
+from mmcurate.pipeline.demo.server import SiteServer, serve_site
 
 SMALL_PAGES = 30
 

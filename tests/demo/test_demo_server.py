@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from mmcurate.pipeline.demo_server import serve_site
-from mmcurate.pipeline.demo_site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR
+from mmcurate.pipeline.demo.server import serve_site
+from mmcurate.pipeline.demo.site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR
 
 
 def fetch(server, path: str, method: str = "GET", timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:

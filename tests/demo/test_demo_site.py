@@ -21,11 +21,11 @@ import srt
 import webvtt
 from PIL import Image, UnidentifiedImageError
 
-from mmcurate.pipeline.demo_site import MIN_PAGES, Label, build_site, write_url_list
-from mmcurate.pipeline.demo_site.audio import SPEECH_DIR, load_clips
-from mmcurate.pipeline.demo_site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES
-from mmcurate.pipeline.demo_site.images import BACKGROUNDS, BOMB_SIZE, COLOURS, SHAPES, png_claimed_size
-from mmcurate.pipeline.demo_site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR, NOT_ALLOWED_URL
+from mmcurate.pipeline.demo.site import MIN_PAGES, Label, build_site, write_url_list
+from mmcurate.pipeline.demo.site.audio import SPEECH_DIR, load_clips
+from mmcurate.pipeline.demo.site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES
+from mmcurate.pipeline.demo.site.images import BACKGROUNDS, BOMB_SIZE, COLOURS, SHAPES, png_claimed_size
+from mmcurate.pipeline.demo.site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR, NOT_ALLOWED_URL
 
 # labels whose URL is answered dynamically by the server, or never fetched: no file behind them
 NO_FILE_LABELS = {"broken_link", "redirect_loop", "timeout", "server_error", "too_large", "not_allowed_address"}

@@ -25,8 +25,8 @@ stages:
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
     """The seeded demo site (30 pages), served for the whole session; tests read its request counter."""
-    from mmcurate.pipeline.demo_server import serve_site
-    from mmcurate.pipeline.demo_site import build_site, write_url_list
+    from mmcurate.pipeline.demo.server import serve_site
+    from mmcurate.pipeline.demo.site import build_site, write_url_list
 
     root = tmp_path_factory.mktemp("site")
     build_site(root, seed=3, pages=30)

@@ -67,7 +67,7 @@ def _srcset_partners(refs: list[dict]) -> dict[tuple[str, str], tuple[str, str]]
 
 
 def test_page_references_end_with_the_decision_their_label_calls_for(finished_run, site):
-    from mmcurate.pipeline.demo_site import read_ground_truth
+    from mmcurate.pipeline.demo.site import read_ground_truth
 
     run_dir, _ = finished_run
     _, root = site

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from mmcurate.pipeline.demo_site import audio, images
-from mmcurate.pipeline.demo_site.assets import AssetRef
-from mmcurate.pipeline.demo_site.labels import Label
+from mmcurate.pipeline.demo.site import audio, images
+from mmcurate.pipeline.demo.site.assets import AssetRef
+from mmcurate.pipeline.demo.site.labels import Label
 
 # (clip id, audio format, subtitle format, label). Each clip's audio appears once in the site (so no accidental
 # audio duplicates); the truncated clip is the only copy of "garden".

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcurate.pipeline.demo_site.assets import AssetRef
+from mmcurate.pipeline.demo.site.assets import AssetRef
 
 GROUND_TRUTH_SCHEMA = pa.schema(
     [

@@ -1,4 +1,4 @@
-"""Audio and subtitle bytes for the demo site, from the committed espeak-ng clips (see demo_assets/make_speech.py).
+"""Audio and subtitle bytes for the demo site, from the committed espeak-ng clips (see demo/assets/make_speech.py).
 
 Cue times come straight from ``speech.json`` (exact, in whole milliseconds); the subtitle writers here only
 format them, so the ground truth and the served subtitles cannot disagree.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-SPEECH_DIR = Path(__file__).resolve().parent.parent / "demo_assets" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parent.parent / "assets" / "speech"
 
 
 @dataclass(frozen=True)

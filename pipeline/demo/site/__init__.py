@@ -1,7 +1,7 @@
 """The offline demo web site: a seeded generator of pages, images and audio, with an exact answer key.
 
 ``build_site(root, seed=0, pages=200)`` writes a static site under ``root/site/`` (served by
-``mmcurate.pipeline.demo_server.serve_site``) and, outside it, ``root/ground_truth.parquet`` (one row per asset reference)
+``mmcurate.pipeline.demo.server.serve_site``) and, outside it, ``root/ground_truth.parquet`` (one row per asset reference)
 and ``root/url_list.csv`` / ``.parquet`` (site paths + captions for about a third of the images; turn them into
 absolute URLs for a running server with ``write_url_list(root, base_url, out_path)``). Same seed → same bytes.
 
@@ -31,9 +31,9 @@ not_allowed_address  http://10.255.255.1/x.jpg: must be refused before any conne
 ==================== ===================================================================================
 """
 
-from mmcurate.pipeline.demo_site.build import MIN_PAGES, SiteManifest, build_site
-from mmcurate.pipeline.demo_site.ground_truth import GROUND_TRUTH_SCHEMA, read_ground_truth, write_url_list
-from mmcurate.pipeline.demo_site.labels import Label
+from mmcurate.pipeline.demo.site.build import MIN_PAGES, SiteManifest, build_site
+from mmcurate.pipeline.demo.site.ground_truth import GROUND_TRUTH_SCHEMA, read_ground_truth, write_url_list
+from mmcurate.pipeline.demo.site.labels import Label
 
 __all__ = [
     "GROUND_TRUTH_SCHEMA",

@@ -11,12 +11,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcurate.pipeline.demo_site import audio, images
-from mmcurate.pipeline.demo_site.assets import AssetRef, Block, ImagePlanner
-from mmcurate.pipeline.demo_site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES, audio_failures, clip_ref
-from mmcurate.pipeline.demo_site.ground_truth import write_ground_truth, write_url_table
-from mmcurate.pipeline.demo_site.labels import HEADERS_SIDECAR, ROBOTS_DISALLOWED_PREFIX, ROBOTS_TXT, Label
-from mmcurate.pipeline.demo_site.pages import LATIN1_TEXT, Page, paragraph, render, title
+from mmcurate.pipeline.demo.site import audio, images
+from mmcurate.pipeline.demo.site.assets import AssetRef, Block, ImagePlanner
+from mmcurate.pipeline.demo.site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES, audio_failures, clip_ref
+from mmcurate.pipeline.demo.site.ground_truth import write_ground_truth, write_url_table
+from mmcurate.pipeline.demo.site.labels import HEADERS_SIDECAR, ROBOTS_DISALLOWED_PREFIX, ROBOTS_TXT, Label
+from mmcurate.pipeline.demo.site.pages import LATIN1_TEXT, Page, paragraph, render, title
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 espeak-ng is not installed on users' machines or CI, so the clips and ``speech.json`` live in the repository and
 this script only documents (and can redo) how they were made::
 
-    python -m mmcurate.pipeline.demo_assets.make_speech            # needs espeak-ng on PATH
+    python -m mmcurate.pipeline.demo.assets.make_speech            # needs espeak-ng on PATH
 
 Each sentence is spoken as 2-4 phrases, synthesised separately and concatenated with short silences. Because we
 place every phrase ourselves, the start and end of each phrase in the final clip are known exactly; they become

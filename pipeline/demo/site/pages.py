@@ -12,8 +12,8 @@ import posixpath
 import random
 from dataclasses import dataclass, field
 
-from mmcurate.pipeline.demo_site.assets import AssetRef, Block
-from mmcurate.pipeline.demo_site.labels import BASE_URL_TOKEN
+from mmcurate.pipeline.demo.site.assets import AssetRef, Block
+from mmcurate.pipeline.demo.site.labels import BASE_URL_TOKEN
 
 WORDS = (
     "morning market river walk harbour street window garden letter travel evening station notes archive museum "

@@ -1,4 +1,4 @@
-"""A local HTTP server for the demo site (``mmcurate.pipeline.demo_site``), with the failure modes a crawler must survive.
+"""A local HTTP server for the demo site (``mmcurate.pipeline.demo.site``), with the failure modes a crawler must survive.
 
 ``serve_site(root)`` serves ``root/site/`` on 127.0.0.1 at an ephemeral port, in a background thread::
 
@@ -6,7 +6,7 @@
         crawl(server.base_url + "/index.html")
         assert server.request_count == ...
 
-Besides static files it implements the dynamic paths the generator links to (see ``demo_site.labels``):
+Besides static files it implements the dynamic paths the generator links to (see ``demo.site.labels``):
 
 - ``/loop/a/<name>`` ↔ ``/loop/b/<name>``: 302 to each other forever
 - ``/slow/<name>``: stalls ``slow_seconds`` (default 5 s, longer than a crawler's 2 s timeout) before answering;
@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
-from mmcurate.pipeline.demo_site.labels import (
+from mmcurate.pipeline.demo.site.labels import (
     BASE_URL_TOKEN,
     ERROR_PREFIX,
     HEADERS_SIDECAR,

@@ -8,8 +8,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from mmcurate.pipeline.demo_site import audio, images
-from mmcurate.pipeline.demo_site.labels import (
+from mmcurate.pipeline.demo.site import audio, images
+from mmcurate.pipeline.demo.site.labels import (
     ERROR_PREFIX,
     HUGE_PREFIX,
     LOOP_PREFIX,

@@ -5,6 +5,9 @@
 ``${demo_site.url_list}`` (an absolute URL list written for this server).
 The site is served on a port derived from the run directory (or ``serve.demo_site.port``), so its URLs, the
 sample keys made from them and the crawl progress saved by a killed run are the same on every invocation.
+
+Everything of the demo lives in this folder: ``config.py`` (``DemoSiteConfig``), ``site/`` (the generator and its
+answer key), ``server.py`` (the HTTP server with the failure modes) and ``assets/`` (the committed speech clips).
 """
 
 from __future__ import annotations
@@ -17,27 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pydantic import Field
-
+from mmcurate.pipeline.demo.config import DemoSiteConfig
 from mmcurate.pipeline.services import Service
-from mmcurate.schemas.stage_configs import StrictModel
 
 log = logging.getLogger("mmcurate.demo")
 
 # what the variables stand for while a workflow is validated, before the site is served
 DEMO_PLACEHOLDERS = {"demo_site.base_url": "http://127.0.0.1:1", "demo_site.url_list": "url_list.csv"}
-
-
-class DemoSiteConfig(StrictModel):
-    """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
-
-    seed: int = 0
-    pages: int = Field(200, ge=5)
-    # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
-    # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
-    # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)
-    port: int | None = Field(None, ge=0, le=65535)
-    root: str | None = None  # where the site is built; default: <run dir>/demo_site
 
 
 def demo_workflow_path() -> Path:
@@ -49,7 +38,7 @@ def demo_workflow_path() -> Path:
 
 def ensure_site(root: Path, seed: int, pages: int) -> None:
     """Build the site unless this exact one (seed, pages) is already there; the build is deterministic."""
-    from mmcurate.pipeline.demo_site import build_site
+    from mmcurate.pipeline.demo.site import build_site
 
     stamp = root / "site_build.json"
     wanted = {"seed": seed, "pages": pages}
@@ -70,8 +59,8 @@ def demo_port(run_root: Path) -> int:
 
 @contextmanager
 def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[str, str]]:
-    from mmcurate.pipeline.demo_server import serve_site
-    from mmcurate.pipeline.demo_site import write_url_list
+    from mmcurate.pipeline.demo.server import serve_site
+    from mmcurate.pipeline.demo.site import write_url_list
 
     root = Path(config.root) if config.root else run_root / "demo_site"
     ensure_site(root, config.seed, config.pages)
@@ -89,5 +78,8 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
         log.info("demo: serving %s at %s", root / "site", server.base_url)
         yield {"demo_site.base_url": server.base_url, "demo_site.url_list": str(url_list)}
 
+
+__all__ = ["DEMO_PLACEHOLDERS", "DEMO_SITE", "DemoSiteConfig", "demo_port", "demo_workflow_path", "ensure_site",
+           "prepared_demo_site"]
 
 DEMO_SITE = Service(config=DemoSiteConfig, placeholders=DEMO_PLACEHOLDERS, serve=prepared_demo_site)

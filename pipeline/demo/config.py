@@ -1,0 +1,19 @@
+"""The demo site's ``serve.demo_site`` config (validated by the demo's ``Service``, not by ``schemas/``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mmcurate.schemas.stage_configs import StrictModel
+
+
+class DemoSiteConfig(StrictModel):
+    """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
+
+    seed: int = 0
+    pages: int = Field(200, ge=5)
+    # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
+    # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
+    # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)
+    port: int | None = Field(None, ge=0, le=65535)
+    root: str | None = None  # where the site is built; default: <run dir>/demo_site
