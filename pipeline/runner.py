@@ -9,8 +9,11 @@ the workflow's ``max_error_fraction``; past it the run fails with the first erro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +27,7 @@ import pyarrow as pa
 from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.services import Service
-from mmcurate.pipeline.storage import filesystem_threads, join, stem_of, storage_for
+from mmcurate.pipeline.storage import filesystem_threads, is_url, join, stem_of, storage_for
 from mmcurate.pipeline.stages_registry import stage_class
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
@@ -180,13 +183,15 @@ def run_workflow(
     rundir = RunDir(run_dir)
     services = dict(services or {})
     # Validate before anything starts: a bad file fails here, naming the file, stage and field.
-    preview = load_workflow(workflow_path, overrides=list(overrides), variables=_placeholder_variables(services))
+    own = {"run_dir": rundir.url if rundir.remote else str(rundir.local_root.resolve())}  # where a stage finds another's artifacts
+    preview = load_workflow(workflow_path, overrides=list(overrides),
+                            variables={**_placeholder_variables(services), **own})
     configs = validated_serve(preview, {name: service.config for name, service in services.items()})
     with rundir.locked():
         handler = _add_log_file(rundir)
         try:
             with _served(services, configs, rundir) as variables:
-                workflow = load_workflow(workflow_path, overrides=list(overrides), variables=variables)
+                workflow = load_workflow(workflow_path, overrides=list(overrides), variables={**variables, **own})
                 # what was served, defaults filled in, is what a source's fingerprint covers
                 served = {name: config.model_dump(mode="json") for name, config in configs.items()}
                 return _execute(workflow.model_copy(update={"serve": served}), rundir, ray_address)
@@ -265,7 +270,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
             if step.role == "sink":
                 segment = [step]
                 stats = [_run_sink(workflow, step, rundir, previous)]
-            elif step.role in ("source", "map"):
+            elif step.role in ("source", "map", "global"):
                 segment = _segment_at(planned, i, rundir)
                 stats = _run_segment(workflow, segment, rundir, previous)
             else:
@@ -285,7 +290,7 @@ def _context(spec: StageSpec, fp: str, rundir: RunDir) -> StageContext:
 
 def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, previous: StageSpec | None) -> list[dict]:
     """Stream a source (or a committed upstream) through the segment's stages, block by block on Ray workers,
-    then check and commit each stage in order."""
+    then check and commit each stage in order. A global stage first summarizes its whole input (``_summary``)."""
     from mmcurate.pipeline.stream import StageRun, block_counts, link_blocks, run_blocks, shared_blocks
 
     t0 = time.perf_counter()
@@ -299,6 +304,9 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
                  guard=rundir.guard)
         for step, ctx in zip(segment, contexts)
     ]
+    if segment[0].role == "global":
+        summary = _summary(runs[0], contexts[0], _committed_files(rundir, previous.name)[0])
+        runs[0] = dataclasses.replace(runs[0], summary=summary)
     is_source = segment[0].role == "source"
     if is_source:
         blocks = runs[0].cls(runs[0].config, runs[0].name).plan(contexts[0])
@@ -319,6 +327,7 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
         check_accounting(step.spec.name, stats, upstream_rows)
         staged = rundir.staging_location(ctx.work_dir)
         link_blocks(run, blocks, staged)
+        _link_artifacts(ctx.progress_dir / ARTIFACTS, staged)
         check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, join(staged, "rejects"))
         stats["seconds"] = round(time.perf_counter() - t0, 2)  # a streamed stage shares its segment's time
         _commit(rundir, step, ctx.work_dir, stats, sink=False)
@@ -327,6 +336,55 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
         all_stats.append(stats)
         upstream_rows = _committed_files(rundir, step.spec.name)[1]
     return all_stats
+
+
+ARTIFACTS = "artifacts"  # what a global stage made besides rows (a trained model): DIR/<stage>/artifacts/
+SUMMARY = "summary.json"
+
+
+def _summary(run: Any, ctx: StageContext, files: list[str]) -> dict[str, Any]:
+    """A global stage's summary of its whole input: computed over a Ray Dataset of the upstream's committed files,
+    then kept in the stage's progress so that a killed run does not compute it again."""
+    import ray
+
+    from mmcurate.pipeline.rundir import atomic_write_json
+
+    saved = ctx.progress_dir / SUMMARY
+    if saved.exists():
+        log.info("stage %s: summary from an earlier run", run.name)
+        return json.loads(saved.read_text())
+    stage = run.cls(run.config, run.name)
+    if files:
+        paths, filesystem = storage_for(files[0]).arrow(files)
+        dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    else:
+        dataset = ray.data.from_items([])
+    (ctx.progress_dir / ARTIFACTS).mkdir(parents=True, exist_ok=True)
+    summary = stage.summarize(dataset, ctx)
+    atomic_write_json(saved, summary)
+    log.info("stage %s: summary %s", run.name, json.dumps(summary, sort_keys=True)[:500])
+    return summary
+
+
+def _link_artifacts(artifacts: Path, staged: str) -> None:
+    """A global stage's artifacts into its generation (``DIR/<stage>/artifacts/``): hard links, or uploads when
+    the run directory is remote."""
+    if not artifacts.is_dir():
+        return
+    files = [p for p in sorted(artifacts.rglob("*")) if p.is_file()]
+    if not files:
+        return
+    target = join(staged, ARTIFACTS)
+    if is_url(target):
+        storage_for(target).upload([(p, join(target, p.relative_to(artifacts).as_posix())) for p in files])
+        return
+    for path in files:
+        dest = Path(target) / path.relative_to(artifacts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:  # another file system
+            shutil.copy2(path, dest)
 
 
 def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *, sink: bool) -> None:

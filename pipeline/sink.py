@@ -84,7 +84,7 @@ def run_sink(stage: SinkStage, config_hash: str, files: list[str], rows: int, wo
             ray.data.read_parquet(paths, filesystem=filesystem)
             .map_batches(_with_partition, fn_kwargs={"partitions": partitions, "skip": done}, batch_format="pyarrow")
             .groupby(PARTITION_COLUMN, num_partitions=min(partitions, _SHUFFLE_PARTITIONS))
-            .map_groups(_write_group, batch_format="pyarrow",
+            .map_groups(_write_group, batch_format="pyarrow", concurrency=cfg.concurrency, num_cpus=cfg.num_cpus,
                         fn_kwargs={"cls": type(stage), "config": cfg, "name": stage.name, "config_hash": config_hash,
                                    "partitions_dir": parts_dir})
         )

@@ -345,8 +345,10 @@ class GlobalStage(BatchStage[ConfigT]):
     summary: dict[str, Any] | None = None
 
     @abstractmethod
-    def summarize(self, dataset: Any) -> dict[str, Any]:
-        """What the decision needs, from Ray Data aggregations over ``dataset``; never the records themselves."""
+    def summarize(self, dataset: Any, ctx: StageContext) -> dict[str, Any]:
+        """What the decision needs, from Ray Data aggregations over ``dataset``; never the records themselves.
+        Files the stage makes besides rows (a trained model) go under ``ctx.progress_dir / "artifacts"`` and are
+        published with the stage as ``DIR/<stage>/artifacts/``."""
 
     @abstractmethod
     def decide(self, batch: pa.Table, summary: dict[str, Any]) -> pa.Table:

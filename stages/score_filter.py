@@ -1,0 +1,107 @@
+"""The ``score_filter`` global stage: keep the top fraction of the whole run by one score (DataComp's "CLIP score
+top 30 %"), the cut computed exactly over every record that has the score, never per batch.
+
+The cut is the k-th largest score, k = ceil(top_fraction × n), found without collecting the scores on the driver:
+the score column is materialized in the object store, then histograms narrow the range that holds rank k (the
+driver sums 4,096 counts per batch) until the values left in that range are few enough to sort exactly. Records
+scoring at least the cut are kept, so ties at the cut are all kept (the kept fraction may exceed
+``top_fraction`` by the ties). Records without the score are kept or rejected by ``missing``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmcurate.schemas.reasons import Reason
+from mmcurate.schemas.stage_configs import ScoreFilterConfig
+from mmcurate.stages.base import Decisions, GlobalStage, StageContext
+
+_BINS = 4096
+_EXACT = 200_000  # values in the range that holds rank k few enough to fetch and sort
+
+
+def score_values(batch: pa.Table, pattern: str) -> list[float | None]:
+    """Each record's score named by ``pattern`` (a key of ``scores``, or an fnmatch pattern such as
+    ``clip_score.*.image_text``: the first matching key in key order), None where it has none."""
+    if not any(c in pattern for c in "*?["):
+        import pyarrow.compute as pc
+
+        return pc.map_lookup(batch["scores"], pa.scalar(pattern), "first").to_pylist()
+    values: list[float | None] = []
+    for pairs in batch["scores"].to_pylist():
+        matching = sorted((k, v) for k, v in (pairs or []) if fnmatch.fnmatchcase(k, pattern))
+        values.append(matching[0][1] if matching else None)
+    return values
+
+
+def _scores_column(batch: pa.Table, pattern: str) -> pa.Table:
+    values = np.array([v for v in score_values(batch, pattern) if v is not None and not math.isnan(v)], np.float64)
+    return pa.table({"v": values})
+
+
+def _histogram(batch: pa.Table, lo: float, hi: float) -> pa.Table:
+    values = batch["v"].to_numpy()
+    inside = values[(values >= lo) & (values <= hi)]
+    counts, _ = np.histogram(inside, bins=_BINS, range=(lo, hi))
+    above = int((values > hi).sum())
+    return pa.table({"counts": [counts.tolist()], "above": [above]})
+
+
+def kth_largest(values: Any, k: int) -> float:
+    """The k-th largest value (1-based) of a Ray Dataset with one float column ``v``: histogram refinement, then
+    an exact sort of the few values left in the bin that holds rank k."""
+    import ray.data.aggregate as agg
+    from ray.data.expressions import col
+
+    stats = values.aggregate(agg.Min("v"), agg.Max("v"))
+    lo, hi = float(stats["min(v)"]), float(stats["max(v)"])
+    need = k  # rank k counted from the top of [lo, hi]
+    while True:
+        if lo == hi:
+            return lo
+        counts = np.zeros(_BINS, np.int64)
+        for part in values.map_batches(_histogram, fn_kwargs={"lo": lo, "hi": hi}, batch_format="pyarrow").iter_rows():
+            counts += np.array(part["counts"], np.int64)
+        from_top = np.cumsum(counts[::-1])
+        top_bin = int(np.searchsorted(from_top, need))  # bins counted from the top
+        b = _BINS - 1 - top_bin
+        width = (hi - lo) / _BINS
+        bin_lo, bin_hi = lo + b * width, (lo + (b + 1) * width if b < _BINS - 1 else hi)
+        need -= int(from_top[top_bin - 1]) if top_bin else 0
+        if counts[b] <= _EXACT or bin_hi - bin_lo <= abs(bin_hi) * 1e-12:
+            upper = col("v") <= bin_hi if b == _BINS - 1 else col("v") < bin_hi
+            left = values.filter(expr=(col("v") >= bin_lo) & upper)
+            exact = np.sort(np.concatenate([batch["v"] for batch in left.iter_batches(batch_format="numpy")]
+                                           or [np.array([], np.float64)]))[::-1]
+            return float(exact[need - 1]) if len(exact) >= need else bin_lo
+        lo, hi = bin_lo, bin_hi
+
+
+class ScoreFilterStage(GlobalStage[ScoreFilterConfig]):
+    def summarize(self, dataset: Any, ctx: StageContext) -> dict[str, Any]:
+        values = dataset.map_batches(_scores_column, fn_kwargs={"pattern": self.config.score},
+                                     batch_format="pyarrow").materialize()
+        scored = values.count()
+        if scored == 0:
+            return {"scored": 0, "keep": 0, "cut": None}
+        keep = math.ceil(self.config.top_fraction * scored)
+        return {"scored": scored, "keep": keep, "cut": kth_largest(values, keep)}
+
+    def decide(self, batch: pa.Table, summary: dict[str, Any]) -> pa.Table:
+        decisions = Decisions(batch)
+        values = score_values(batch, self.config.score)
+        missing = [v is None or math.isnan(v) for v in values]
+        if self.config.missing == "reject":
+            decisions.reject(missing, Reason.SCORE_BELOW_CUT, f"no score {self.config.score}")
+        cut = summary["cut"]
+        if cut is not None:
+            low = [not m and v < cut for v, m in zip(values, missing)]
+            decisions.reject(low, Reason.SCORE_BELOW_CUT, [
+                f"{self.config.score} {v:.4f} < cut {cut:.4f} (top {self.config.top_fraction:g} of "
+                f"{summary['scored']} scored)" if is_low else None for v, is_low in zip(values, low)])
+        return decisions.outcomes()
