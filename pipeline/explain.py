@@ -70,8 +70,10 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
         frontier = parents
     events = []
     for stage in stages:
+        config = (rundir.marker(stage) or {}).get("config") or {}
         for row in _rows_matching(rundir.data_dir(stage), keys, children_of=key):
-            events.append({"stage": stage, "decision": "kept", **{k: row.get(k) for k in ("key", "parent", *_SHOWN)}})
+            events.append({"stage": stage, "decision": "kept", "decided_by": _decided_by(config),
+                           **{k: row.get(k) for k in ("key", "parent", *_SHOWN)}})
         for row in _rows_matching(rundir.rejects_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "rejected", **row})
     written = {e["key"] for e in events}
@@ -83,10 +85,34 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
     return events
 
 
+def _decided_by(config: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's decision rests on, from its committed config: its model and its thresholds."""
+    return {name: config[name] for name in ("model", "min_score", "score", "top_fraction") if config.get(name)}
+
+
+def _scores_lines(event: dict[str, Any], earlier: dict[str, float]) -> list[str]:
+    """Each score the record carries; the ones this stage added with the model and threshold that made them."""
+    lines = []
+    for name, value in sorted(dict(event.get("scores") or []).items()):
+        line = f"    score {name} = {value:.4f}"
+        if name not in earlier:
+            decided = event.get("decided_by") or {}
+            threshold = decided.get("min_score") or {}
+            modality = "audio" if name.endswith("audio_text") else "image"
+            if modality in threshold:
+                line += f" (threshold {threshold[modality]:g}, {'kept' if value >= threshold[modality] else 'below'})"
+            if decided.get("model"):
+                model = {k: v for k, v in decided["model"].items() if v is not None}
+                line += f" [stage {event['stage']}, model {model}]"
+        lines.append(line)
+    return lines
+
+
 def format_history(key: str, events: list[dict[str, Any]]) -> str:
     if not events:
         return f"{key}: not found in this run directory"
     lines = []
+    seen_scores: dict[str, dict[str, float]] = {}
     for e in events:
         head = f"[{e['stage']}] {e['decision']} {e.get('key')}"
         if e.get("parent"):
@@ -98,6 +124,9 @@ def format_history(key: str, events: list[dict[str, Any]]) -> str:
             lines.append(f"    {e['shard']}.tar member {e['member']} offset {e['offset']} size {e['size']}")
             continue
         for name in _SHOWN:
-            if e.get(name) not in (None, "", "{}"):
+            if name != "scores" and e.get(name) not in (None, "", "{}"):
                 lines.append(f"    {name}: {e[name]}")
+        if e["decision"] == "kept":
+            lines += _scores_lines(e, seen_scores.get(e.get("key"), {}))
+            seen_scores[e.get("key")] = dict(e.get("scores") or [])
     return "\n".join(lines)

@@ -393,6 +393,7 @@ def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *
         "kind": step.spec.kind,
         "fingerprint": step.fingerprint,
         "config_hash": step.spec.config_hash,
+        "config": step.spec.config.model_dump(mode="json"),  # what explain cites: thresholds, models
         "stats": stats,
         "finished": datetime.now(timezone.utc).isoformat(),
     }

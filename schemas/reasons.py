@@ -48,6 +48,7 @@ class Reason(str, Enum):
     NO_TEXT = "no_text"
     JUNK_TEXT = "junk_text"
     TEXT_TOO_SHORT = "text_too_short"
+    TEXT_TOO_LONG = "text_too_long"
     # models and global decisions
     CLIP_SCORE_LOW = "clip_score_low"  # below the stage's threshold; detail: the score, the threshold, the model
     SCORE_BELOW_CUT = "score_below_cut"  # outside a score_filter's top_fraction / min; detail: score, cut, rank
