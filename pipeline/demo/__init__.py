@@ -1,8 +1,9 @@
 """The offline demo: build the seeded sample site, serve it on 127.0.0.1 for the length of a run.
 
 ``DEMO_SITE`` is the ``Service`` the CLI hands the runner as ``demo_site``: ``workflows/demo.yaml`` names
-``serve: demo_site`` and refers to the served site through two variables: ``${demo_site.base_url}`` and
-``${demo_site.url_list}`` (an absolute URL list written for this server).
+``serve: demo_site`` and refers to the served site through its variables: ``${demo_site.base_url}``,
+``${demo_site.url_list}`` (an absolute URL list written for this server) and ``${demo_site.trusted_list}`` (the
+same for the trusted section, the clean images no page links to).
 The site is served on a port derived from the run directory (or ``serve.demo_site.port``), so its URLs, the
 sample keys made from them and the crawl progress saved by a killed run are the same on every invocation.
 
@@ -26,7 +27,11 @@ from mmcurate.pipeline.services import Service
 log = logging.getLogger("mmcurate.demo")
 
 # what the variables stand for while a workflow is validated, before the site is served
-DEMO_PLACEHOLDERS = {"demo_site.base_url": "http://127.0.0.1:1", "demo_site.url_list": "url_list.csv"}
+DEMO_PLACEHOLDERS = {
+    "demo_site.base_url": "http://127.0.0.1:1",
+    "demo_site.url_list": "url_list.csv",
+    "demo_site.trusted_list": "trusted_list.csv",
+}
 
 
 def demo_workflow_path() -> Path:
@@ -36,16 +41,16 @@ def demo_workflow_path() -> Path:
     return Path(str(files("mmcurate.workflows") / "demo.yaml"))
 
 
-def ensure_site(root: Path, seed: int, pages: int) -> None:
-    """Build the site unless this exact one (seed, pages) is already there; the build is deterministic."""
+def ensure_site(root: Path, seed: int, pages: int, trusted: int) -> None:
+    """Build the site unless this exact one (seed, pages, trusted) is already there; the build is deterministic."""
     from mmcurate.pipeline.demo.site import build_site
 
     stamp = root / "site_build.json"
-    wanted = {"seed": seed, "pages": pages}
+    wanted = {"seed": seed, "pages": pages, "trusted": trusted}
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
-    log.info("demo: building the sample site (seed %d, %d pages) in %s", seed, pages, root)
-    build_site(root, seed=seed, pages=pages)
+    log.info("demo: building the sample site (seed %d, %d pages, %d trusted images) in %s", seed, pages, trusted, root)
+    build_site(root, seed=seed, pages=pages, trusted=trusted)
     from mmcurate.pipeline.rundir import atomic_write_json
 
     atomic_write_json(stamp, wanted)
@@ -60,10 +65,10 @@ def demo_port(run_root: Path) -> int:
 @contextmanager
 def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[str, str]]:
     from mmcurate.pipeline.demo.server import serve_site
-    from mmcurate.pipeline.demo.site import write_url_list
+    from mmcurate.pipeline.demo.site import TRUSTED_LIST, URL_LIST, write_url_list
 
     root = Path(config.root) if config.root else run_root / "demo_site"
-    ensure_site(root, config.seed, config.pages)
+    ensure_site(root, config.seed, config.pages, config.trusted)
     port = demo_port(run_root) if config.port is None else config.port
     try:
         server = serve_site(root, port=port, access_log=root / "access.log")
@@ -73,10 +78,12 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
             f"Pick another port with --set serve.demo_site.port=N (the same N on every re-run of this run dir)"
         ) from err
     with server:
-        url_list = root / f"url_list.{server.port}.csv"
-        write_url_list(root, server.base_url, url_list)
+        variables = {"demo_site.base_url": server.base_url}
+        for listing in (URL_LIST, TRUSTED_LIST):
+            absolute = write_url_list(root, server.base_url, root / f"{listing}.{server.port}.csv", listing=listing)
+            variables[f"demo_site.{listing}"] = str(absolute)
         log.info("demo: serving %s at %s", root / "site", server.base_url)
-        yield {"demo_site.base_url": server.base_url, "demo_site.url_list": str(url_list)}
+        yield variables
 
 
 __all__ = ["DEMO_PLACEHOLDERS", "DEMO_SITE", "DemoSiteConfig", "demo_port", "demo_workflow_path", "ensure_site",

@@ -6,12 +6,17 @@ from pydantic import Field
 
 from mmcurate.schemas.stage_configs import StrictModel
 
+TRUSTED_IMAGES = 400  # the trusted section's default size (build_site's too)
+
 
 class DemoSiteConfig(StrictModel):
     """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
 
     seed: int = 0
     pages: int = Field(200, ge=5)
+    # clean images listed in trusted_list.csv and linked from no page, as a curated source would offer: what a
+    # filter model is trained on before it scores the crawled pool (${demo_site.trusted_list})
+    trusted: int = Field(TRUSTED_IMAGES, ge=0)
     # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
     # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
     # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)

@@ -115,7 +115,7 @@ def main() -> None:
 
     for pages in args.pages:
         with tempfile.TemporaryDirectory(prefix="bench-site-") as tmp:
-            build_site(Path(tmp), seed=args.seed, pages=pages)
+            build_site(Path(tmp), seed=args.seed, pages=pages, trusted=0)  # no page links to the trusted section
             with serve_site(Path(tmp), slow_seconds=0.2, huge_bytes=1024 * 1024) as server:
                 out = subprocess.run([sys.executable, __file__, "--driver", server.base_url],
                                      capture_output=True, text=True, check=False)

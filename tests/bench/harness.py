@@ -247,7 +247,7 @@ def demo_site(pages: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
         log(f"building the demo site ({pages} pages) in {root}")
         if root.exists():
             shutil.rmtree(root)
-        build_site(root, seed=seed, pages=pages)
+        build_site(root, seed=seed, pages=pages, trusted=0)  # no page links to the trusted section
         stamp.write_text(json.dumps({"seed": seed, "pages": pages}))
     return root
 

@@ -1,4 +1,5 @@
-"""One small demo site per test session (pages=30 builds in about a second), shared by the demo tests."""
+"""One small demo site per test session (pages=30 and a 60-image trusted section build in about 1.5 s), shared by
+the demo tests."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from mmcurate.pipeline.demo.site import SiteManifest, build_site
 from mmcurate.pipeline.demo.server import SiteServer, serve_site
 
 SMALL_PAGES = 30
+SMALL_TRUSTED = 60  # one round of every colour x shape (48) and part of a second
 
 
 @pytest.fixture(scope="session")
 def demo_site(tmp_path_factory: pytest.TempPathFactory) -> SiteManifest:
-    return build_site(tmp_path_factory.mktemp("demo-site"), seed=0, pages=SMALL_PAGES)
+    return build_site(tmp_path_factory.mktemp("demo-site"), seed=0, pages=SMALL_PAGES, trusted=SMALL_TRUSTED)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,8 @@ import csv
 import hashlib
 import io
 import json
-import posixpath
-import re
 from collections import Counter, deque
 from datetime import timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from mmcurate.pipeline.demo.site.audio import SPEECH_DIR, load_clips
 from mmcurate.pipeline.demo.site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES
 from mmcurate.pipeline.demo.site.images import BACKGROUNDS, BOMB_SIZE, COLOURS, SHAPES, png_claimed_size
 from mmcurate.pipeline.demo.site.labels import BASE_URL_TOKEN, HEADERS_SIDECAR, NOT_ALLOWED_URL
+from site_helpers import decode_image, parse_page, resolve, tree_hashes, words
 
 # labels whose URL is answered dynamically by the server, or never fetched: no file behind them
 NO_FILE_LABELS = {"broken_link", "redirect_loop", "timeout", "server_error", "too_large", "not_allowed_address"}
@@ -41,71 +39,17 @@ UNDECODABLE_IMAGE_ERRORS = {
 SUBTITLED_CLIPS = len(AUDIO_PAGES) + len(NARRATED_FIGURES)
 
 
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-class _Refs(HTMLParser):
-    """Collects <a href> links and media references (img src/srcset, audio/source src, track src)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-        self.media: list[str] = []
-        self.alts: list[str | None] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "a" and a.get("href"):
-            self.links.append(a["href"])
-        if tag in ("img", "audio", "source", "track") and a.get("src"):
-            self.media.append(a["src"])
-        if tag == "img":
-            self.alts.append(a.get("alt"))
-            for candidate in (a.get("srcset") or "").split(","):
-                if candidate.strip():
-                    self.media.append(candidate.split()[0])
-
-
-def resolve(page: str, ref: str) -> str:
-    """A reference as written on ``page`` → root-relative path (or the absolute off-site URL)."""
-    if ref.startswith(BASE_URL_TOKEN):
-        return ref[len(BASE_URL_TOKEN) :]
-    if ref.startswith(("http://", "https://")):
-        return ref
-    if ref.startswith("/"):
-        return ref
-    return posixpath.normpath(posixpath.join(posixpath.dirname(page), ref))
-
-
-def parse_page(site: Path, page: str) -> _Refs:
-    raw = (site / page.lstrip("/")).read_bytes()
-    parser = _Refs()
-    parser.feed(raw.decode("utf-8") if b'charset="utf-8"' in raw else raw.decode("latin-1"))
-    return parser
-
-
-def decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.convert("RGB")
-
-
 # ---- determinism --------------------------------------------------------------------------------------------
 
 
 def test_same_seed_gives_byte_identical_site_and_answer_key(demo_site, tmp_path):
-    again = build_site(tmp_path / "again", seed=demo_site.seed, pages=demo_site.pages)
+    again = build_site(tmp_path / "again", seed=demo_site.seed, pages=demo_site.pages, trusted=demo_site.n_trusted)
     assert tree_hashes(again.root) == tree_hashes(demo_site.root)
     assert again.label_counts == demo_site.label_counts
 
 
 def test_other_seed_gives_another_site(demo_site, tmp_path):
-    other = build_site(tmp_path / "other", seed=demo_site.seed + 1, pages=demo_site.pages)
+    other = build_site(tmp_path / "other", seed=demo_site.seed + 1, pages=demo_site.pages, trusted=demo_site.n_trusted)
     a, b = tree_hashes(demo_site.root), tree_hashes(other.root)
     assert a["ground_truth.parquet"] != b["ground_truth.parquet"]
     images_a = {h for k, h in a.items() if k.endswith((".jpg", ".png"))}
@@ -115,9 +59,9 @@ def test_other_seed_gives_another_site(demo_site, tmp_path):
 
 
 def test_rebuild_into_the_same_root_replaces_the_site(demo_site, tmp_path):
-    first = build_site(tmp_path, seed=1, pages=MIN_PAGES)
+    first = build_site(tmp_path, seed=1, pages=MIN_PAGES, trusted=0)
     (first.site_dir / "stale.html").write_text("left over")
-    second = build_site(tmp_path, seed=1, pages=MIN_PAGES)
+    second = build_site(tmp_path, seed=1, pages=MIN_PAGES, trusted=0)
     assert not (second.site_dir / "stale.html").exists()
 
 
@@ -125,7 +69,7 @@ def test_refuses_to_delete_a_directory_it_did_not_build(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "precious.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="is not a demo site"):
-        build_site(tmp_path, pages=MIN_PAGES)
+        build_site(tmp_path, pages=MIN_PAGES, trusted=0)
     assert (tmp_path / "site" / "precious.txt").exists()
 
 
@@ -172,10 +116,11 @@ def test_html_references_and_ground_truth_agree_exactly(demo_site, ground_truth)
             styles["absolute" if ref.startswith(BASE_URL_TOKEN) else "root" if ref.startswith("/") else "relative"] += 1
             target = resolve(page, ref)
             (subtitles if target.endswith((".vtt", ".srt")) else on_pages).add((target, page))
-    rows = {(r["url"], r["page"]) for r in ground_truth}
+    pool = [r for r in ground_truth if not r["trusted"]]  # the trusted section is on no page
+    rows = {(r["url"], r["page"]) for r in pool}
     assert len(on_pages) == demo_site.n_images + demo_site.n_audio > 0  # the pages really reference every asset
     assert on_pages == rows
-    assert len(rows) == len(ground_truth)  # one row per reference, no repeats
+    assert len(rows) == len(pool)  # one row per reference, no repeats
     assert len(subtitles) == SUBTITLED_CLIPS
     assert subtitles == {(r["subtitle_url"], r["page"]) for r in ground_truth if r["subtitle_url"]}
     assert min(styles.values()) > 0 and len(styles) == 3  # relative, root-relative and absolute all occur
@@ -193,7 +138,8 @@ def test_every_asset_file_is_in_the_ground_truth(demo_site, ground_truth):
 
 
 def test_answer_key_is_outside_the_served_directory(demo_site):
-    for path in (demo_site.ground_truth, demo_site.url_list_csv, demo_site.url_list_parquet):
+    for path in (demo_site.ground_truth, demo_site.url_list_csv, demo_site.url_list_parquet,
+                 demo_site.trusted_list_csv, demo_site.trusted_list_parquet):
         assert path.exists() and demo_site.site_dir not in path.parents
 
 
@@ -201,18 +147,19 @@ def test_answer_key_is_outside_the_served_directory(demo_site):
 
 
 def test_vocabulary_is_closed_and_every_label_occurs(demo_site, ground_truth):
-    labels = Counter(r["label"] for r in ground_truth)
+    pool = [r for r in ground_truth if not r["trusted"]]
+    labels = Counter(r["label"] for r in pool)
     assert set(labels) == {label.value for label in Label}
     assert labels == Counter(demo_site.label_counts)
-    assert demo_site.n_images == sum(r["kind"] == "image" for r in ground_truth)
-    assert demo_site.n_audio == sum(r["kind"] == "audio" for r in ground_truth) == 17
+    assert demo_site.n_images == sum(r["kind"] == "image" for r in pool)
+    assert demo_site.n_audio == sum(r["kind"] == "audio" for r in pool) == 17
     assert 1.8 * demo_site.pages <= demo_site.n_images <= 2.4 * demo_site.pages  # about two per page
     assert labels["clean"] > sum(n for k, n in labels.items() if k != "clean") / 2
     assert labels["duplicate"] >= 2 and labels["near_duplicate"] >= 2 and labels["mismatched"] >= 3
 
 
 def test_label_counts_scale_with_the_site(tmp_path):
-    big = build_site(tmp_path, seed=3, pages=120)
+    big = build_site(tmp_path, seed=3, pages=120, trusted=0)
     counts = big.label_counts
     assert 220 <= big.n_images <= 260
     assert counts["mismatched"] >= 15 and counts["junk_text"] >= 12 and counts["duplicate"] >= 9
@@ -279,10 +226,6 @@ def test_synthetic_pixels_show_the_true_colour(demo_site, ground_truth):
             assert r["true_caption"].endswith(f"{r['colour']} {r['shape']}")
             checked += 1
     assert checked > 40
-
-
-def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))  # whole words: "centred" does not say "red"
 
 
 def test_clean_text_describes_and_mismatched_text_does_not(demo_site, ground_truth):

@@ -151,10 +151,12 @@ def test_the_installed_demo_workflow_validates_with_the_demo_services_placeholde
     from mmcurate.pipeline.demo import DEMO_SITE, DemoSiteConfig, demo_workflow_path
     from mmcurate.schemas.workflow import validated_serve
 
-    workflow = load_workflow(demo_workflow_path(), variables=dict(DEMO_SITE.placeholders))
+    workflow = load_workflow(demo_workflow_path(), variables=dict(DEMO_SITE.placeholders),
+                             overrides=["serve.demo_site.pages=50", "serve.demo_site.trusted=7"])
     assert workflow.stages[0].config.url_lists
     (config,) = validated_serve(workflow, {"demo_site": DEMO_SITE.config}).values()
-    assert isinstance(config, DemoSiteConfig) and config.port is None  # defaults filled in
+    assert isinstance(config, DemoSiteConfig) and (config.pages, config.trusted) == (50, 7)
+    assert config.port is None  # defaults filled in
 
 
 SERVED = GOOD.replace("name: t", "name: t\nserve:\n  tiny: {size: 3}").replace("http://127.0.0.1:1", "${tiny.base_url}")

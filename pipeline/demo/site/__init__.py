@@ -1,9 +1,16 @@
 """The offline demo web site: a seeded generator of pages, images and audio, with an exact answer key.
 
-``build_site(root, seed=0, pages=200)`` writes a static site under ``root/site/`` (served by
-``mmcurate.pipeline.demo.server.serve_site``) and, outside it, ``root/ground_truth.parquet`` (one row per asset reference)
-and ``root/url_list.csv`` / ``.parquet`` (site paths + captions for about a third of the images; turn them into
-absolute URLs for a running server with ``write_url_list(root, base_url, out_path)``). Same seed → same bytes.
+``build_site(root, seed=0, pages=200, trusted=400)`` writes a static site under ``root/site/`` (served by
+``mmcurate.pipeline.demo.server.serve_site``) and, outside it, ``root/ground_truth.parquet`` (one row per asset
+reference) and ``root/url_list.csv`` / ``.parquet`` (site paths + captions for about a third of the images; turn
+them into absolute URLs for a running server with ``write_url_list(root, base_url, out_path)``). Same seed → same
+bytes.
+
+The **trusted section** is what a curated source would add (the data a filter model is trained on before it scores
+the crawled pool): ``trusted`` clean synthetic shapes under ``site/trusted/``, every colour x shape, linked from no
+page and listed only in ``root/trusted_list.csv`` / ``.parquet`` (``write_url_list(..., listing=TRUSTED_LIST)``).
+Their ground-truth rows have ``trusted`` true (and ``page`` empty); leave them out when scoring a crawl. They are
+drawn from their own RNG after the pool, so the pages and their media do not depend on ``trusted``.
 
 Ground-truth ``label`` vocabulary (``Label``; one label per reference, the worst thing about it):
 
@@ -32,7 +39,13 @@ not_allowed_address  http://10.255.255.1/x.jpg: must be refused before any conne
 """
 
 from mmcurate.pipeline.demo.site.build import MIN_PAGES, SiteManifest, build_site
-from mmcurate.pipeline.demo.site.ground_truth import GROUND_TRUTH_SCHEMA, read_ground_truth, write_url_list
+from mmcurate.pipeline.demo.site.ground_truth import (
+    GROUND_TRUTH_SCHEMA,
+    TRUSTED_LIST,
+    URL_LIST,
+    read_ground_truth,
+    write_url_list,
+)
 from mmcurate.pipeline.demo.site.labels import Label
 
 __all__ = [
@@ -40,6 +53,8 @@ __all__ = [
     "MIN_PAGES",
     "Label",
     "SiteManifest",
+    "TRUSTED_LIST",
+    "URL_LIST",
     "build_site",
     "read_ground_truth",
     "write_url_list",

@@ -16,6 +16,7 @@ from mmcurate.pipeline.demo.site.labels import (
     NOT_ALLOWED_URL,
     ROBOTS_DISALLOWED_PREFIX,
     SLOW_PREFIX,
+    TRUSTED_PREFIX,
     Label,
 )
 
@@ -32,11 +33,11 @@ class AssetRef:
     url: str  # root-relative path ("/images/x.jpg") or, for off-site references, an absolute URL
     kind: str  # "image" | "audio"
     label: Label
-    markup: str  # "img" | "figure" | "srcset" | "audio" | "figure_audio": how the page presents it
+    markup: str  # "img" | "figure" | "srcset" | "audio" | "figure_audio": how the page presents it; "list": no page
     shown_text: str | None  # the alt / figcaption / description the page gives (None: no alt attribute at all)
     true_caption: str | None  # what the media really shows or says (None: there is nothing to describe)
     body: bytes | None = None  # bytes written at site/<url>; None: the URL is served dynamically or not at all
-    page: str = ""  # filled in when the reference is placed on a page
+    page: str = ""  # filled in when the reference is placed on a page; "" for a trusted reference (on none)
     title_text: str | None = None
     duplicate_of: str | None = None
     real_photo: bool = False
@@ -54,6 +55,7 @@ class AssetRef:
     subtitle_body: bytes | None = None
     cues: tuple[audio.Cue, ...] = ()
     in_url_list: bool = False
+    trusted: bool = False  # in the trusted section (trusted_list.csv), which no page links to
 
 
 @dataclass
@@ -134,6 +136,12 @@ class ImagePlanner:
 
     def clean(self, scene: images.Scene | None = None) -> AssetRef:
         return self._synthetic(Label.CLEAN, scene)
+
+    def trusted(self, scene: images.Scene) -> AssetRef:
+        """A clean synthetic under /trusted/, known only from the trusted list: what a curated source offers."""
+        ref = self._synthetic(Label.CLEAN, scene, directory=TRUSTED_PREFIX)
+        ref.markup, ref.trusted = "list", True
+        return ref
 
     def photo(self, name: str) -> AssetRef:
         body, caption, size = images.photo(name)

@@ -14,7 +14,8 @@ from pathlib import Path
 from mmcurate.pipeline.demo.site import audio, images
 from mmcurate.pipeline.demo.site.assets import AssetRef, Block, ImagePlanner
 from mmcurate.pipeline.demo.site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES, audio_failures, clip_ref
-from mmcurate.pipeline.demo.site.ground_truth import write_ground_truth, write_url_table
+from mmcurate.pipeline.demo.config import TRUSTED_IMAGES
+from mmcurate.pipeline.demo.site.ground_truth import TRUSTED_LIST, URL_LIST, write_ground_truth, write_url_table
 from mmcurate.pipeline.demo.site.labels import HEADERS_SIDECAR, ROBOTS_DISALLOWED_PREFIX, ROBOTS_TXT, Label
 from mmcurate.pipeline.demo.site.pages import LATIN1_TEXT, Page, paragraph, render, title
 
@@ -50,12 +51,15 @@ class SiteManifest:
     ground_truth: Path
     url_list_csv: Path
     url_list_parquet: Path
+    trusted_list_csv: Path
+    trusted_list_parquet: Path
     seed: int
     pages: int  # HTML pages written
     seed_pages: tuple[str, ...]  # where a crawl starts (root-relative)
-    label_counts: dict[str, int]  # asset references by label
-    n_images: int  # image references
+    label_counts: dict[str, int]  # asset references on the pages, by label
+    n_images: int  # image references on the pages
     n_audio: int  # audio references
+    n_trusted: int  # images of the trusted section (clean, on no page)
 
 
 def _image_mix(planner: ImagePlanner, rng: random.Random, pages: int) -> list[Block]:
@@ -104,6 +108,20 @@ def _narrated_figures(planner: ImagePlanner, rng: random.Random) -> list[Block]:
             ref.markup, ref.figure_id, ref.shown_text = "figure_audio", f"fig-{clip_id}", clip.text
         blocks.append(Block("figure_audio", [image, narration]))
     return blocks
+
+
+def _trusted_section(seed: int, n: int) -> list[AssetRef]:
+    """``n`` clean synthetics for the trusted list, every colour x shape once per round of ``len(combinations)``
+    (balanced classes for a filter trained on them). Drawn from their own RNG, after the pool: the pages and
+    media of a seed are the same whatever ``n`` is."""
+    rng = random.Random(f"{seed}-trusted")
+    planner = ImagePlanner(rng)
+    combinations = [(colour, shape) for colour in images.COLOURS for shape in images.SHAPES]
+    refs: list[AssetRef] = []
+    while len(refs) < n:
+        for colour, shape in rng.sample(combinations, len(combinations))[: n - len(refs)]:
+            refs.append(planner.trusted(images.random_scene(rng, shape=shape, colour=colour)))
+    return refs
 
 
 def _split_articles(n: int) -> tuple[list[int], list[int]]:
@@ -235,8 +253,11 @@ def _write(site: Path, url: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def build_site(root: Path, *, seed: int = 0, pages: int = 200) -> SiteManifest:
-    """Write the demo site under ``root/site/`` and its answer key beside it; same seed, same bytes."""
+def build_site(root: Path, *, seed: int = 0, pages: int = 200, trusted: int = TRUSTED_IMAGES) -> SiteManifest:
+    """Write the demo site under ``root/site/`` and its answer key beside it; same seed, same bytes.
+
+    ``trusted``: images of the trusted section, under ``site/trusted/`` and listed in ``root/trusted_list.*``.
+    """
     if pages < MIN_PAGES:
         raise ValueError(f"pages must be at least {MIN_PAGES}, got {pages}")
     root = Path(root)
@@ -246,12 +267,13 @@ def build_site(root: Path, *, seed: int = 0, pages: int = 200) -> SiteManifest:
     site_pages = _layout(rng, pages, image_blocks, planner)
     refs = [ref for page in site_pages for block in page.blocks for ref in block.refs]
     _choose_url_list(rng, refs)
+    trusted_refs = _trusted_section(seed, trusted)
 
     site = _prepare(root)
     headers: dict[str, dict[str, str]] = {}
     for page in site_pages:
         _write(site, page.path, render(page, seed))
-    for ref in refs:
+    for ref in refs + trusted_refs:
         if ref.body is not None:
             _write(site, ref.url, ref.body)
         if ref.subtitle_body is not None:
@@ -261,27 +283,33 @@ def build_site(root: Path, *, seed: int = 0, pages: int = 200) -> SiteManifest:
     (site / "robots.txt").write_text(ROBOTS_TXT, encoding="ascii")
     (site / HEADERS_SIDECAR).write_text(json.dumps(headers, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    ground_truth, url_csv, url_parquet = root / "ground_truth.parquet", root / "url_list.csv", root / "url_list.parquet"
-    write_ground_truth(refs, ground_truth)
-    url_rows = [(r.url, r.shown_text or "") for r in refs if r.in_url_list]
-    write_url_table(url_rows, url_csv)
-    write_url_table(url_rows, url_parquet)
+    ground_truth = root / "ground_truth.parquet"
+    write_ground_truth(refs + trusted_refs, ground_truth)
+    lists = {URL_LIST: [r for r in refs if r.in_url_list], TRUSTED_LIST: trusted_refs}
+    for name, listed in lists.items():
+        rows = [(r.url, r.shown_text or "") for r in listed]
+        write_url_table(rows, root / f"{name}.csv")
+        write_url_table(rows, root / f"{name}.parquet")
 
     counts = Counter(r.label.value for r in refs)
     manifest = SiteManifest(
         root=root,
         site_dir=site,
         ground_truth=ground_truth,
-        url_list_csv=url_csv,
-        url_list_parquet=url_parquet,
+        url_list_csv=root / f"{URL_LIST}.csv",
+        url_list_parquet=root / f"{URL_LIST}.parquet",
+        trusted_list_csv=root / f"{TRUSTED_LIST}.csv",
+        trusted_list_parquet=root / f"{TRUSTED_LIST}.parquet",
         seed=seed,
         pages=len(site_pages),
         seed_pages=("/index.html",),
         label_counts=dict(sorted(counts.items())),
         n_images=sum(r.kind == "image" for r in refs),
         n_audio=sum(r.kind == "audio" for r in refs),
+        n_trusted=len(trusted_refs),
     )
     logger.info(
-        "demo site: %d pages, %d images, %d audio under %s", manifest.pages, manifest.n_images, manifest.n_audio, site
+        "demo site: %d pages, %d images, %d audio, %d trusted images under %s",
+        manifest.pages, manifest.n_images, manifest.n_audio, manifest.n_trusted, site,
     )
     return manifest

@@ -18,15 +18,17 @@ from mmcurate.pipeline.demo.site.assets import AssetRef
 GROUND_TRUTH_SCHEMA = pa.schema(
     [
         pa.field("url", pa.string(), nullable=False),  # root-relative path, or an absolute off-site URL
-        pa.field("page", pa.string(), nullable=False),  # root-relative path of the page holding the reference
+        pa.field("page", pa.string(), nullable=False),  # root-relative path of the page holding it; "" if trusted
         pa.field("kind", pa.string(), nullable=False),  # image | audio
         pa.field("label", pa.string(), nullable=False),  # a Label value
-        pa.field("markup", pa.string(), nullable=False),  # img | figure | srcset | audio | figure_audio
+        pa.field("markup", pa.string(), nullable=False),  # img | figure | srcset | audio | figure_audio | list
         pa.field("shown_text", pa.string()),  # alt / figcaption / description; null = no alt attribute at all
         pa.field("title_text", pa.string()),
         pa.field("true_caption", pa.string()),  # what the media really shows / says
         pa.field("duplicate_of", pa.string()),
         pa.field("in_url_list", pa.bool_(), nullable=False),
+        # the trusted section (trusted_list.csv, on no page): a filter's training data, left out of evaluations
+        pa.field("trusted", pa.bool_(), nullable=False),
         pa.field("real_photo", pa.bool_(), nullable=False),
         pa.field("shape", pa.string()),
         pa.field("colour", pa.string()),
@@ -62,6 +64,7 @@ def row(ref: AssetRef) -> dict:
         "true_caption": ref.true_caption,
         "duplicate_of": ref.duplicate_of,
         "in_url_list": ref.in_url_list,
+        "trusted": ref.trusted,
         "real_photo": ref.real_photo,
         "shape": ref.shape,
         "colour": ref.colour,
@@ -105,12 +108,16 @@ def write_url_table(rows: list[tuple[str, str]], out_path: Path) -> None:
         raise ValueError(f"URL list must be .csv or .parquet, not {out_path.name}")
 
 
-def write_url_list(root: Path, base_url: str, out_path: Path) -> Path:
-    """Turn ``root/url_list.parquet`` (site paths) into absolute URLs on a running server at ``base_url``.
+URL_LIST, TRUSTED_LIST = "url_list", "trusted_list"  # root/<name>.csv and .parquet
+
+
+def write_url_list(root: Path, base_url: str, out_path: Path, *, listing: str = URL_LIST) -> Path:
+    """Turn ``root/<listing>.parquet`` (site paths; ``listing``: ``URL_LIST`` or ``TRUSTED_LIST``) into absolute
+    URLs on a running server at ``base_url``.
 
     The site is built before any server exists, so the stored list holds paths; off-site URLs stay as they are.
     """
-    table = pq.read_table(Path(root) / "url_list.parquet", schema=URL_LIST_SCHEMA)
+    table = pq.read_table(Path(root) / f"{listing}.parquet", schema=URL_LIST_SCHEMA)
     base = base_url.rstrip("/")
     rows = [
         (base + u if u.startswith("/") else u, c)

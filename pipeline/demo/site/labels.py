@@ -48,6 +48,7 @@ LOOP_PREFIX = "/loop/"  # /loop/a/<name> -> 302 /loop/b/<name> -> 302 /loop/a/<n
 SLOW_PREFIX = "/slow/"  # stalls (default 5 s) before any byte of the answer
 ERROR_PREFIX = "/error/"  # 500
 HUGE_PREFIX = "/huge/"  # 200, streamed body of ~30 MB, no Content-Length
+TRUSTED_PREFIX = "/trusted/"  # the trusted section: served, listed in trusted_list.csv, linked from no page
 HEADERS_SIDECAR = "_headers.json"  # {path: {header: value}} extra response headers; never served itself
 NOT_ALLOWED_URL = "http://10.255.255.1/x.jpg"
 # Absolute links in the HTML are written with this placeholder host; the server substitutes its own base URL
