@@ -200,6 +200,11 @@ class ClipModelSpec(StrictModel):
     def _one_source(self) -> ClipModelSpec:
         if (self.checkpoint is None) == (self.name is None):
             raise ValueError("give either model.checkpoint, or model.name (with model.pretrained)")
+        if self.name is not None and not self.pretrained:
+            # open_clip builds a named model with random weights when given none: its scores would mean nothing
+            raise ValueError(f"model.name {self.name!r} needs model.pretrained: an open_clip tag or a weights file")
+        if self.checkpoint is not None and self.pretrained is not None:
+            raise ValueError("model.pretrained goes with model.name; a checkpoint directory holds its own weights")
         return self
 
 
@@ -213,6 +218,13 @@ class ClipScoreConfig(StageConfig):
     embedding: bool = False  # also write each sample's unit-norm image (else audio) embedding, for semantic dedupe
     batch_size: int = Field(64, ge=1, description="samples per forward pass")
     threads: int = Field(4, ge=1, le=512, description="threads decoding and resizing a batch's images")
+
+    @model_validator(mode="after")
+    def _fp16_on_a_gpu(self) -> ClipScoreConfig:
+        # CPU autocast runs bf16, not fp16: refuse at load rather than fall back to numbers nobody asked for
+        if self.model.precision == "fp16" and self.num_gpus == 0:
+            raise ValueError("model.precision fp16 needs a GPU (num_gpus > 0); on a CPU use bf16 or fp32")
+        return self
 
 
 class ScoreFilterConfig(StageConfig):
