@@ -24,6 +24,9 @@ from pathlib import Path
 from mmcurate.pipeline.demo.config import DemoSiteConfig
 from mmcurate.pipeline.services import Service
 
+__all__ = ["DEMO_PLACEHOLDERS", "DEMO_SITE", "DemoSiteConfig", "demo_port", "demo_workflow_path", "ensure_site",
+           "prepared_demo_site"]
+
 log = logging.getLogger("mmcurate.demo")
 
 # what the variables stand for while a workflow is validated, before the site is served
@@ -85,8 +88,5 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
         log.info("demo: serving %s at %s", root / "site", server.base_url)
         yield variables
 
-
-__all__ = ["DEMO_PLACEHOLDERS", "DEMO_SITE", "DemoSiteConfig", "demo_port", "demo_workflow_path", "ensure_site",
-           "prepared_demo_site"]
 
 DEMO_SITE = Service(config=DemoSiteConfig, placeholders=DEMO_PLACEHOLDERS, serve=prepared_demo_site)

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from mmcurate.schemas.stage_configs import StrictModel
 
+MIN_PAGES = 25  # below this the fixed pages (index, audio, private, ...) leave too few articles
 TRUSTED_IMAGES = 400  # the trusted section's default size (build_site's too)
 
 
@@ -13,7 +14,7 @@ class DemoSiteConfig(StrictModel):
     """Build the seeded demo web site and serve it on 127.0.0.1 for the length of the run."""
 
     seed: int = 0
-    pages: int = Field(200, ge=5)
+    pages: int = Field(200, ge=MIN_PAGES)  # build_site's own floor: a smaller site fails here, named
     # clean images listed in trusted_list.csv and linked from no page, as a curated source would offer: what a
     # filter model is trained on before it scores the crawled pool (${demo_site.trusted_list})
     trusted: int = Field(TRUSTED_IMAGES, ge=0)

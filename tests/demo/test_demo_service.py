@@ -53,9 +53,13 @@ def test_the_build_stamp_covers_trusted_so_another_count_rebuilds_and_the_same_d
     assert len(list((root / "site" / "trusted").iterdir())) == 7
 
 
-def test_trusted_defaults_alike_in_the_config_and_the_builder_and_cannot_be_negative():
+def test_the_config_refuses_what_the_builder_would_and_shares_its_defaults(tmp_path):
     import inspect
 
     assert DemoSiteConfig().trusted == inspect.signature(build_site).parameters["trusted"].default == 400
     with pytest.raises(ValidationError, match="trusted"):
         DEMO_SITE.config.model_validate({"trusted": -1})
+    with pytest.raises(ValidationError, match=f"pages\n.*greater than or equal to {MIN_PAGES}"):
+        DEMO_SITE.config.model_validate({"pages": MIN_PAGES - 1})
+    with pytest.raises(ValueError, match=f"pages must be at least {MIN_PAGES}"):
+        build_site(tmp_path, pages=MIN_PAGES - 1)

@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmcurate.pipeline.demo.config import MIN_PAGES, TRUSTED_IMAGES
 from mmcurate.pipeline.demo.site import audio, images
 from mmcurate.pipeline.demo.site.assets import AssetRef, Block, ImagePlanner
 from mmcurate.pipeline.demo.site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES, audio_failures, clip_ref
-from mmcurate.pipeline.demo.config import TRUSTED_IMAGES
 from mmcurate.pipeline.demo.site.ground_truth import TRUSTED_LIST, URL_LIST, write_ground_truth, write_url_table
 from mmcurate.pipeline.demo.site.labels import HEADERS_SIDECAR, ROBOTS_DISALLOWED_PREFIX, ROBOTS_TXT, Label
 from mmcurate.pipeline.demo.site.pages import LATIN1_TEXT, Page, paragraph, render, title
@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 IMAGE_SECTIONS = ("shapes", "photos", "gallery", "misc")
 ARTICLES_PER_LISTING = 15
 IMAGES_PER_PAGE = 2  # image references per page of the site, all kinds together
-MIN_PAGES = 25  # below this the fixed pages (index, audio, private, ...) leave too few articles
 BROKEN_PAGE_LINK = "/articles/archive-2019.html"  # a navigation link that 404s
 URL_LIST_FRACTION = 1 / 3
 # one of each of these is always in the URL list, the rest is drawn at random
