@@ -188,25 +188,40 @@ OriginKey = tuple[str, str, int]  # (scheme, host, port)
 
 
 class RobotsCache:
-    """Thread-safe LRU of ``RobotsRules`` per origin; ``load`` runs outside the lock (two threads may both load
-    the same origin once, which is cheaper than serialising every fetch behind one slow robots.txt)."""
+    """Thread-safe LRU of ``RobotsRules`` per origin. One thread loads an origin's robots.txt while the others
+    asking for that origin wait for it (32 threads starting on one host would otherwise fetch it 32 times);
+    other origins are not held up."""
 
     def __init__(self, max_origins: int = 10_000):
         self._max_origins = max_origins
         self._rules: OrderedDict[OriginKey, RobotsRules] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[OriginKey, threading.Lock] = {}
 
-    def get(self, key: OriginKey, load: Callable[[], RobotsRules]) -> RobotsRules:
+    def _cached(self, key: OriginKey) -> RobotsRules | None:
         with self._lock:
             if key in self._rules:
                 self._rules.move_to_end(key)
                 return self._rules[key]
-        rules = load()
+        return None
+
+    def get(self, key: OriginKey, load: Callable[[], RobotsRules]) -> RobotsRules:
+        rules = self._cached(key)
+        if rules is not None:
+            return rules
         with self._lock:
-            self._rules[key] = rules
-            self._rules.move_to_end(key)
-            while len(self._rules) > self._max_origins:
-                self._rules.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            rules = self._cached(key)  # loaded while this thread waited
+            if rules is not None:
+                return rules
+            rules = load()
+            with self._lock:
+                self._rules[key] = rules
+                self._rules.move_to_end(key)
+                while len(self._rules) > self._max_origins:
+                    self._rules.popitem(last=False)
+                self._loading.pop(key, None)
         return rules
 
     def __len__(self) -> int:

@@ -97,6 +97,31 @@ def test_cache_loads_each_origin_once_and_evicts_least_recently_used():
     assert len(cache) == 2
 
 
+def test_threads_starting_on_one_origin_load_its_robots_once_and_other_origins_do_not_wait():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = RobotsCache()
+    loads: list[str] = []
+    slow_started, release = threading.Event(), threading.Event()
+
+    def slow() -> RobotsRules:
+        loads.append("slow")
+        slow_started.set()
+        assert release.wait(10)
+        return RobotsRules.allow_all("slow")
+
+    with ThreadPoolExecutor(16) as pool:
+        waiting = [pool.submit(cache.get, ("http", "slow", 80), slow) for _ in range(12)]
+        assert slow_started.wait(10)
+        # while the slow origin loads, another origin is served at once
+        fast = pool.submit(cache.get, ("http", "fast", 80), lambda: loads.append("fast") or RobotsRules.allow_all("f"))
+        assert fast.result(timeout=10).verdict("http://fast/x").allowed
+        release.set()
+        assert all(f.result(timeout=10).verdict("http://slow/x").allowed for f in waiting)
+    assert loads.count("slow") == 1 and loads.count("fast") == 1
+
+
 # ------------------------------------------------------------------------------------------------ bounded work
 
 
