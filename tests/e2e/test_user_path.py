@@ -170,6 +170,8 @@ def test_the_wheel_installs_under_one_namespace_and_carries_the_demo(installed, 
     assert str(installed) in where and str(REPO) not in where
     site = Path(where).parents[2]  # site-packages/mmcurate/stages/__init__.py
     assert (site / "mmcurate" / "workflows" / "demo.yaml").is_file()
+    speech = site / "mmcurate" / "pipeline" / "demo" / "assets" / "speech"  # package data of the demo's assets
+    assert (speech / "speech.json").is_file() and len(list(speech.glob("*.flac"))) == 15
     assert not any((site / name).exists() for name in ("pipeline", "stages", "schemas"))
 
 
