@@ -183,7 +183,10 @@ def run_workflow(
     rundir = RunDir(run_dir)
     services = dict(services or {})
     # Validate before anything starts: a bad file fails here, naming the file, stage and field.
-    own = {"run_dir": rundir.url if rundir.remote else str(rundir.local_root.resolve())}  # where a stage finds another's artifacts
+    own = {
+        "run_dir": rundir.url if rundir.remote else str(rundir.local_root.resolve()),  # another stage's artifacts
+        "workflow_dir": str(Path(workflow_path).resolve().parent),  # files shipped beside the workflow
+    }
     preview = load_workflow(workflow_path, overrides=list(overrides),
                             variables={**_placeholder_variables(services), **own})
     configs = validated_serve(preview, {name: service.config for name, service in services.items()})
