@@ -183,10 +183,7 @@ def run_workflow(
     rundir = RunDir(run_dir)
     services = dict(services or {})
     # Validate before anything starts: a bad file fails here, naming the file, stage and field.
-    own = {
-        "run_dir": rundir.url if rundir.remote else str(rundir.local_root.resolve()),  # another stage's artifacts
-        "workflow_dir": str(Path(workflow_path).resolve().parent),  # files shipped beside the workflow
-    }
+    own = run_variables(workflow_path, rundir)
     preview = load_workflow(workflow_path, overrides=list(overrides),
                             variables={**_placeholder_variables(services), **own})
     configs = validated_serve(preview, {name: service.config for name, service in services.items()})
@@ -202,6 +199,14 @@ def run_workflow(
             logging.getLogger("mmcurate").removeHandler(handler)
             handler.close()
             rundir.upload_logs()
+
+
+def run_variables(workflow_path: str | Path, rundir: RunDir) -> dict[str, str]:
+    """The ${...} variables every run defines, beside its services'."""
+    return {
+        "run_dir": rundir.url if rundir.remote else str(rundir.local_root.resolve()),  # another stage's artifacts
+        "workflow_dir": str(Path(workflow_path).resolve().parent),  # files shipped beside the workflow
+    }
 
 
 def _placeholder_variables(services: Mapping[str, Service]) -> dict[str, str]:

@@ -36,6 +36,14 @@ class StageConfig(StrictModel):
         """Local files the stage reads besides its upstream; their bytes are part of the stage's fingerprint."""
         return ()
 
+    def columns_needed(self) -> frozenset[str]:
+        """Extension columns this config reads beyond what the stage's registration always needs."""
+        return frozenset()
+
+    def columns_added(self) -> frozenset[str] | None:
+        """Extension columns this config writes, of those the registration declares; None: all of them."""
+        return None
+
 
 class FetchConfig(StrictModel):
     """The fetch guard's whole policy: every page, robots.txt, media and URL-list download meets these limits on
@@ -216,6 +224,9 @@ class ClipScoreConfig(StageConfig):
     model: ClipModelSpec
     min_score: dict[Literal["image", "audio"], float] = {}  # absolute cosine thresholds; a modality absent: no cut
     embedding: bool = False  # also write each sample's unit-norm image (else audio) embedding, for semantic dedupe
+
+    def columns_added(self) -> frozenset[str]:
+        return frozenset({"embedding"}) if self.embedding else frozenset()
     batch_size: int = Field(64, ge=1, description="samples per forward pass")
     threads: int = Field(4, ge=1, le=512, description="threads decoding and resizing a batch's images")
 

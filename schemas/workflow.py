@@ -170,11 +170,13 @@ def validated_serve(workflow: Workflow, models: Mapping[str, type[BaseModel]]) -
 
 
 def _check_order(path: str, specs: list[StageSpec]) -> None:
-    """Each stage's requirements must be provided by an earlier stage; one source first, a sink only last."""
+    """Each stage's requirements (capabilities, extension columns) must be provided by an earlier stage; one
+    source first, a sink only last."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise WorkflowError(f"{path}: stage names must be unique (use 'id:' to tell two stages apart): {names}")
     provided: set[str] = set()
+    columns: set[str] = set()  # extension columns written by the stages so far (schemas.record.EXTENSION_COLUMNS)
     for i, spec in enumerate(specs):
         kind = STAGE_KINDS[spec.kind]
         if (kind.role == "source") != (i == 0):
@@ -188,3 +190,11 @@ def _check_order(path: str, specs: list[StageSpec]) -> None:
                 f"(provided so far: {sorted(provided) or 'nothing'})"
             )
         provided |= kind.provides
+        needed = kind.needs_columns | spec.config.columns_needed()
+        if needed - columns:
+            raise WorkflowError(
+                f"{path}: stage '{spec.name}' reads column(s) {sorted(needed - columns)} that no earlier stage writes "
+                f"(written so far: {sorted(columns) or 'none'})"
+            )
+        added = spec.config.columns_added()
+        columns |= kind.adds_columns if added is None else (added & kind.adds_columns)

@@ -27,13 +27,6 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_demo_workflow_validates():
-    wf = load_workflow(Path(__file__).parents[2] / "workflows" / "demo.yaml", variables={
-        "demo_site.base_url": "http://127.0.0.1:9", "demo_site.url_list": "/x.csv"})
-    assert [s.name for s in wf.stages] == ["crawl", "align", "shard"]
-    assert "demo_site" in wf.serve
-
-
 def test_good_workflow_types_and_defaults(tmp_path):
     wf = load_workflow(write(tmp_path, GOOD))
     assert wf.stages[1].config.image_max_side == 128
@@ -151,8 +144,14 @@ def test_the_installed_demo_workflow_validates_with_the_demo_services_placeholde
     from mmcurate.pipeline.demo import DEMO_SITE, DemoSiteConfig, demo_workflow_path
     from mmcurate.schemas.workflow import validated_serve
 
-    workflow = load_workflow(demo_workflow_path(), variables=dict(DEMO_SITE.placeholders),
+    from mmcurate.pipeline.rundir import RunDir
+    from mmcurate.pipeline.runner import run_variables
+
+    variables = {**DEMO_SITE.placeholders, **run_variables(demo_workflow_path(), RunDir("/tmp/mmcurate-test-run"))}
+    workflow = load_workflow(demo_workflow_path(), variables=variables,
                              overrides=["serve.demo_site.pages=50", "serve.demo_site.trusted=7"])
+    kinds = [s.kind for s in workflow.stages]
+    assert kinds[:2] == ["crawl", "align"] and kinds[-1] == "shard"
     assert workflow.stages[0].config.url_lists
     (config,) = validated_serve(workflow, {"demo_site": DEMO_SITE.config}).values()
     assert isinstance(config, DemoSiteConfig) and (config.pages, config.trusted) == (50, 7)
@@ -212,3 +211,22 @@ def test_serve_must_map_service_names_to_config_mappings(tmp_path):
     for section in ("serve: [tiny]", "serve:\n  tiny: 3"):
         with pytest.raises(WorkflowError, match="serve: expected a mapping of service name to its config"):
             load_workflow(write(tmp_path, GOOD.replace("name: t", f"name: t\n{section}")))
+
+
+def test_a_stage_reading_an_extension_column_needs_an_earlier_stage_that_writes_it(tmp_path, monkeypatch):
+    import mmcurate.schemas.stage_configs as stage_configs
+
+    class NeedsEmbedding(stage_configs.StageConfig):
+        def columns_needed(self):
+            return frozenset({"embedding"})
+
+    monkeypatch.setitem(stage_configs.STAGE_KINDS, "needs_embedding", stage_configs.StageKind(
+        config=NeedsEmbedding, role="map", implementation="x:Y"))
+    head = ("name: w\nstages:\n  - {stage: crawl, url_lists: [{path: l.csv}]}\n  - stage: align\n"
+            "  - {stage: clip_score, model: {checkpoint: /m}, embedding: EMB}\n  - stage: needs_embedding\n")
+    path = tmp_path / "w.yaml"
+    path.write_text(head.replace("EMB", "true"))
+    assert [s.kind for s in load_workflow(path).stages][-1] == "needs_embedding"
+    path.write_text(head.replace("EMB", "false"))  # clip_score may write embeddings, but this one does not
+    with pytest.raises(WorkflowError, match=r"'needs_embedding' reads column\(s\) \['embedding'\]"):
+        load_workflow(path)
