@@ -56,6 +56,13 @@ class Reason(str, Enum):
     DUPLICATE_KEY = "duplicate_key"  # a second record with a key already written; the first (in sort order) wins
     INTERNAL_ERROR = "internal_error"  # an unexpected exception on this record; detail: type, message, trace digest
     HTML_TOO_COMPLEX = "html_too_complex"  # a page past the parser's element or time budget; detail says which
+    # dedupe: the detail names the method, the survivor's key (or the eval item) and the distance, e.g.
+    # "near_duplicate of <key> (phash hamming 3)"; the survivor is the group's best by the stage's survivor rule
+    DUPLICATE = "duplicate"  # the same decoded pixels, audio samples or normalised text as the survivor
+    NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the stage's Hamming radius of the survivor's
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # embedding cosine above 1 - eps (SemDeDup)
+    TEXT_DUPLICATE = "text_duplicate"  # MinHash Jaccard of the text at or above the stage's threshold
+    EVAL_CONTAMINATION = "eval_contamination"  # matches an item of the evaluation set; detail names the item
 
 
 class Rejected(Exception):

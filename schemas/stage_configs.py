@@ -315,3 +315,126 @@ register("clip_score", config=ClipScoreConfig, role="map", implementation="mmcur
          requires=frozenset({"aligned"}), provides=frozenset({"clip_scores"}), adds_columns=frozenset({"embedding"}))
 register("score_filter", config=ScoreFilterConfig, role="global",
          implementation="mmcurate.stages.score_filter:ScoreFilterStage", requires=frozenset({"aligned"}))
+
+
+# ---- dedupe ------------------------------------------------------------------------------------------------------
+class ExactDedupeConfig(StrictModel):
+    """Same content: a hash of the decoded pixels (a re-encoded or renamed copy of the same pixels matches), of the
+    decoded audio samples, and of the normalised text (NFKC, case-folded, punctuation and spacing collapsed)."""
+
+    enabled: bool = True
+    image: bool = True
+    audio: bool = True
+    # off by default: on image-text pairs one caption under different images ("a red circle") is no duplicate
+    text: bool = False
+
+
+class PerceptualDedupeConfig(StrictModel):
+    """Images whose 64-bit perceptual hashes (imagehash pHash) are within ``radius`` bits, found by pigeonhole
+    bands: ``radius + 1`` bands of the 64 bits, so any pair within the radius agrees on a whole band. A band is
+    64 / (radius + 1) bits wide, so buckets, and candidate pairs, grow as n² / 2^width: keep the radius small on
+    large runs (README: Dedupe)."""
+
+    enabled: bool = True
+    radius: int = Field(8, ge=0, le=31, description="Hamming distance in bits, inclusive")
+
+
+class SemanticDedupeConfig(StrictModel):
+    """SemDeDup over the ``embedding`` column (``clip_score`` with ``embedding: true``): k-means (faiss) on a sample
+    of the embeddings, then, within each cluster, pairs whose cosine similarity exceeds ``1 - eps``."""
+
+    enabled: bool = False
+    eps: float = Field(0.05, gt=0, lt=1)
+    clusters: int | None = Field(None, ge=1, description="k-means clusters; None: about sqrt(records / 4)")
+    sample: int = Field(100_000, ge=1, description="embeddings k-means trains on (chosen by a hash of the key)")
+    iterations: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class TextDedupeConfig(StrictModel):
+    """Near-duplicate texts (the chosen caption or transcript, ``text``): MinHash (datasketch) of the normalised
+    text's shingles, LSH bands chosen by datasketch for ``threshold``, candidates verified by their estimated
+    Jaccard similarity. Off by default for the reason exact text is."""
+
+    enabled: bool = False
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity, inclusive")
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle: Literal["char", "word"] = "char"
+    ngram: int = Field(5, ge=1, le=32)
+    seed: int = 1
+
+
+class SurvivorRule(StrictModel):
+    """Which member of a duplicate group is kept: the highest ``score`` (the largest of the record's scores whose
+    names match this fnmatch pattern: any CLIP score by default; unscored records rank below scored ones), then
+    the larger resolution (image pixels, else audio samples) when ``resolution``, then the smallest key."""
+
+    score: str | None = "clip_score.*_text"
+    resolution: bool = True
+
+
+class EvalSetConfig(StrictModel):
+    """An evaluation set no sample may copy: WebDataset ``shards`` (paths or globs; their images), a folder of
+    ``images`` (searched recursively), a ``texts`` file (one item per line). A sample matching an eval item
+    exactly (pixels, or normalised text), perceptually (pHash within ``radius``) or, for texts, by MinHash
+    Jaccard >= ``text_threshold`` is ``eval_contamination``, naming the item."""
+
+    shards: tuple[str, ...] = ()
+    images: str | None = None
+    texts: str | None = None
+    exact: bool = True
+    perceptual: bool = True
+    radius: int = Field(8, ge=0, le=31)
+    text_threshold: float | None = Field(0.8, gt=0, le=1, description="None: exact text only")
+
+    @field_validator("shards")
+    @classmethod
+    def _shards_are_local(cls, shards: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_local_path(path) for path in shards)
+
+    @field_validator("images", "texts")
+    @classmethod
+    def _is_local(cls, path: str | None) -> str | None:
+        return None if path is None else _local_path(path)
+
+    @model_validator(mode="after")
+    def _has_items(self) -> EvalSetConfig:
+        if not (self.shards or self.images or self.texts):
+            raise ValueError("decontaminate needs at least one of shards, images, texts")
+        return self
+
+    def files(self) -> tuple[str, ...]:
+        """Every file the eval set reads, sorted: the shards' globs and the image folder expanded now."""
+        import glob
+        from pathlib import Path
+
+        found = [p for pattern in self.shards for p in sorted(glob.glob(pattern)) or [pattern]]
+        if self.images is not None:
+            found += [str(p) for p in sorted(Path(self.images).rglob("*")) if p.is_file()]
+        if self.texts is not None:
+            found.append(self.texts)
+        return tuple(found)
+
+
+class DedupeConfig(StageConfig):
+    """Drop copies, keeping one survivor per group (``survivor``), in this order: ``decontaminate`` (every sample
+    matching the eval set), then ``exact``, ``perceptual``, ``semantic``, ``text``, each over what the ones before
+    kept. Each drop's detail names the method, the survivor's (or eval item's) key and the distance."""
+
+    exact: ExactDedupeConfig = ExactDedupeConfig()
+    perceptual: PerceptualDedupeConfig = PerceptualDedupeConfig()
+    semantic: SemanticDedupeConfig = SemanticDedupeConfig()
+    text: TextDedupeConfig = TextDedupeConfig()
+    survivor: SurvivorRule = SurvivorRule()
+    decontaminate: EvalSetConfig | None = None
+    partitions: int = Field(64, ge=1, le=4096, description="groups of the candidate-pair and component shuffles")
+
+    def input_files(self) -> tuple[str, ...]:
+        return self.decontaminate.files() if self.decontaminate is not None else ()
+
+    def columns_needed(self) -> frozenset[str]:
+        return frozenset({"embedding"}) if self.semantic.enabled else frozenset()
+
+
+register("dedupe", config=DedupeConfig, role="global", implementation="mmcurate.stages.dedupe.stage:DedupeStage",
+         requires=frozenset({"aligned"}))
