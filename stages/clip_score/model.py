@@ -85,28 +85,28 @@ class Scorer:
     model_id: str
     dim: int = 0  # embedding width, set by ``load`` from a real forward pass
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts)
-        with self._autocast():
-            return _encode_tokens(self.clip, tokens.to(self.device)).float().cpu()
+        with self.autocast():
+            return encode_tokens(self.clip, tokens.to(self.device)).float().cpu()
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels``: normalised float images on ``device`` (``media.ImagePreprocess.batch``)."""
-        with self._autocast():
+        with self.autocast():
             return self.clip.encode_image(pixels, normalize=True).float().cpu()
 
     @torch.inference_mode()
     def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with self.autocast():
             return F.normalize(self.audio(waves.to(self.device)).float(), dim=-1).cpu()
 
 
-def _encode_tokens(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
+def encode_tokens(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``clip.encode_text(tokens, normalize=True)``, with the padding after the batch's last end-of-text token cut
     off first when that cannot change the result: an ``open_clip.CLIP`` text tower is causal (a position sees only
     the ones before it) and pools at the end-of-text token, so the 77 - n padding positions only cost time (the

@@ -21,7 +21,7 @@ from mmcurate.pipeline.train.data import load_waveform
 from mmcurate.schemas.record import outcome_schema
 from mmcurate.schemas.stage_configs import ClipScoreConfig
 from mmcurate.stages.clip_score import ClipScoreStage
-from mmcurate.stages.clip_score.model import _encode_tokens
+from mmcurate.stages.clip_score.model import encode_tokens
 
 HEX8 = r"[0-9a-f]{8}"
 
@@ -214,7 +214,7 @@ def test_the_text_tower_on_trimmed_padding_equals_open_clips_encode_text(stage):
     for captions in (["a red circle", "a blue square"], ["a red circle", "a very long caption that is truncated"]):
         tokens = tokenizer(captions)
         with torch.inference_mode():
-            assert torch.allclose(_encode_tokens(clip, tokens), clip.encode_text(tokens, normalize=True), atol=1e-6)
+            assert torch.allclose(encode_tokens(clip, tokens), clip.encode_text(tokens, normalize=True), atol=1e-6)
 
 
 def test_bf16_on_cpu_ranks_as_fp32_does(stage, trained, held_out):
