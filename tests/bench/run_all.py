@@ -33,6 +33,7 @@ KNOWN = {
     "image": ([], ["--n", "200", "--repeat", "1"]),
     "crawl_memory": ([], ["--pages", "25", "50"]),
     "loader": ([], ["--steps", "3"]),
+    "clip": ([], ["--quick"]),
 }
 
 
