@@ -337,6 +337,12 @@ class PerceptualDedupeConfig(StrictModel):
 
     enabled: bool = True
     radius: int = Field(8, ge=0, le=31, description="Hamming distance in bits, inclusive")
+    # A 64-bit pHash sees a 32x32 grey image: flat scenes of one blob on a plain ground hash alike whatever their
+    # colours. A pair within the radius must also look alike as tiny colour images (Torralba's 80 Million Tiny
+    # Images test): the RMS difference of 16x16 RGB thumbnails, the smallest over centre crops of either image of
+    # up to ``max_crop`` per side (so a cropped copy lines up with its original). None: the hash alone decides.
+    max_thumbnail_rms: float | None = Field(6.0, gt=0, description="0-255 pixel scale")
+    max_crop: float = Field(0.08, ge=0, lt=0.5, description="per side, fraction of the width and height")
 
 
 class SemanticDedupeConfig(StrictModel):
@@ -345,7 +351,7 @@ class SemanticDedupeConfig(StrictModel):
 
     enabled: bool = False
     eps: float = Field(0.05, gt=0, lt=1)
-    clusters: int | None = Field(None, ge=1, description="k-means clusters; None: about sqrt(records / 4)")
+    clusters: int | None = Field(None, ge=1, description="k-means clusters; None: about sqrt(records)")
     sample: int = Field(100_000, ge=1, description="embeddings k-means trains on (chosen by a hash of the key)")
     iterations: int = Field(20, ge=1)
     seed: int = 0

@@ -1,0 +1,1 @@
+"""Dedupe and eval-set decontamination as one global stage (``stage.DedupeStage``); see ``stage.py``."""

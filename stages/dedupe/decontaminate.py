@@ -1,0 +1,191 @@
+"""Eval-set decontamination: every record that matches an item of the evaluation set is dropped
+(``eval_contamination``) before any dedupe, whatever else it matches, naming the item it copies.
+
+The eval set is small next to the run: its items are read and signed on the driver (``EvalIndex``), and the index
+travels to the workers, where each record is looked up in it: exact pixels, then pHash within the radius (the
+same pigeonhole bands as dedupe, as dictionaries; the same tiny-image check), then exact normalised text, then
+MinHash Jaccard through datasketch's ``MinHashLSH``. Being small, an eval image is indexed under the pHash of each
+of its centre crops too (every 1 % per side up to ``perceptual.max_crop``): a copy cropped by 5 % moves a pHash
+by up to 24 bits, but lands within a few bits of its original's 5 % crop. Item names: ``<shard>.tar:<member>``, the image's path
+under the folder, ``<text file>:<line>``.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmcurate.schemas.stage_configs import EvalSetConfig, TextDedupeConfig
+from mmcurate.stages.base import InputError
+from mmcurate.stages.dedupe.drops import DROP_SCHEMA, detail
+from mmcurate.stages.dedupe.perceptual import _band_value, band_masks, thumbnail_rms
+from mmcurate.stages.dedupe.signatures import (
+    digest,
+    decode_image,
+    image_signature,
+    normalise_text,
+    pixel_digest,
+    thumbnail_crops,
+)
+from mmcurate.stages.dedupe.text import jaccard, minhashes
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+REASON = "eval_contamination"
+
+
+@dataclass
+class EvalIndex:
+    radius: int
+    max_rms: float | None
+    text_threshold: float | None
+    text: TextDedupeConfig
+    pixels: dict[bytes, str] = field(default_factory=dict)
+    image_items: list[str] = field(default_factory=list)
+    thumbs: list[bytes | None] = field(default_factory=list)
+    hashes: list[tuple[int, int]] = field(default_factory=list)  # (image position, pHash of one of its crops)
+    bands: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # -> positions in ``hashes``
+    texts: dict[bytes, str] = field(default_factory=dict)
+    text_items: list[str] = field(default_factory=list)
+    minhash: np.ndarray | None = None
+    lsh: Any = None
+    size: int = 0  # items read: images and text lines
+
+
+def _eval_images(cfg: EvalSetConfig) -> list[tuple[str, bytes]]:
+    import glob
+
+    found = []
+    for pattern in cfg.shards:
+        paths = sorted(glob.glob(pattern))
+        if not paths:
+            raise InputError(f"decontaminate.shards: no file matches {pattern}")
+        for path in paths:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                        found.append((f"{Path(path).name}:{member.name}", tar.extractfile(member).read()))
+    if cfg.images is not None:
+        root = Path(cfg.images)
+        if not root.is_dir():
+            raise InputError(f"decontaminate.images: {root} is not a folder")
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            found.append((path.relative_to(root).as_posix(), path.read_bytes()))
+    return found
+
+
+def load_eval_set(cfg: EvalSetConfig, text: TextDedupeConfig, max_rms: float | None, max_crop: float,
+                  crops: list[float] | None) -> EvalIndex:
+    """Read and sign every item of the eval set (on the driver: an eval set is thousands of items, not a run)."""
+    index = EvalIndex(cfg.radius, max_rms, cfg.text_threshold, text)
+    masks = band_masks(cfg.radius)
+    crop_hashes = thumbnail_crops(max_crop)
+    for item, data in _eval_images(cfg):
+        index.size += 1
+        image = decode_image(data)
+        if image is None:
+            raise InputError(f"decontaminate: eval image {item} does not decode")
+        if cfg.exact:
+            index.pixels.setdefault(pixel_digest(image), item)
+        if cfg.perceptual:
+            _, thumbs = image_signature(image, crops)
+            position = len(index.image_items)
+            index.image_items.append(item)
+            index.thumbs.append(thumbs)
+            for crop in crop_hashes:
+                w, h = image.size
+                phash, _ = image_signature(image.crop((round(w * crop), round(h * crop), w - round(w * crop),
+                                                       h - round(h * crop))), None)
+                for band, (shift, width) in enumerate(masks):
+                    value = int(_band_value(np.array([phash], np.uint64), shift, width)[0])
+                    index.bands.setdefault((band, value), []).append(len(index.hashes))
+                index.hashes.append((position, phash))
+    if cfg.texts is not None:
+        path = Path(cfg.texts)
+        if not path.is_file():
+            raise InputError(f"decontaminate.texts: {path} is not a file")
+        lines = [(f"{path.name}:{n}", normalise_text(line))
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)]
+        lines = [(item, norm) for item, norm in lines if norm]
+        index.size += len(lines)
+        for item, norm in lines:
+            index.texts.setdefault(digest(norm.encode()), item)
+        if cfg.text_threshold is not None and lines:
+            from datasketch import MinHash, MinHashLSH
+
+            index.text_items = [item for item, _ in lines]
+            index.minhash = minhashes([norm for _, norm in lines], text)
+            index.lsh = MinHashLSH(threshold=cfg.text_threshold, num_perm=text.num_perm)
+            for position, values in enumerate(index.minhash):
+                index.lsh.insert(position, MinHash(num_perm=text.num_perm, seed=text.seed, hashvalues=values))
+    return index
+
+
+def _image_match(index: EvalIndex, phash: int, thumbs: bytes | None) -> tuple[str, float, str] | None:
+    entries = set()
+    for band, (shift, width) in enumerate(band_masks(index.radius)):
+        value = int(_band_value(np.array([phash], np.uint64), shift, width)[0])
+        entries.update(index.bands.get((band, value), ()))
+    nearest: dict[int, int] = {}  # image position -> fewest bits over its crops
+    for entry in entries:
+        position, other = index.hashes[entry]
+        bits = bin(phash ^ other).count("1")
+        if bits <= index.radius and bits < nearest.get(position, 65):
+            nearest[position] = bits
+    best = None
+    for position, bits in nearest.items():
+        other = index.thumbs[position]
+        rms = thumbnail_rms(thumbs, other) if (index.max_rms is not None and thumbs and other) else None
+        if rms is not None and rms > index.max_rms:
+            continue
+        rank = (bits, rms or 0.0, index.image_items[position])
+        if best is None or rank < best[0]:
+            text = f"phash hamming {bits}" + (f", thumbnail rms {rms:.1f}" if rms is not None else "")
+            best = (rank, index.image_items[position], float(bits), text)
+    return None if best is None else best[1:]
+
+
+def _text_match(index: EvalIndex, norm: str) -> tuple[str, float, str] | None:
+    from datasketch import MinHash
+
+    values = minhashes([norm], index.text)[0]
+    found = index.lsh.query(MinHash(num_perm=index.text.num_perm, seed=index.text.seed, hashvalues=values))
+    scored = [(float(jaccard(values[None], index.minhash[p][None])[0]), index.text_items[p]) for p in found]
+    scored = [(s, item) for s, item in scored if s >= index.text_threshold]
+    if not scored:
+        return None
+    similarity, item = min(scored, key=lambda x: (-x[0], x[1]))  # the most similar, then the first item
+    return item, similarity, f"minhash jaccard {similarity:.3f}"
+
+
+def contaminated(table: pa.Table, index: EvalIndex) -> pa.Table:
+    """Drop rows (``DROP_SCHEMA``) of the signature rows in ``table`` that match an eval item."""
+    out: dict[str, list] = {name: [] for name in DROP_SCHEMA.names}
+    columns = {name: table[name].to_pylist() for name in ("key", "pixels", "phash", "thumbs", "text_digest",
+                                                          "text_norm")}
+    for key, pixels, phash, thumbs, text_digest, norm in zip(*columns.values()):
+        match = None
+        if pixels is not None and pixels in index.pixels:
+            match = (index.pixels[pixels], 0.0, "exact pixels", "exact_pixels")
+        if match is None and phash is not None and index.hashes:
+            found = _image_match(index, phash, thumbs)
+            match = None if found is None else (*found, "phash")
+        if match is None and text_digest is not None and text_digest in index.texts:
+            match = (index.texts[text_digest], 0.0, "exact normalised text", "exact_text")
+        if match is None and norm and index.lsh is not None:
+            found = _text_match(index, norm)
+            match = None if found is None else (*found, "minhash")
+        if match is not None:
+            item, distance, measures, method = match
+            for name, value in zip(DROP_SCHEMA.names, (key, REASON, method, item, distance,
+                                                       detail(REASON, item, measures))):
+                out[name].append(value)
+    return pa.Table.from_pydict(out, schema=DROP_SCHEMA)
+
+
+def decontaminate(nodes: Any, index: EvalIndex) -> Any:
+    return nodes.map_batches(contaminated, fn_kwargs={"index": index}, batch_format="pyarrow").materialize()
