@@ -32,7 +32,7 @@ from mmcurate.stages.dedupe.signatures import (
     pixel_digest,
     thumbnail_crops,
 )
-from mmcurate.stages.dedupe.text import jaccard, minhashes
+from mmcurate.stages.dedupe.text import SCHEME, jaccard, minhashes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 REASON = "eval_contamination"
@@ -121,7 +121,8 @@ def load_eval_set(cfg: EvalSetConfig, text: TextDedupeConfig, max_rms: float | N
             index.minhash = minhashes([norm for _, norm in lines], text)
             index.lsh = MinHashLSH(threshold=cfg.text_threshold, num_perm=text.num_perm)
             for position, values in enumerate(index.minhash):
-                index.lsh.insert(position, MinHash(num_perm=text.num_perm, seed=text.seed, hashvalues=values))
+                index.lsh.insert(position, MinHash(num_perm=text.num_perm, seed=text.seed, hashvalues=values,
+                                                   scheme=SCHEME))
     return index
 
 
@@ -153,7 +154,8 @@ def _text_match(index: EvalIndex, norm: str) -> tuple[str, float, str] | None:
     from datasketch import MinHash
 
     values = minhashes([norm], index.text)[0]
-    found = index.lsh.query(MinHash(num_perm=index.text.num_perm, seed=index.text.seed, hashvalues=values))
+    found = index.lsh.query(MinHash(num_perm=index.text.num_perm, seed=index.text.seed, hashvalues=values,
+                               scheme=SCHEME))
     scored = [(float(jaccard(values[None], index.minhash[p][None])[0]), index.text_items[p]) for p in found]
     scored = [(s, item) for s, item in scored if s >= index.text_threshold]
     if not scored:

@@ -14,6 +14,7 @@ from mmcurate.schemas.stage_configs import TextDedupeConfig
 from mmcurate.stages.dedupe.pairs import pairs_within_runs, runs
 from mmcurate.stages.dedupe.shuffle import by_partition, join
 
+SCHEME = "affine32"  # datasketch's 32-bit MinHash values: 4 bytes a slot
 CANDIDATE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 _FNV = np.uint64(0x100000001B3)
 
@@ -43,7 +44,7 @@ def minhashes(texts: list[str], cfg: TextDedupeConfig) -> np.ndarray:
     if not texts:
         return np.zeros((0, cfg.num_perm), np.uint32)
     signatures = MinHash.bulk([shingles(t, cfg.shingle, cfg.ngram) for t in texts], num_perm=cfg.num_perm,
-                              seed=cfg.seed)
+                              seed=cfg.seed, scheme=SCHEME)
     return np.stack([m.hashvalues for m in signatures]).astype(np.uint32)
 
 
