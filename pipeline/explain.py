@@ -120,6 +120,8 @@ def format_history(key: str, events: list[dict[str, Any]]) -> str:
         if e["decision"] == "rejected":
             head += f": {e['reason']}" + (f" — {e['detail']}" if e.get("detail") else "")
         lines.append(head)
+        if e["decision"] == "rejected" and (copied := _copied(e)):
+            lines.append(copied)
         if e["decision"] == "written":
             lines.append(f"    {e['shard']}.tar member {e['member']} offset {e['offset']} size {e['size']}")
             continue
@@ -130,3 +132,16 @@ def format_history(key: str, events: list[dict[str, Any]]) -> str:
             lines += _scores_lines(e, seen_scores.get(e.get("key"), {}))
             seen_scores[e.get("key")] = dict(e.get("scores") or [])
     return "\n".join(lines)
+
+
+def _copied(event: dict[str, Any]) -> str | None:
+    """For a sample dedupe dropped: the one it copies (``duplicate of K``) or the eval item it matches."""
+    from mmcurate.stages.dedupe.drops import REASONS, eval_item_of, survivor_of
+
+    if event.get("reason") not in REASONS:
+        return None
+    if (key := survivor_of(event.get("detail"))) is not None:
+        return f"    duplicate of {key}"
+    if (item := eval_item_of(event.get("detail"))) is not None:
+        return f"    copies eval item {item}"
+    return None

@@ -25,6 +25,7 @@ DROP_SCHEMA = pa.schema([
     pa.field("detail", pa.string()),
 ])
 DROPS_FILE = "drops.parquet"
+REASONS = frozenset({"duplicate", "near_duplicate", "semantic_duplicate", "text_duplicate", "eval_contamination"})
 
 _DETAIL = re.compile(r"^(?P<reason>\w+) of (?P<key>\S+) \(")
 _EVAL = re.compile(r"^eval_contamination: eval item (?P<item>.+?) \(")
