@@ -32,7 +32,7 @@ from mmcurate.stages.dedupe.signatures import (
     pixel_digest,
     thumbnail_crops,
 )
-from mmcurate.stages.dedupe.text import SCHEME, jaccard, minhashes
+from mmcurate.stages.dedupe.text import SCHEME, jaccard, lsh_weights, minhashes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 REASON = "eval_contamination"
@@ -119,7 +119,7 @@ def load_eval_set(cfg: EvalSetConfig, text: TextDedupeConfig, max_rms: float | N
 
             index.text_items = [item for item, _ in lines]
             index.minhash = minhashes([norm for _, norm in lines], text)
-            index.lsh = MinHashLSH(threshold=cfg.text_threshold, num_perm=text.num_perm)
+            index.lsh = MinHashLSH(threshold=cfg.text_threshold, num_perm=text.num_perm, weights=lsh_weights(text))
             for position, values in enumerate(index.minhash):
                 index.lsh.insert(position, MinHash(num_perm=text.num_perm, seed=text.seed, hashvalues=values,
                                                    scheme=SCHEME))

@@ -19,13 +19,16 @@ CANDIDATE_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.strin
 _FNV = np.uint64(0x100000001B3)
 
 
-def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) datasketch chooses for ``threshold`` (weights of false positives and negatives
-    equal)."""
+def lsh_shape(cfg: TextDedupeConfig) -> tuple[int, int]:
+    """(bands, rows per band) datasketch chooses for the threshold and the weight of false negatives."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=lsh_weights(cfg))
     return lsh.b, lsh.r
+
+
+def lsh_weights(cfg: TextDedupeConfig) -> tuple[float, float]:
+    return 1 - cfg.false_negative_weight, cfg.false_negative_weight
 
 
 def shingles(text: str, kind: str, n: int) -> list[bytes]:
@@ -97,7 +100,7 @@ def _verified(table: pa.Table, threshold: float, num_perm: int) -> pa.Table:
 
 def candidate_pairs(signed: Any, cfg: TextDedupeConfig, partitions: int) -> Any:
     """Distinct ``(a, b)`` node pairs sharing an LSH band, ``a > b``."""
-    bands, rows = lsh_shape(cfg.threshold, cfg.num_perm)
+    bands, rows = lsh_shape(cfg)
     banded = signed.map_batches(_band_rows, fn_kwargs={"bands": bands, "rows": rows, "num_perm": cfg.num_perm},
                                 batch_format="pyarrow")
     candidates = by_partition(banded, "bucket", partitions, _bucket_candidates)

@@ -34,6 +34,7 @@ KNOWN = {
     "crawl_memory": ([], ["--pages", "25", "50"]),
     "loader": ([], ["--steps", "3"]),
     "clip": ([], ["--quick"]),
+    "dedupe": ([], ["--quick"]),
 }
 
 

@@ -153,7 +153,7 @@ def test_normalised_text_and_minhash_find_near_duplicate_captions():
     assert similarity[0, 1] == 1.0 and similarity[0, 2] >= 0.7 and similarity[0, 3] < 0.2
     nodes = [f"n{i}" for i in range(5)]
     signed = pa.table({"node": nodes, "minhash": [row.tobytes() for row in sig]})
-    bands, rows = lsh_shape(cfg.threshold, cfg.num_perm)
+    bands, rows = lsh_shape(cfg)
     candidates = _bucket_candidates(_band_rows(signed, bands, rows, cfg.num_perm))
     pairs = {tuple(sorted(p)) for p in zip(candidates["a"].to_pylist(), candidates["b"].to_pylist())}
     assert {("n0", "n1"), ("n0", "n2"), ("n1", "n2")} <= pairs and ("n0", "n3") not in pairs
