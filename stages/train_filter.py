@@ -12,6 +12,7 @@ scoring is ``clip_score``'s job, pointed at ``${run_dir}/<this stage>/artifacts/
                                                    checkpoints are what a restarted run resumes from
     artifacts/model/, artifacts/eval.json          the scorer (best validation loss, else last step) and its
                                                    retrieval recall on the held-out records
+    artifacts/config.yaml                          the trainer's resolved config (clip_score names the model by it)
 
 The selection runs in the workers: DuckDB evaluates the predicate over each Arrow batch (``map_batches``), Ray
 Data sorts the selected records by key, and one Ray task writes the shards from the sorted blocks, so the records
@@ -149,17 +150,19 @@ def _eval_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
             "text_to_image_r1_chance": block["chance"]["text_to_image"]["recall@1"]}
 
 
-def _publish(scorer_dir: Path, evaluation: dict[str, Any] | None, artifacts: Path) -> None:
+def _publish(result: Any, artifacts: Path) -> None:
     """Copy the scorer into ``artifacts/model`` whole: a kill mid-copy leaves a temporary directory, not a model
-    missing files (the summary, written after this, is what marks the stage's work done)."""
+    missing files (the summary, written after this, is what marks the stage's work done). The trainer's
+    ``config.yaml`` goes beside it, as in the trainer's run directory: clip_score names the model after it."""
     artifacts.mkdir(parents=True, exist_ok=True)
     model, tmp = artifacts / "model", artifacts / f".model.tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(scorer_dir, tmp)
+    shutil.copytree(result.scorer_dir, tmp)
     if model.exists():
         shutil.rmtree(model)
     tmp.rename(model)
-    if evaluation is not None:
-        (artifacts / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    shutil.copyfile(result.run_dir / "train" / "config.yaml", artifacts / "config.yaml")
+    if result.eval is not None:
+        (artifacts / "eval.json").write_text(json.dumps(result.eval, indent=2))
 
 
 class TrainFilterStage(GlobalStage[TrainFilterConfig]):
@@ -179,7 +182,7 @@ class TrainFilterStage(GlobalStage[TrainFilterConfig]):
         log.info("stage %s: training the filter model on %d trusted records (%d held out)", ctx.name,
                  counts["train"], counts["held_out"])
         result = train(config, ctx.progress_dir / "trainer")  # resumes from its checkpoints after a kill
-        _publish(result.scorer_dir, result.eval, ctx.progress_dir / "artifacts")
+        _publish(result, ctx.progress_dir / "artifacts")
         return {"trusted": counts["train"] + counts["held_out"], "train": counts["train"],
                 "held_out": counts["held_out"], "model": "artifacts/model", "scorer": result.scorer_dir.name,
                 "eval": _eval_summary(result.eval)}

@@ -195,6 +195,9 @@ def test_the_published_model_scores_matched_captions_above_shuffled_ones(trained
 
     ctx, summary = trained["ctx"], trained["summary"]
     assert summary["model"] == "artifacts/model"
+    # the trainer's config beside the model, as in its run directory: clip_score names the model from it
+    published = yaml.safe_load((ctx.progress_dir / "artifacts" / "config.yaml").read_text())
+    assert published["model"]["name"] == "mmcurate-train-filter-test"
     model, preprocess, tokenizer = load_scorer(ctx.progress_dir / summary["model"])
     fresh = list(synthetic_records(200, seed=99))  # never seen in training
     captions = [r["text"] for r in fresh]
