@@ -68,7 +68,7 @@ def components(edges: Any, partitions: int) -> Any:
                              _large_star).materialize()
         small = by_partition(large.select_columns(["a", "b"]), "a", partitions, _small_star).materialize()
         changed = _count_true(large) + _count_true(small)
-        log.debug("components: round %d, %d edges, %d changed", round_no, small.count(), changed)
+        log.debug("components: round %d, %d changed", round_no, changed)
         current = small.select_columns(["a", "b"])
         if changed == 0:
             return current.rename_columns({"a": "node", "b": "survivor"})

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from mmcurate.stages.dedupe.pairs import pairs_within_runs, runs
 from mmcurate.stages.dedupe.shuffle import by_partition, join
-from mmcurate.stages.dedupe.signatures import THUMB, THUMB_BYTES
+from mmcurate.stages.dedupe.signatures import THUMB_BYTES
 
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string()), pa.field("hamming", pa.int32())])
 
@@ -43,7 +43,7 @@ def band_rows(table: pa.Table, radius: int) -> pa.Table:
         bucket = value | (np.uint64(i) << np.uint64(58)) if width <= 58 else value ^ np.uint64(i)
         parts.append(pa.table({"bucket": pa.array(bucket), "band": pa.array(np.full(len(hashes), i, np.int8)),
                                "node": table["node"], "phash": table["phash"]}))
-    return pa.concat_tables(parts) if parts else pa.table({})
+    return pa.concat_tables(parts)
 
 
 def _bucket_pairs(table: pa.Table, radius: int) -> pa.Table:
@@ -85,8 +85,6 @@ def thumbnail_rms(a: bytes, b: bytes) -> float:
     other = np.sqrt(((ta - tb[0]) ** 2).mean(axis=1)).min()
     return float(min(one, other))
 
-
-assert THUMB_BYTES == THUMB * THUMB * 3
 
 
 def _rms_column(table: pa.Table) -> pa.Table:

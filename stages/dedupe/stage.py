@@ -57,6 +57,8 @@ class DedupeStage(GlobalStage[DedupeConfig]):
             sigs = dataset.map_batches(signatures, batch_format="pyarrow", fn_kwargs=self._signature_args()) \
                 .materialize()
             records = clock.lap("signatures", sigs.count())
+            if records == 0:  # an upstream that kept nothing: Ray Data's shuffles want a schema to group by
+                return {"records": 0, "dropped": write_drops([], path), "drops": str(path)}
             drops, alive = [], sigs
             if index is not None:
                 drops.append(decontaminate(sigs, index))

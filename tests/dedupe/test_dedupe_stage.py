@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 
-from dedupe_helpers import PHOTOS, cropped, decoded, jpeg, photos, record, resized, table, variants
+from dedupe_helpers import PHOTOS, cropped, decoded, jpeg, photos, record, table, variants
 
 from mmcurate.pipeline.stream import StageRun, block_counts, block_dir, run_blocks
 from mmcurate.schemas.record import RECORD_SCHEMA, empty_record, stable_key
@@ -216,3 +216,12 @@ def test_components_over_ray_equal_scipy_and_point_at_each_components_smallest_n
         members = sorted(names[i] for i in np.flatnonzero(label == comp) if i in set(a) | set(b))
         expected.update({m: members[0] for m in members[1:]})
     assert found == expected and len(expected) > 250
+
+
+def test_an_upstream_that_kept_nothing_drops_nothing(ray_session, tmp_path):
+    import ray
+
+    ctx = StageContext(name="dedupe", config_hash="h", work_dir=tmp_path / "w", progress_dir=tmp_path / "p")
+    summary = DedupeStage(DedupeConfig(), "dedupe").summarize(ray.data.from_items([]), ctx)
+    assert summary["records"] == 0 and summary["dropped"] == {}
+    assert pq.read_table(summary["drops"]).num_rows == 0
