@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mmcurate.pipeline.train.ledger import attempt_of
-from mmcurate.pipeline.train.synthetic import COLOURS, SHAPES, records as synthetic_records
+from mmcurate.pipeline.train.synthetic import records as synthetic_records
 from mmcurate.schemas.record import RECORD_SCHEMA, empty_record
 from mmcurate.schemas.stage_configs import TrainFilterConfig
 from mmcurate.stages.base import InputError, StageContext
@@ -87,7 +87,7 @@ def test_the_predicate_selects_exactly_the_rows_it_names_in_batch_order():
         (f"{BASE}/images/b.png", "a red circle", []),
         (None, None, None),  # a null url: the predicate is null, which selects nothing
         (f"{BASE}/trusted/c.png", None, [("clip.x", 0.1)]),
-        (f"http://elsewhere.example/trusted/d.png", "x", []),
+        ("http://elsewhere.example/trusted/d.png", "x", []),
     ])]
     batch = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
     assert select_rows(batch, WHERE)["key"].to_pylist() == ["k0", "k3"]
