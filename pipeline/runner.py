@@ -247,8 +247,12 @@ def _plan(workflow: Workflow, files: FileDigests) -> list[_Planned]:
 
 
 def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Planned]:
-    """The stages streamed together from ``start``: it and the ``map`` stages right after it that must run."""
+    """The stages streamed together from ``start``: it and the ``map`` stages right after it that must run. A
+    global stage runs alone: what it makes besides rows (a model the next stage loads) exists only once it has
+    committed."""
     segment = [planned[start]]
+    if planned[start].role == "global":
+        return segment
     for step in planned[start + 1 :]:
         if step.role != "map" or rundir.is_done(step.spec.name, step.fingerprint):
             break
