@@ -44,16 +44,18 @@ def demo_workflow_path() -> Path:
     return Path(str(files("mmcurate.workflows") / "demo.yaml"))
 
 
-def ensure_site(root: Path, seed: int, pages: int, trusted: int) -> None:
+def ensure_site(root: Path, seed: int, pages: int, trusted: int, trusted_photo_views: int = 0) -> None:
     """Build the site unless this exact one (seed, pages, trusted) is already there; the build is deterministic."""
     from mmcurate.pipeline.demo.site import build_site
 
     stamp = root / "site_build.json"
     wanted = {"seed": seed, "pages": pages, "trusted": trusted}
+    if trusted_photo_views:  # absent when 0: a site built before the field existed is still this one
+        wanted["trusted_photo_views"] = trusted_photo_views
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
     log.info("demo: building the sample site (seed %d, %d pages, %d trusted images) in %s", seed, pages, trusted, root)
-    build_site(root, seed=seed, pages=pages, trusted=trusted)
+    build_site(root, seed=seed, pages=pages, trusted=trusted, trusted_photo_views=trusted_photo_views)
     from mmcurate.pipeline.rundir import atomic_write_json
 
     atomic_write_json(stamp, wanted)
@@ -71,7 +73,7 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
     from mmcurate.pipeline.demo.site import TRUSTED_LIST, URL_LIST, write_url_list
 
     root = Path(config.root) if config.root else run_root / "demo_site"
-    ensure_site(root, config.seed, config.pages, config.trusted)
+    ensure_site(root, config.seed, config.pages, config.trusted, config.trusted_photo_views)
     port = demo_port(run_root) if config.port is None else config.port
     try:
         server = serve_site(root, port=port, access_log=root / "access.log")

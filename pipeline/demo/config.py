@@ -18,6 +18,9 @@ class DemoSiteConfig(StrictModel):
     # clean images listed in trusted_list.csv and linked from no page, as a curated source would offer: what a
     # filter model is trained on before it scores the crawled pool (${demo_site.trusted_list})
     trusted: int = Field(TRUSTED_IMAGES, ge=0)
+    # views of each of the site's photos in the trusted section (crops of 55-80 % per side, mirrored half the
+    # time, captioned as the site captions the photo): a filter trained on shapes alone knows no photo
+    trusted_photo_views: int = Field(0, ge=0)
     # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
     # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
     # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)

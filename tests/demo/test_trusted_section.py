@@ -110,3 +110,20 @@ def test_the_trusted_section_is_deterministic_and_leaves_the_pool_as_it_is(demo_
     more = build_site(tmp_path / "more", seed=demo_site.seed, pages=demo_site.pages, trusted=demo_site.n_trusted + 10)
     # the same seed draws the same trusted images first, whatever their number
     assert listed(more.trusted_list_csv)[: demo_site.n_trusted] == listed(demo_site.trusted_list_csv)
+
+
+def test_trusted_photo_views_are_other_crops_of_the_site_photos_with_their_captions(tmp_path):
+    from mmcurate.pipeline.demo.site import build_site, read_ground_truth
+    from mmcurate.pipeline.demo.site.images import PHOTOS, photo
+
+    manifest = build_site(tmp_path / "s", seed=2, pages=25, trusted=24, trusted_photo_views=2)
+    rows = [r for r in read_ground_truth(manifest.root).to_pylist() if r["trusted"]]
+    views = [r for r in rows if r["real_photo"]]
+    assert len(rows) == 24 + 2 * len(PHOTOS) and len(views) == 2 * len(PHOTOS)
+    assert {r["shown_text"] for r in views} == {photo(name)[1] for name in PHOTOS}
+    assert all(r["label"] == "clean" and max(r["width"], r["height"]) <= 256 for r in views)
+    pool = {r["sha256"] for r in read_ground_truth(manifest.root).to_pylist() if not r["trusted"]}
+    assert not pool & {r["sha256"] for r in views}  # other views, not the pool's files
+    without = build_site(tmp_path / "t", seed=2, pages=25, trusted=24)
+    synthetic = [r["sha256"] for r in read_ground_truth(without.root).to_pylist() if r["trusted"]]
+    assert synthetic == [r["sha256"] for r in rows if not r["real_photo"]]  # the synthetics do not move

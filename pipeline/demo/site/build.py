@@ -109,7 +109,7 @@ def _narrated_figures(planner: ImagePlanner, rng: random.Random) -> list[Block]:
     return blocks
 
 
-def _trusted_section(seed: int, n: int) -> list[AssetRef]:
+def _trusted_section(seed: int, n: int, photo_views: int = 0) -> list[AssetRef]:
     """``n`` clean synthetics for the trusted list, every colour x shape once per round of ``len(combinations)``
     (balanced classes for a filter trained on them). Drawn from their own RNG, after the pool: the pages and
     media of a seed are the same whatever ``n`` is."""
@@ -120,6 +120,8 @@ def _trusted_section(seed: int, n: int) -> list[AssetRef]:
     while len(refs) < n:
         for colour, shape in rng.sample(combinations, len(combinations))[: n - len(refs)]:
             refs.append(planner.trusted(images.random_scene(rng, shape=shape, colour=colour)))
+    for name in images.PHOTOS:  # after the synthetics: those stay the same whatever photo_views is
+        refs += [planner.trusted_photo_view(name) for _ in range(photo_views)]
     return refs
 
 
@@ -252,7 +254,8 @@ def _write(site: Path, url: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def build_site(root: Path, *, seed: int = 0, pages: int = 200, trusted: int = TRUSTED_IMAGES) -> SiteManifest:
+def build_site(root: Path, *, seed: int = 0, pages: int = 200, trusted: int = TRUSTED_IMAGES,
+               trusted_photo_views: int = 0) -> SiteManifest:
     """Write the demo site under ``root/site/`` and its answer key beside it; same seed, same bytes.
 
     ``trusted``: images of the trusted section, under ``site/trusted/`` and listed in ``root/trusted_list.*``.
@@ -266,7 +269,7 @@ def build_site(root: Path, *, seed: int = 0, pages: int = 200, trusted: int = TR
     site_pages = _layout(rng, pages, image_blocks, planner)
     refs = [ref for page in site_pages for block in page.blocks for ref in block.refs]
     _choose_url_list(rng, refs)
-    trusted_refs = _trusted_section(seed, trusted)
+    trusted_refs = _trusted_section(seed, trusted, trusted_photo_views)
 
     site = _prepare(root)
     headers: dict[str, dict[str, str]] = {}
