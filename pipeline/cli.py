@@ -53,7 +53,7 @@ def _print_shards(run_dir: str | Path) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from mmcurate.pipeline.demo import demo_workflow_path
 
-    args.workflow = str(demo_workflow_path())
+    args.workflow = str(demo_workflow_path(args.workflow))
     args.set = [*args.set, f"serve.demo_site.seed={args.seed}", f"serve.demo_site.pages={args.pages}"]
     return _run(args)
 
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build the offline demo site, crawl it and write shards")
     demo.add_argument("--run-dir", default="runs/demo", help="a path or an fsspec URL (s3://bucket/run)")
+    demo.add_argument("--workflow", default="demo",
+                      help="an installed demo workflow: demo (crawl, align, shard) or demo_filter (adds the "
+                           "data-filtering network, clip_score and dedupe)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--pages", type=int, default=200)
     demo.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE")

@@ -37,11 +37,14 @@ DEMO_PLACEHOLDERS = {
 }
 
 
-def demo_workflow_path() -> Path:
-    """The demo workflow as installed with the package (``workflows/`` in the repository)."""
+def demo_workflow_path(name: str = "demo") -> Path:
+    """A demo workflow as installed with the package (``workflows/<name>.yaml`` in the repository)."""
     from importlib.resources import files
 
-    return Path(str(files("mmcurate.workflows") / "demo.yaml"))
+    path = Path(str(files("mmcurate.workflows") / f"{name}.yaml"))
+    if not name.startswith("demo") or not path.is_file():
+        raise FileNotFoundError(f"no installed demo workflow {name!r} (demo, demo_filter)")
+    return path
 
 
 def ensure_site(root: Path, seed: int, pages: int, trusted: int, trusted_photo_views: int = 0) -> None:
