@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,9 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
         frontier = parents
     events = []
     for stage in stages:
-        config = (rundir.marker(stage) or {}).get("config") or {}
+        decided = (rundir.marker(stage) or {}).get("decided_by") or {}
         for row in _rows_matching(rundir.data_dir(stage), keys, children_of=key):
-            events.append({"stage": stage, "decision": "kept", "decided_by": _decided_by(config),
+            events.append({"stage": stage, "decision": "kept", "decided_by": decided,
                            **{k: row.get(k) for k in ("key", "parent", *_SHOWN)}})
         for row in _rows_matching(rundir.rejects_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "rejected", **row})
@@ -83,11 +84,6 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
         for row in table.to_pylist():
             events.append({"stage": "shards", "decision": "written", "shard": stem_of(index), **row})
     return events
-
-
-def _decided_by(config: dict[str, Any]) -> dict[str, Any]:
-    """What a stage's decision rests on, from its committed config: its model and its thresholds."""
-    return {name: config[name] for name in ("model", "min_score", "score", "top_fraction") if config.get(name)}
 
 
 def _scores_lines(event: dict[str, Any], earlier: dict[str, float]) -> list[str]:
@@ -104,6 +100,9 @@ def _scores_lines(event: dict[str, Any], earlier: dict[str, float]) -> list[str]
             if decided.get("model"):
                 model = {k: v for k, v in decided["model"].items() if v is not None}
                 line += f" [stage {event['stage']}, model {model}]"
+        cut = (event.get("decided_by") or {}).get("summary", {}).get("cut")
+        if cut is not None and fnmatch.fnmatchcase(name, event["decided_by"].get("score", "")):
+            line += f" (stage {event['stage']}: top {event['decided_by']['top_fraction']:g} of the run, cut {cut:.4f})"
         lines.append(line)
     return lines
 

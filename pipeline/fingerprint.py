@@ -86,15 +86,20 @@ class FileDigests:
 
 
 def stage_fingerprint(
-    *, kind: str, config: Any, upstream: list[str], files: FileDigests, serve: dict[str, Any] | None
+    *, kind: str, config: Any, upstream: list[str], files: FileDigests, serve: dict[str, Any] | None,
+    run_root: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The fingerprint and what it was computed from (written to the manifest, so a re-run can be explained)."""
+    """The fingerprint and what it was computed from (written to the manifest, so a re-run can be explained).
+    Input files inside ``run_root`` are another stage's output (a model a global stage published): the upstream
+    fingerprint covers them, and they may not exist yet."""
+    inside = (os.path.realpath(run_root) + os.sep) if run_root else None
     covered = {
         "kind": kind,
         "config": config.model_dump(mode="json"),
         "code": code_version(kind),
         "upstream": upstream,
-        "files": {path: files.digest(path) for path in config.input_files()},
+        "files": {path: files.digest(path) for path in config.input_files()
+                  if not (inside and os.path.realpath(path).startswith(inside))},
         "serve": serve,
     }
     blob = json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()

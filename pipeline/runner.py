@@ -232,14 +232,14 @@ class _Planned:
     covers: dict[str, Any]
 
 
-def _plan(workflow: Workflow, files: FileDigests) -> list[_Planned]:
+def _plan(workflow: Workflow, files: FileDigests, run_root: str | None) -> list[_Planned]:
     serve = dict(workflow.serve)
     planned: list[_Planned] = []
     for spec in workflow.stages:
         role = STAGE_KINDS[spec.kind].role
         fp, covers = stage_fingerprint(
             kind=spec.kind, config=spec.config, upstream=[planned[-1].fingerprint] if planned else [],
-            files=files, serve=serve if role == "source" else None,
+            files=files, serve=serve if role == "source" else None, run_root=run_root,
         )
         planned.append(_Planned(spec, role, fp, covers))
     files.save()
@@ -263,7 +263,8 @@ def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Pl
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
     started = datetime.now(timezone.utc).isoformat()
     result = RunResult(run_dir=rundir.local_root if not rundir.remote else rundir.url)
-    planned = _plan(workflow, FileDigests(rundir.cache_dir / "file_digests.json"))
+    planned = _plan(workflow, FileDigests(rundir.cache_dir / "file_digests.json"),
+                    None if rundir.remote else str(rundir.local_root))
     ray_started = False
     i = 0
     while i < len(planned):
@@ -342,7 +343,7 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
         _link_artifacts(ctx.progress_dir / ARTIFACTS, staged)
         check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, join(staged, "rejects"))
         stats["seconds"] = round(time.perf_counter() - t0, 2)  # a streamed stage shares its segment's time
-        _commit(rundir, step, ctx.work_dir, stats, sink=False)
+        _commit(rundir, step, ctx.work_dir, stats, sink=False, summary=run.summary)
         log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
                  stats["kept"], stats["rejected"])
         all_stats.append(stats)
@@ -399,13 +400,15 @@ def _link_artifacts(artifacts: Path, staged: str) -> None:
             shutil.copy2(path, dest)
 
 
-def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *, sink: bool) -> None:
+def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *, sink: bool,
+            summary: dict[str, Any] | None = None) -> None:
     marker = {
         "stage": step.spec.name,
         "kind": step.spec.kind,
         "fingerprint": step.fingerprint,
         "config_hash": step.spec.config_hash,
-        "config": step.spec.config.model_dump(mode="json"),  # what explain cites: thresholds, models
+        # what explain cites; never the whole config (seed URLs may carry credentials)
+        "decided_by": {**step.spec.config.decision_fields(), **({"summary": summary} if summary else {})},
         "stats": stats,
         "finished": datetime.now(timezone.utc).isoformat(),
     }

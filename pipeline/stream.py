@@ -1,6 +1,6 @@
 """Streamed execution: consecutive stages that need no global view of their input run as one Ray Data pipeline.
 
-A *segment* is a source, a committed upstream or a ``global`` stage's decision, followed by ``map`` stages. Its input is a list of blocks
+A *segment* is a source or a committed upstream followed by ``map`` stages, or a ``global`` stage's decision alone. Its input is a list of blocks
 (``stages.base.Block``: a URL-list chunk, a chunk of page media references, a WARC file, a committed data file),
 each named by an id that is stable across runs. One long-lived pool of actors takes the blocks; in each actor a
 block's records run through every stage of the segment, record by record, in a pool of threads (a record is

@@ -36,6 +36,12 @@ class StageConfig(StrictModel):
         """Local files the stage reads besides its upstream; their bytes are part of the stage's fingerprint."""
         return ()
 
+    def decision_fields(self) -> dict[str, object]:
+        """What a decision rests on, for ``explain`` and the stage's marker: its model and thresholds. Nothing that
+        may hold a secret."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in ("model", "min_score", "score", "top_fraction") if dumped.get(name)}
+
     def columns_needed(self) -> frozenset[str]:
         """Extension columns this config reads beyond what the stage's registration always needs."""
         return frozenset()
@@ -227,6 +233,19 @@ class ClipScoreConfig(StageConfig):
 
     def columns_added(self) -> frozenset[str]:
         return frozenset({"embedding"}) if self.embedding else frozenset()
+
+    def input_files(self) -> tuple[str, ...]:
+        """The model's weights: a checkpoint rewritten in place must re-score (a checkpoint another stage of the
+        run publishes is covered by that stage's fingerprint instead)."""
+        import os
+
+        if self.model.checkpoint is not None:
+            names = ("open_clip_config.json", "open_clip_pytorch_model.bin", "audio_tower.pt")
+            paths = [os.path.join(self.model.checkpoint, name) for name in names]
+            return tuple(p for p in paths if not p.endswith("audio_tower.pt") or os.path.exists(p))
+        if self.model.pretrained and os.path.isfile(self.model.pretrained):
+            return (self.model.pretrained,)
+        return ()
     batch_size: int = Field(64, ge=1, description="samples per forward pass")
     threads: int = Field(4, ge=1, le=512, description="threads decoding and resizing a batch's images")
 
@@ -239,9 +258,10 @@ class ClipScoreConfig(StageConfig):
 
 
 class ScoreFilterConfig(StageConfig):
-    """Keep the samples whose score ``score`` (a key of ``scores``, or a prefix ending in ``.`` naming one score
-    per sample) is in the top ``top_fraction`` of the whole run, computed exactly over every record that has it.
-    Records without the score are kept or dropped by ``missing``."""
+    """Keep the samples whose score ``score`` (a key of ``scores``, or an fnmatch pattern such as
+    ``clip_score.*.image_text``: the first matching key) is in the top ``top_fraction`` of the whole run, computed
+    exactly over every record that has it. Records without the score are kept or dropped by ``missing``; a run in
+    which no record has it is an error, not a filter that keeps everything."""
 
     score: str
     top_fraction: float = Field(..., gt=0, le=1)

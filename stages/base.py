@@ -15,7 +15,8 @@ registered once (``schemas.stage_configs.register``). Roles, one base class each
         fan out into several rows (one clip per subtitle cue). In a streamed segment, ``config.threads`` records are
         in hand at once and a record goes through consecutive record stages in one thread.
       - ``BatchStage``: a whole Arrow batch at once (``process_batch``: a model's forward pass), one outcome row
-        per record, decided with ``Decisions`` (mark rows rejected by a mask, set columns, add scores).
+        per record, decided with ``Decisions`` (mark rows rejected by a mask, set columns, add scores). A stage
+        that adds an extension column is a batch stage: a record stage's rows keep its input's columns.
     The base marks each record's first outcome row (``_first``), so the runner can count the records that entered,
     and turns an unexpected exception on one record into an ``internal_error`` reject row (a batch that raises is
     retried record by record, so only the records that raise become rows) instead of a failed stage.
@@ -25,8 +26,8 @@ registered once (``schemas.stage_configs.register``). Roles, one base class each
   * ``GlobalStage`` (role ``global``: a threshold over the whole data set, dedupe by key): ``summarize`` computes
     what the decision needs over the whole committed input with Ray Data aggregations (small and JSON-able: a
     quantile, the path of a table of duplicate groups), then ``decide`` marks each batch, in the workers, like a
-    batch stage. The data set never reaches the driver. A global stage starts a streamed segment: the map stages
-    after it stream with it.
+    batch stage. The data set never reaches the driver. A global stage runs as a segment of its own: the stages
+    after it start once it has committed (they may load what it made, e.g. a model).
   * ``SinkStage`` (role ``sink``, the shards): writes kept records in Ray workers, one key range per worker task,
     so its output does not depend on the number of workers (``mmcurate.pipeline.sink``).
 """
@@ -243,8 +244,7 @@ class BatchStage(MapStage[ConfigT]):
         except Rejected as rej:  # the stage refuses the batch as a whole: every record gets the reason
             return Decisions(table).reject(None, rej.reason, rej.detail).outcomes()
         except Exception:
-            if table.num_rows == 1:
-                raise
+            pass  # find the records that raise, one at a time (a one-record batch too: a block's tail)
         parts = []
         for i in range(table.num_rows):
             one = table.slice(i, 1)
@@ -292,6 +292,12 @@ class Decisions:
 
     def set(self, column: str, values: Any, type: pa.DataType | None = None) -> Decisions:
         """Set a column for every record (a record column, or an extension column with its Arrow type)."""
+        from mmcurate.schemas.record import EXTENSION_COLUMNS, RECORD_COLUMNS
+
+        if column not in RECORD_COLUMNS and column not in EXTENSION_COLUMNS:
+            # an outcome keeps record and extension columns only: a misspelt name would vanish without a word
+            raise KeyError(f"{column!r} is neither a record column nor an extension column "
+                           f"({', '.join(sorted(EXTENSION_COLUMNS))})")
         self._columns[column] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type)
         return self
 
@@ -389,6 +395,8 @@ def on_actors(
     num_gpus = max(c.num_gpus for c in configs)
     resources = ray.cluster_resources()
     fits = int(resources.get("CPU", 1) // num_cpus)
+    if fits < 1:  # an actor no node can place would wait for ever
+        raise RuntimeError(f"the stage asks {num_cpus} CPUs per worker; the cluster has {resources.get('CPU', 0)}")
     if num_gpus:
         fits = min(fits, int(resources.get("GPU", 0) // num_gpus))
         if fits < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.stage_configs import ScoreFilterConfig
-from mmcurate.stages.base import Decisions, GlobalStage, StageContext
+from mmcurate.stages.base import Decisions, GlobalStage, InputError, StageContext
 
 _BINS = 4096
 _EXACT = 200_000  # values in the range that holds rank k few enough to fetch and sort
@@ -39,17 +40,21 @@ def score_values(batch: pa.Table, pattern: str) -> list[float | None]:
     return values
 
 
+def _usable(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)  # NaN and ±inf count as no score
+
+
 def _scores_column(batch: pa.Table, pattern: str) -> pa.Table:
-    values = np.array([v for v in score_values(batch, pattern) if v is not None and not math.isnan(v)], np.float64)
-    return pa.table({"v": values})
+    return pa.table({"v": np.array([v for v in score_values(batch, pattern) if _usable(v)], np.float64)})
 
 
-def _histogram(batch: pa.Table, lo: float, hi: float) -> pa.Table:
+def _histogram(batch: pa.Table, lo: float, hi: float, hi_closed: bool) -> pa.Table:
+    """Counts of the values in [lo, hi] (or [lo, hi) when the range is a bin whose upper edge belongs to the next
+    bin: values on it were counted there)."""
     values = batch["v"].to_numpy()
-    inside = values[(values >= lo) & (values <= hi)]
+    inside = values[(values >= lo) & ((values <= hi) if hi_closed else (values < hi))]
     counts, _ = np.histogram(inside, bins=_BINS, range=(lo, hi))
-    above = int((values > hi).sum())
-    return pa.table({"counts": [counts.tolist()], "above": [above]})
+    return pa.table({"counts": [counts.tolist()]})
 
 
 def kth_largest(values: Any, k: int) -> float:
@@ -60,12 +65,13 @@ def kth_largest(values: Any, k: int) -> float:
 
     stats = values.aggregate(agg.Min("v"), agg.Max("v"))
     lo, hi = float(stats["min(v)"]), float(stats["max(v)"])
-    need = k  # rank k counted from the top of [lo, hi]
+    need, hi_closed = k, True  # rank k counted from the top of the range
     while True:
         if lo == hi:
             return lo
         counts = np.zeros(_BINS, np.int64)
-        for part in values.map_batches(_histogram, fn_kwargs={"lo": lo, "hi": hi}, batch_format="pyarrow").iter_rows():
+        for part in values.map_batches(_histogram, fn_kwargs={"lo": lo, "hi": hi, "hi_closed": hi_closed},
+                                       batch_format="pyarrow").iter_rows():
             counts += np.array(part["counts"], np.int64)
         from_top = np.cumsum(counts[::-1])
         top_bin = int(np.searchsorted(from_top, need))  # bins counted from the top
@@ -73,13 +79,17 @@ def kth_largest(values: Any, k: int) -> float:
         width = (hi - lo) / _BINS
         bin_lo, bin_hi = lo + b * width, (lo + (b + 1) * width if b < _BINS - 1 else hi)
         need -= int(from_top[top_bin - 1]) if top_bin else 0
+        closed = hi_closed and b == _BINS - 1  # only the top bin of a closed range holds its upper edge
         if counts[b] <= _EXACT or bin_hi - bin_lo <= abs(bin_hi) * 1e-12:
-            upper = col("v") <= bin_hi if b == _BINS - 1 else col("v") < bin_hi
+            upper = col("v") <= bin_hi if closed else col("v") < bin_hi
             left = values.filter(expr=(col("v") >= bin_lo) & upper)
             exact = np.sort(np.concatenate([batch["v"] for batch in left.iter_batches(batch_format="numpy")]
                                            or [np.array([], np.float64)]))[::-1]
-            return float(exact[need - 1]) if len(exact) >= need else bin_lo
-        lo, hi = bin_lo, bin_hi
+            if len(exact) < need:
+                raise RuntimeError(f"score cut: the bin [{bin_lo}, {bin_hi}] holds {len(exact)} values, rank {need} "
+                                   f"asked (counted {counts[b]})")
+            return float(exact[need - 1])
+        lo, hi, hi_closed = bin_lo, bin_hi, closed
 
 
 class ScoreFilterStage(GlobalStage[ScoreFilterConfig]):
@@ -88,14 +98,17 @@ class ScoreFilterStage(GlobalStage[ScoreFilterConfig]):
                                      batch_format="pyarrow").materialize()
         scored = values.count()
         if scored == 0:
+            if dataset.count():  # a misspelt score name would otherwise keep everything, silently
+                raise InputError(f"stage {self.name}: no record has a score matching {self.config.score!r}")
             return {"scored": 0, "keep": 0, "cut": None}
-        keep = math.ceil(self.config.top_fraction * scored)
+        # exact: 0.07 x 100 is 7.000000000000001 in floating point, whose ceiling is 8
+        keep = math.ceil(Fraction(str(self.config.top_fraction)) * scored)
         return {"scored": scored, "keep": keep, "cut": kth_largest(values, keep)}
 
     def decide(self, batch: pa.Table, summary: dict[str, Any]) -> pa.Table:
         decisions = Decisions(batch)
         values = score_values(batch, self.config.score)
-        missing = [v is None or math.isnan(v) for v in values]
+        missing = [not _usable(v) for v in values]
         if self.config.missing == "reject":
             decisions.reject(missing, Reason.SCORE_BELOW_CUT, f"no score {self.config.score}")
         cut = summary["cut"]

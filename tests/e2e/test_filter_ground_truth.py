@@ -134,3 +134,12 @@ def test_the_filter_drops_the_mismatched_samples_and_keeps_the_clean_ones(demo_r
           f"({table['clean']['kept']}/{reached['clean']})")
     assert reached["mismatched"] >= 50 and reached["clean"] >= 500  # the site is big enough to judge by
     assert precision >= 0.9 and recall >= 0.9 and clean_kept >= 0.95
+
+
+def test_explain_shows_the_score_the_threshold_and_the_model(demo_run):
+    row = pads.dataset(str(demo_run / "clip_score" / "data")).to_table(columns=["key", "scores"]).slice(0, 1).to_pylist()[0]
+    (name, value), = [(k, v) for k, v in row["scores"] if k.startswith("clip_score.")]
+    out = subprocess.run([*_mmcurate(), "explain", str(demo_run), row["key"]], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    line = next(line for line in out.splitlines() if line.strip().startswith(f"score {name}"))
+    assert f"= {value:.4f}" in line and "threshold 0.47" in line and "train_filter/artifacts/model" in line, out

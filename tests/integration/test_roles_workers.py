@@ -101,3 +101,34 @@ def test_global_stage_and_sink_give_identical_output_with_one_and_three_workers(
     assert digest == {name: hashlib.sha256(body).hexdigest() for name, body in three[2].items()}
     index = pq.read_table(tmp_path / "one" / "sink" / "shards" / sorted(n for n in shards if n.endswith(".parquet"))[0])
     assert index.schema.field("scores").type == pa.map_(pa.string(), pa.float64())
+
+
+@pytest.mark.parametrize("values, fraction", [
+    ([0, 4096, 11, 11, 11, 10.3, 10.2, 10.1], 5 / 8),  # values on a bin's upper edge, with ties
+    ([float(i % 100) for i in range(100)], 0.07),  # 0.07 x 100 must keep 7 ranks, not ceil(7.000000000000001)
+])
+def test_the_cut_is_the_exact_kth_largest_score(ray_session, values, fraction, monkeypatch, tmp_path):
+    import ray
+
+    import mmcurate.stages.score_filter as score_filter
+
+    monkeypatch.setattr(score_filter, "_EXACT", 2)  # refine down to bins of two values
+    rows = [empty_record(key=f"k{i}", scores={SCORE: v}) for i, v in enumerate(values)]
+    rows.append(empty_record(key="inf", scores={SCORE: float("inf")}))  # no usable score: not ranked
+    stage = ScoreFilterStage(ScoreFilterConfig(score=SCORE, top_fraction=fraction), "score_filter")
+    ctx = StageContext(name="score_filter", config_hash="h", work_dir=tmp_path, progress_dir=tmp_path)
+    summary = stage.summarize(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)), ctx)
+    k = round(fraction * len(values))
+    assert summary == {"scored": len(values), "keep": k, "cut": sorted(values, reverse=True)[k - 1]}
+
+
+def test_a_score_no_record_has_is_an_error_not_a_filter_that_keeps_everything(ray_session, tmp_path):
+    import ray
+
+    from mmcurate.stages.base import InputError
+
+    rows = [empty_record(key="a", scores={SCORE: 0.5})]
+    stage = ScoreFilterStage(ScoreFilterConfig(score="clip_score.", top_fraction=0.5), "score_filter")
+    ctx = StageContext(name="score_filter", config_hash="h", work_dir=tmp_path, progress_dir=tmp_path)
+    with pytest.raises(InputError, match="no record has a score matching 'clip_score.'"):
+        stage.summarize(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)), ctx)
