@@ -403,8 +403,10 @@ def _fetch_level(
         buckets=len(frontier.counts),
     )
     counters = on_actors(
-        ray.data.range(plan.parts, override_num_blocks=plan.parts), LevelFetcher, (config, plan),  # a part a block
-        [config], tasks=plan.parts,
+        # the parts as items, not ray.data.range: a range is read by 1-CPU tasks, which a fixed pool of 0.5-CPU
+        # fetchers spread over 1-CPU nodes leaves no node room for (a two-node cluster hung at depth 1)
+        ray.data.from_items([{"id": i} for i in range(plan.parts)], override_num_blocks=plan.parts),
+        LevelFetcher, (config, plan), [config], tasks=plan.parts,
     )
     totals = dict.fromkeys(COUNTER_SCHEMA.names, 0)
     for batch in counters.iter_batches(batch_format="pyarrow", batch_size=None):
