@@ -41,7 +41,15 @@ from mmcurate.schemas.record import (
     outcome_table,
     record_schema,
 )
-from mmcurate.stages.base import Block, GlobalStage, RecordStage, on_actors, reject_rows, split_outcomes
+from mmcurate.stages.base import (
+    Block,
+    GlobalStage,
+    RecordStage,
+    on_actors,
+    record_of,
+    reject_rows,
+    split_outcomes,
+)
 
 COUNTS = "counts.json"
 COUNT_SCHEMA = pa.schema([pa.field("block", pa.string()), pa.field("stage", pa.int32()), pa.field("counts", pa.string())])
@@ -225,15 +233,8 @@ def _run_chain(chain: list[RecordStage], record: dict[str, Any]) -> list[list[di
     for stage in chain:
         rows = [row for r in current for row in stage.process_record(r)]
         produced.append(rows)
-        current = [_as_record(row) for row in rows if row[REASON_COLUMN] is None]
+        current = [record_of(row) for row in rows if row[REASON_COLUMN] is None]
     return produced
-
-
-_OUTCOME_ONLY = {REASON_COLUMN, "_detail", FIRST_COLUMN}
-
-
-def _as_record(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in row.items() if name not in _OUTCOME_ONLY}
 
 
 def _batches(path: Path | str, rows: int) -> Iterator[pa.Table]:

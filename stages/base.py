@@ -127,9 +127,14 @@ class SourceStage(Stage[ConfigT]):
 _OUTCOME_COLUMNS = (REASON_COLUMN, DETAIL_COLUMN, FIRST_COLUMN)
 
 
+def record_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The record an outcome row carries (with any extension columns), without its outcome columns."""
+    return {name: value for name, value in row.items() if name not in _OUTCOME_COLUMNS}
+
+
 def kept(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """An outcome row keeping ``record`` (with any extension columns it carries) with ``changes`` applied."""
-    row = {name: value for name, value in record.items() if name not in _OUTCOME_COLUMNS}
+    row = record_of(record)
     row.update(changes)
     row[REASON_COLUMN] = None
     row[DETAIL_COLUMN] = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 from pathlib import Path
 
@@ -64,21 +65,17 @@ def _run_global_then_sink(files: list[str], workers: int, root: Path) -> tuple[d
     run = StageRun(ScoreFilterStage, config, "score_filter", "h", str(progress / "blocks"), summary=summary)
     (progress / "blocks").mkdir(parents=True)
     blocks = [Block(id=Path(f).stem, path=f, kind="records") for f in files]
-    run_blocks([run], blocks, source=False, log=_Log())
+    run_blocks([run], blocks, source=False, log=logging.getLogger("mmcurate.test"))
     counts = block_counts(run, blocks)
     kept = [str(Path(block_dir(run, b.id)) / "data.parquet") for b in blocks
             if (Path(block_dir(run, b.id)) / "data.parquet").exists()]
     sink = ShardStage(ShardConfig(samples_per_shard=10, concurrency=workers, num_cpus=0.5), "shard")
     work = root / "sink"
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in kept)
-    stats = run_sink(sink, "h", kept, rows, work, root / "sink-progress", _Log())
+    stats = run_sink(sink, "h", kept, rows, work, root / "sink-progress", logging.getLogger("mmcurate.test"))
     shards = {p.name: p.read_bytes() for p in sorted((work / "shards").iterdir())}
     return summary, {**counts, "sink": stats}, shards
 
-
-class _Log:
-    def info(self, *args):
-        pass
 
 
 def test_global_stage_and_sink_give_identical_output_with_one_and_three_workers(ray_session, upstream, tmp_path):
