@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     from mmcurate.pipeline.demo import DEMO_SITE
     from mmcurate.pipeline.report import funnel_table
     from mmcurate.pipeline.rundir import RunDirBusy
-    from mmcurate.pipeline.runner import StageFailed, run_workflow
+    from mmcurate.pipeline.runner import InputMissing, StageFailed, run_workflow
     from mmcurate.schemas.workflow import WorkflowError
     from mmcurate.stages.base import InputError
 
@@ -24,30 +24,54 @@ def _run(args: argparse.Namespace) -> int:
     try:
         # the services a workflow's serve: section may name; the runner knows no other
         result = run_workflow(args.workflow, run_dir, overrides=args.set, ray_address=args.ray_address,
-                              services={"demo_site": DEMO_SITE})
+                              services={"demo_site": DEMO_SITE}, only=getattr(args, "only", None))
     except (WorkflowError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
+    except InputMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT_MISSING
     except (StageFailed, RunDirBusy) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(funnel_table(result.stats))
     print(f"\nrun directory: {result.run_dir}")
     _print_shards(result.run_dir)
     return 0
 
 
+# Exit codes of ``run`` (and ``run --only NODE``, what an orchestrator's task runs)
+EXIT_DONE, EXIT_FAILED, EXIT_INVALID, EXIT_INPUT_MISSING = 0, 1, 2, 3
+
+
 def _print_shards(run_dir: str | Path) -> None:
-    """Where the shards are. Remote: also the generation the pointer ``DIR/shards/_CURRENT.json`` names, which is
-    what a plain client (webdataset, s3 tools) reads; the trainer resolves ``DIR/shards/*.tar`` itself."""
+    """Where the shards are, per shard set. Remote: also the generation the pointer (``DIR/shards/_CURRENT.json``,
+    ``DIR/shards/<set>/_CURRENT.json``) names, which is what a plain client (webdataset, s3 tools) reads; the
+    trainer resolves ``DIR/shards/*.tar`` itself."""
     from mmcurate.pipeline.rundir import RunDir
     from mmcurate.pipeline.storage import join, storage_for
 
     rundir = RunDir(run_dir)
-    shards = rundir.resolve("shards")
-    tars = [n for n in storage_for(shards).files(shards) if n.endswith(".tar") and "/" not in n]
-    if tars:
-        print(f"shards: {len(tars)} in {join(str(run_dir), 'shards')}" + (f" (now {shards})" if rundir.remote else ""))
+    for name, shards in rundir.shard_sets().items():
+        tars = [n for n in storage_for(shards).files(shards) if n.endswith(".tar") and "/" not in n]
+        if tars:
+            print(f"shards: {len(tars)} in {join(str(run_dir), 'shards', name)}"
+                  + (f" (now {shards})" if rundir.remote else ""))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from mmcurate.pipeline.demo import DEMO_SITE
+    from mmcurate.pipeline.plan import plan
+    from mmcurate.schemas.workflow import WorkflowError
+
+    run_dir = args.run_dir or str(Path("runs") / Path(args.workflow).stem)
+    try:
+        result = plan(args.workflow, run_dir, overrides=args.set, services={"demo_site": DEMO_SITE})
+    except WorkflowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(result.to_json() if args.json else result.to_mermaid() if args.mermaid else result.to_text())
+    return EXIT_DONE
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -84,7 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="a path or an fsspec URL (s3://bucket/run); default: runs/<workflow name>")
     run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="override a config field")
     run.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--only", metavar="NODE",
+                     help="run this one stage, whose inputs must be committed (exit codes: 0 done or reused, "
+                          "1 failed, 2 invalid workflow, 3 an input is not committed)")
     run.set_defaults(func=_run)
+
+    plan = sub.add_parser("plan", help="print the workflow's graph and what a run would do at each node")
+    plan.add_argument("workflow")
+    plan.add_argument("--run-dir", help="default: runs/<workflow name>")
+    plan.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE")
+    shown = plan.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="the nodes in run order, for an orchestrator")
+    shown.add_argument("--mermaid", action="store_true", help="a Mermaid flowchart of the graph")
+    plan.set_defaults(func=_plan)
 
     demo = sub.add_parser("demo", help="build the offline demo site, crawl it and write shards")
     demo.add_argument("--run-dir", default="runs/demo", help="a path or an fsspec URL (s3://bucket/run)")

@@ -78,11 +78,13 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
         for row in _rows_matching(rundir.rejects_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "rejected", **row})
     written = {e["key"] for e in events}
-    for index in _parquet_files(rundir.shards_dir):
-        table = _dataset([index]).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())),
-                                           use_threads=filesystem_threads(index))
-        for row in table.to_pylist():
-            events.append({"stage": "shards", "decision": "written", "shard": stem_of(index), **row})
+    for shard_set, folder in rundir.shard_sets().items():
+        for index in _parquet_files(folder):
+            table = _dataset([index]).to_table(filter=pc.field("key").isin(pa.array(sorted(written), pa.string())),
+                                               use_threads=filesystem_threads(index))
+            for row in table.to_pylist():
+                shard = f"{shard_set}/{stem_of(index)}" if shard_set else stem_of(index)
+                events.append({"stage": "shards", "decision": "written", "shard": shard, **row})
     return events
 
 

@@ -400,10 +400,12 @@ class RunDir:
         ``work`` when local; server-side copies under the generation's prefix when remote)."""
         return self._staged[work] if self.remote else str(work)
 
-    def commit_stage(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool = False) -> None:
-        """Publish a finished generation: fsync it whole, move it under ``.generations/``, swap the link."""
+    def commit_stage(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool = False,
+                     shard_set: str | None = None) -> None:
+        """Publish a finished generation: fsync it whole, move it under ``.generations/``, swap the link. A sink's
+        shards are linked as ``DIR/shards`` (the one sink) or ``DIR/shards/<shard_set>`` (one of several)."""
         if self.remote:
-            self._commit_remote(stage, work, marker, sink=sink)
+            self._commit_remote(stage, work, marker, sink=sink, shard_set=shard_set)
             return
         if sink:
             (work / "shards").mkdir(exist_ok=True)
@@ -420,13 +422,36 @@ class RunDir:
         # the fixed links follow the stage link, so they never need a second step to be current
         _ensure_link(self.rejects_dir(stage), os.path.join("..", stage, "rejects"))
         if sink:
-            _ensure_link(self.shards_dir, os.path.join(stage, "shards"))
+            self._link_shards(stage, shard_set)
         _kill_point(f"publish:{stage}:after")
         for progress in (self.root / ".progress").glob(f"{stage}-*"):
             shutil.rmtree(progress, ignore_errors=True)
         self.collect_generations(stage)
 
-    def _commit_remote(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool) -> None:
+    def _link_shards(self, stage: str, shard_set: str | None) -> None:
+        """``DIR/shards`` -> ``<stage>/shards``; with several sinks ``DIR/shards`` is a folder of such links,
+        ``DIR/shards/<set>`` -> ``../<stage>/shards`` (a link left from a one-sink layout is replaced by it)."""
+        if shard_set is None:
+            self.store.ensure_link(self.location("shards"), posixpath.join(stage, "shards"))
+            return
+        top = self.location("shards")
+        if self.remote:
+            self.store.remove_link(top)  # a pointer at DIR/shards would take every DIR/shards/<set> with it
+        elif os.path.islink(top):
+            os.unlink(top)
+        self.store.ensure_link(self.location("shards", shard_set), posixpath.join("..", stage, "shards"))
+
+    def shard_sets(self) -> dict[str, str]:
+        """The shard sets a run published, links followed: {"": DIR/shards} for one sink, {name: DIR/shards/<name>}
+        for several. A sink's shard folder is the one holding ``_READERS.lock``."""
+        top = self.resolve("shards")
+        if self.store.exists(join(top, READERS_LOCK)):
+            return {"": top}
+        sets = {name: self.resolve("shards", name) for name in self.store.children(top)}
+        return {name: where for name, where in sets.items() if self.store.exists(join(where, READERS_LOCK))}
+
+    def _commit_remote(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool,
+                       shard_set: str | None = None) -> None:
         """Everything of the generation under its fresh prefix, ``_SUCCESS.json`` last, then one PUT of the
         stage's pointer."""
         generation = self._staged.pop(work)
@@ -441,7 +466,7 @@ class RunDir:
         self.store.set_link(self.location(stage), posixpath.relpath(generation, self.url))
         self.store.ensure_link(self.location("rejects", stage), posixpath.join("..", stage, "rejects"))
         if sink:
-            self.store.ensure_link(self.location("shards"), posixpath.join(stage, "shards"))
+            self._link_shards(stage, shard_set)
         _kill_point(f"publish:{stage}:after")
         self._remove_progress(stage)
         self.collect_generations(stage)

@@ -178,8 +178,10 @@ def run_workflow(
     overrides: list[str] = (),
     ray_address: str | None = None,
     services: Mapping[str, Service] | None = None,
+    only: str | None = None,
 ) -> RunResult:
-    """``services``: what the workflow's ``serve:`` section may name (``pipeline/services.py``)."""
+    """``services``: what the workflow's ``serve:`` section may name (``pipeline/services.py``). ``only``: run
+    that one stage (a node of the graph), whose inputs must be committed (``InputMissing`` otherwise)."""
     rundir = RunDir(run_dir)
     services = dict(services or {})
     # Validate before anything starts: a bad file fails here, naming the file, stage and field.
@@ -187,6 +189,9 @@ def run_workflow(
     preview = load_workflow(workflow_path, overrides=list(overrides),
                             variables={**_placeholder_variables(services), **own})
     configs = validated_serve(preview, {name: service.config for name, service in services.items()})
+    if only is not None and only not in {s.name for s in preview.stages}:
+        raise WorkflowError(f"{preview.path}: --only {only}: no stage of that name "
+                            f"(stages: {', '.join(s.name for s in preview.stages)})")
     with rundir.locked():
         handler = _add_log_file(rundir)
         try:
@@ -194,7 +199,7 @@ def run_workflow(
                 workflow = load_workflow(workflow_path, overrides=list(overrides), variables={**variables, **own})
                 # what was served, defaults filled in, is what a source's fingerprint covers
                 served = {name: config.model_dump(mode="json") for name, config in configs.items()}
-                return _execute(workflow.model_copy(update={"serve": served}), rundir, ray_address)
+                return _execute(workflow.model_copy(update={"serve": served}), rundir, ray_address, only)
         finally:
             logging.getLogger("mmcurate").removeHandler(handler)
             handler.close()
@@ -232,43 +237,58 @@ class _Planned:
     covers: dict[str, Any]
 
 
-def _plan(workflow: Workflow, files: FileDigests, run_root: str | None) -> list[_Planned]:
+def plan_fingerprints(workflow: Workflow, files: FileDigests, run_root: str | None, *,
+                      save: bool = True) -> list[_Planned]:
+    """Every stage's fingerprint, in the workflow's run order: each covers all of its inputs' fingerprints (in the
+    order the file lists them), so a change re-runs the stage and its descendants and nothing on other branches."""
     serve = dict(workflow.serve)
-    planned: list[_Planned] = []
+    planned: dict[str, _Planned] = {}
     for spec in workflow.stages:
         role = STAGE_KINDS[spec.kind].role
         fp, covers = stage_fingerprint(
-            kind=spec.kind, config=spec.config, upstream=[planned[-1].fingerprint] if planned else [],
+            kind=spec.kind, config=spec.config, upstream=[planned[name].fingerprint for name in spec.inputs],
             files=files, serve=serve if role == "source" else None, run_root=run_root,
         )
-        planned.append(_Planned(spec, role, fp, covers))
-    files.save()
-    return planned
+        planned[spec.name] = _Planned(spec, role, fp, covers)
+    if save:
+        files.save()
+    return list(planned.values())
 
 
 def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Planned]:
-    """The stages streamed together from ``start``: it and the ``map`` stages right after it that must run. A
-    global stage runs alone: what it makes besides rows (a model the next stage loads) exists only once it has
-    committed."""
+    """The stages streamed together from ``start``: it and the ``map`` stages right after it that must run, each
+    reading only the one before it (a stage with several inputs reads their committed files). A global stage runs
+    alone: what it makes besides rows (a model the next stage loads) exists only once it has committed."""
     segment = [planned[start]]
     if planned[start].role == "global":
         return segment
     for step in planned[start + 1 :]:
-        if step.role != "map" or rundir.is_done(step.spec.name, step.fingerprint):
+        if (step.role != "map" or step.spec.inputs != (segment[-1].spec.name,)
+                or rundir.is_done(step.spec.name, step.fingerprint)):
             break
         segment.append(step)
     return segment
 
 
-def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> RunResult:
+class InputMissing(RuntimeError):
+    """``--only NODE``: an input of the node is not committed under its current fingerprint (run it first)."""
+
+
+def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: str | None = None) -> RunResult:
     started = datetime.now(timezone.utc).isoformat()
     result = RunResult(run_dir=rundir.local_root if not rundir.remote else rundir.url)
-    planned = _plan(workflow, FileDigests(rundir.cache_dir / "file_digests.json"),
-                    None if rundir.remote else str(rundir.local_root))
+    planned = plan_fingerprints(workflow, FileDigests(rundir.cache_dir / "file_digests.json"),
+                                None if rundir.remote else str(rundir.local_root))
+    by_name = {step.spec.name: step for step in planned}
+    if only is not None:
+        _check_inputs_committed(workflow, by_name[only], by_name, rundir)
     ray_started = False
     i = 0
     while i < len(planned):
         step = planned[i]
+        if only is not None and step.spec.name != only:
+            i += 1
+            continue
         if rundir.is_done(step.spec.name, step.fingerprint):
             log.info("stage %s: already done (fingerprint %s), reusing", step.spec.name, step.fingerprint)
             rundir.discard_progress(step.spec.name, step.fingerprint)
@@ -279,21 +299,37 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
             if not ray_started:
                 init_ray(ray_address)
                 ray_started = True
-            previous = planned[i - 1].spec if i else None
             if step.role == "sink":
                 segment = [step]
-                stats = [_run_sink(workflow, step, rundir, previous)]
+                stats = [_run_sink(workflow, step, rundir)]
             elif step.role in ("source", "map", "global"):
-                segment = _segment_at(planned, i, rundir)
-                stats = _run_segment(workflow, segment, rundir, previous)
+                segment = [step] if only is not None else _segment_at(planned, i, rundir)
+                stats = _run_segment(workflow, segment, rundir)
             else:
                 raise StageFailed(f"stage {step.spec.name}: role {step.role} has no runner")
             for done, stage_stats in zip(segment, stats):
                 result.stages.append(StageOutcome(done.spec.name, "ran", stage_stats, done.fingerprint, done.covers))
             i += len(segment)
-        rundir.write_json("stats.json", result.stats, sort_keys=False)  # stages in run order
-    _write_manifest(workflow, rundir, result, ray_address, started)
+        _write_stats(workflow, rundir, result)
+    _write_manifest(workflow, rundir, result, planned, ray_address, started)
     return result
+
+
+def _check_inputs_committed(workflow: Workflow, step: _Planned, by_name: dict[str, _Planned], rundir: RunDir) -> None:
+    for name in step.spec.inputs:
+        if not rundir.is_done(name, by_name[name].fingerprint):
+            state = "committed under another fingerprint (stale)" if rundir.marker(name) else "not committed"
+            raise InputMissing(f"{workflow.path}: stage '{step.spec.name}': input '{name}' is {state}; run "
+                               f"'--only {name}' first (mmcurate plan lists the order)")
+
+
+def _write_stats(workflow: Workflow, rundir: RunDir, result: RunResult) -> None:
+    """DIR/stats.json: every stage of the workflow that has stats, in run order; a node run alone (``--only``)
+    updates its own entry and keeps the others'."""
+    earlier = rundir.read_json("stats.json") or {}
+    ours = result.stats
+    merged = {s.name: ours.get(s.name, earlier.get(s.name)) for s in workflow.stages}
+    rundir.write_json("stats.json", {k: v for k, v in merged.items() if v is not None}, sort_keys=False)
 
 
 def _context(spec: StageSpec, fp: str, rundir: RunDir) -> StageContext:
@@ -301,7 +337,20 @@ def _context(spec: StageSpec, fp: str, rundir: RunDir) -> StageContext:
                         progress_dir=rundir.progress_dir(spec.name, fp))
 
 
-def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, previous: StageSpec | None) -> list[dict]:
+def _input_blocks(rundir: RunDir, inputs: tuple[str, ...]) -> tuple[list[Block], int]:
+    """The committed data files of a stage's inputs as blocks, and their row count. A block is named by its file
+    (the upstream's block id); under fan-in, by input and file, so two inputs' blocks never share a name."""
+    blocks: list[Block] = []
+    rows = 0
+    for name in inputs:
+        files, count = _committed_files(rundir, name)
+        rows += count
+        blocks += [Block(id=stem_of(f) if len(inputs) == 1 else f"{name}--{stem_of(f)}", path=f, kind="records")
+                   for f in files]
+    return blocks, rows
+
+
+def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir) -> list[dict]:
     """Stream a source (or a committed upstream) through the segment's stages, block by block on Ray workers,
     then check and commit each stage in order. A global stage first summarizes its whole input (``_summary``)."""
     from mmcurate.pipeline.stream import StageRun, block_counts, link_blocks, run_blocks, shared_blocks
@@ -318,7 +367,7 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
         for step, ctx in zip(segment, contexts)
     ]
     if segment[0].role == "global":
-        summary = _summary(runs[0], contexts[0], _committed_files(rundir, previous.name)[0])
+        summary = _summary(runs[0], contexts[0], [b.path for b in _input_blocks(rundir, segment[0].spec.inputs)[0]])
         runs[0] = dataclasses.replace(runs[0], summary=summary)
     is_source = segment[0].role == "source"
     if is_source:
@@ -328,8 +377,7 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir, pr
                                                                                         segment[0].fingerprint), "inputs"))
         upstream_rows = None
     else:
-        files, upstream_rows = _committed_files(rundir, previous.name)
-        blocks = [Block(id=stem_of(f), path=f, kind="records") for f in files]
+        blocks, upstream_rows = _input_blocks(rundir, segment[0].spec.inputs)
     if not rundir.remote:
         for ctx in contexts:
             (ctx.progress_dir / "blocks").mkdir(parents=True, exist_ok=True)
@@ -401,7 +449,7 @@ def _link_artifacts(artifacts: Path, staged: str) -> None:
 
 
 def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *, sink: bool,
-            summary: dict[str, Any] | None = None) -> None:
+            summary: dict[str, Any] | None = None, shard_set: str | None = None) -> None:
     marker = {
         "stage": step.spec.name,
         "kind": step.spec.kind,
@@ -412,44 +460,53 @@ def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *
         "stats": stats,
         "finished": datetime.now(timezone.utc).isoformat(),
     }
-    rundir.commit_stage(step.spec.name, work, marker, sink=sink)
+    rundir.commit_stage(step.spec.name, work, marker, sink=sink, shard_set=shard_set)
 
 
-def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir, previous: StageSpec | None) -> dict:
+def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir) -> dict:
     t0 = time.perf_counter()
     log.info("stage %s: running (fingerprint %s)", step.spec.name, step.fingerprint)
     from mmcurate.pipeline.sink import run_sink
 
     ctx = _context(step.spec, step.fingerprint, rundir)
     stage = stage_class(step.spec.kind)(step.spec.config, step.spec.name)
-    files, upstream_rows = _committed_files(rundir, previous.name)
+    blocks, upstream_rows = _input_blocks(rundir, step.spec.inputs)
+    files = [b.path for b in blocks]
     staged = rundir.staging_location(ctx.work_dir)
     stats = run_sink(stage, step.spec.config_hash, files, upstream_rows, staged,
                      rundir.progress_location(step.spec.name, step.fingerprint), log)
     check_accounting(step.spec.name, stats, upstream_rows)
     check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, join(staged, "rejects"))
     stats["seconds"] = round(time.perf_counter() - t0, 2)
-    _commit(rundir, step, ctx.work_dir, stats, sink=True)
+    # one sink: DIR/shards as always; several: DIR/shards/<sink name>/ each
+    _commit(rundir, step, ctx.work_dir, stats, sink=True,
+            shard_set=None if len(workflow.sinks) == 1 else step.spec.name)
     log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
              stats["kept"], stats["rejected"])
     return stats
 
 
-def _write_manifest(workflow: Workflow, rundir: RunDir, result: RunResult, ray_address: str | None, started: str):
+def _write_manifest(workflow: Workflow, rundir: RunDir, result: RunResult, planned: list[_Planned],
+                    ray_address: str | None, started: str):
+    """Every stage of the workflow: what this invocation did with it (ran, reused) or, for the stages a
+    ``--only`` run left alone, whether they are committed under their current fingerprint."""
+    outcomes = {s.name: s for s in result.stages}
     rundir.write_json(
         "manifest.json",
         {
             "workflow": {"name": workflow.name, "path": str(Path(workflow.path).resolve()), "sha256": workflow.sha256},
             "stages": [
                 {
-                    "name": s.name,
-                    "kind": spec.kind,
-                    "config_hash": spec.config_hash,
-                    "fingerprint": s.fingerprint,
-                    "covers": {k: v for k, v in s.covers.items() if k != "config"},
-                    "status": s.status,
+                    "name": step.spec.name,
+                    "kind": step.spec.kind,
+                    "inputs": list(step.spec.inputs),
+                    "config_hash": step.spec.config_hash,
+                    "fingerprint": step.fingerprint,
+                    "covers": {k: v for k, v in step.covers.items() if k != "config"},
+                    "status": outcomes[step.spec.name].status if step.spec.name in outcomes else
+                    ("committed" if rundir.is_done(step.spec.name, step.fingerprint) else "pending"),
                 }
-                for s, spec in zip(result.stages, workflow.stages)
+                for step in planned
             ],
             "max_error_fraction": workflow.max_error_fraction,
             "versions": _versions(),

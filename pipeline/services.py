@@ -7,6 +7,9 @@ nothing is special about the demo site. A run with ``serve: {name: {...}}``:
 2. validates the stages with ``placeholders`` standing in for the service's ``${...}`` variables,
 3. inside the run-directory lock, enters ``serve(config, run_root)`` for the length of the run and substitutes the
    variables it yields. ``run_root`` is the run directory, or its local cache when the run directory is remote.
+
+``variables(config, run_root)``, where a service has it, gives the values ``serve`` would yield without starting
+anything: ``mmcurate plan`` computes the fingerprints a run would compute from them.
 """
 
 from __future__ import annotations
@@ -25,3 +28,4 @@ class Service:
     config: type[BaseModel]  # the ``serve.<name>`` mapping, validated; its defaults-filled dump enters fingerprints
     placeholders: Mapping[str, str]  # variable -> what it stands for while the workflow is validated
     serve: Callable[[Any, Path], AbstractContextManager[dict[str, str]]]  # (validated config, run root) -> variables
+    variables: Callable[[Any, Path], dict[str, str]] | None = None  # the same values, nothing started

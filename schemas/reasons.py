@@ -52,6 +52,7 @@ class Reason(str, Enum):
     # models and global decisions
     CLIP_SCORE_LOW = "clip_score_low"  # below the stage's threshold; detail: the score, the threshold, the model
     SCORE_BELOW_CUT = "score_below_cut"  # outside a score_filter's top_fraction / min; detail: score, cut, rank
+    NOT_SELECTED = "not_selected"  # false (or null) under a select stage's expression; detail: the expression
     # pipeline
     DUPLICATE_KEY = "duplicate_key"  # a second record with a key already written; the first (in sort order) wins
     INTERNAL_ERROR = "internal_error"  # an unexpected exception on this record; detail: type, message, trace digest

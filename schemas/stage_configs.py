@@ -287,6 +287,26 @@ class TrainFilterConfig(StageConfig):
         return _local_path(path)
 
 
+class SelectConfig(StageConfig):
+    """Keep the records for which ``where`` is true: one DuckDB SQL expression over the record's columns (and the
+    extension columns it carries), plus ``modality`` (``image``, ``audio``, ``image_audio`` or ``text``: which
+    media the record holds). Examples: ``modality = 'audio'``, ``length(text) >= 20``, ``source = 'page'``,
+    ``scores['clip_score.m.image_text'] > 0.3``. A record it is false or null for is ``not_selected``."""
+
+    where: str = Field(..., description="a DuckDB SQL boolean expression over record columns and modality")
+
+    @field_validator("where")
+    @classmethod
+    def _is_a_predicate(cls, where: str) -> str:
+        from mmcurate.schemas.select_expr import check_predicate
+
+        check_predicate(where)  # ValueError naming what DuckDB said; the workflow error adds file and stage
+        return where
+
+    def decision_fields(self) -> dict[str, object]:
+        return {"where": self.where}
+
+
 # One registration per stage kind: its config, its role, where its implementation lives, and what it needs and
 # establishes (capabilities, extension columns); the workflow check reads nothing else.
 Role = Literal["source", "map", "global", "sink"]
@@ -333,6 +353,7 @@ register("train_filter", config=TrainFilterConfig, role="global",
          provides=frozenset({"filter_model"}))
 register("clip_score", config=ClipScoreConfig, role="map", implementation="mmcurate.stages.clip_score:ClipScoreStage",
          requires=frozenset({"aligned"}), provides=frozenset({"clip_scores"}), adds_columns=frozenset({"embedding"}))
+register("select", config=SelectConfig, role="map", implementation="mmcurate.stages.select:SelectStage")
 register("score_filter", config=ScoreFilterConfig, role="global",
          implementation="mmcurate.stages.score_filter:ScoreFilterStage", requires=frozenset({"aligned"}))
 

@@ -1,4 +1,11 @@
-"""The workflow file: which stages run, in order, with what config. Loading it validates everything up front."""
+"""The workflow file: a graph of named stages, each with its config and its inputs. Loading it validates everything
+up front: stage kinds, fields and types, names, inputs (known, no cycle), and each stage's requirements along every
+path into it.
+
+A stage reads ``input: <name>`` or ``input: [<name>, ...]`` (fan-in: the union of the inputs' records); without
+``input`` a non-source stage reads the stage written before it, so a linear file is the chain it always was. A
+source reads nothing. Nothing may read a sink; a workflow may have several (each writes its own shard set).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ class StageSpec(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     name: str  # the stage's name in the run directory (``id`` in the file, defaulting to the stage kind)
     kind: str
+    inputs: tuple[str, ...] = ()  # the stages it reads, as written (``input:``, else the stage before it)
     config: StageConfig
     raw: dict[str, Any]  # the config as written, before ${...} substitution
 
@@ -42,7 +50,17 @@ class Workflow(BaseModel):
     serve: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # records whose processing may raise unexpectedly (each becomes an internal_error row) before a stage fails
     max_error_fraction: float = Field(0.01, ge=0, le=1)
-    stages: tuple[StageSpec, ...]
+    stages: tuple[StageSpec, ...]  # in an order that runs every stage after its inputs (the file's, where it can)
+
+    def stage(self, name: str) -> StageSpec:
+        return next(s for s in self.stages if s.name == name)
+
+    @property
+    def sinks(self) -> tuple[StageSpec, ...]:
+        return tuple(s for s in self.stages if STAGE_KINDS[s.kind].role == "sink")
+
+    def consumers(self, name: str) -> tuple[StageSpec, ...]:
+        return tuple(s for s in self.stages if name in s.inputs)
 
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_.]+)\}")
@@ -133,15 +151,19 @@ def load_workflow(
         if kind not in STAGE_KINDS:
             raise WorkflowError(f"{path}: stages[{i}]: unknown stage '{kind}' (known: {', '.join(STAGE_KINDS)})")
         name = entry.get("id", kind)
-        raw = {k: v for k, v in entry.items() if k not in ("stage", "id")}
         where = f"stage '{name}' (stages[{i}])"
+        if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
+            raise WorkflowError(f"{path}: stages[{i}]: stage name {name!r} must match {_NAME.pattern} and not be one "
+                                f"of the run directory's own entries {sorted(RESERVED_NAMES)}")
+        inputs = _inputs(path, where, entry, specs, STAGE_KINDS[kind].role)
+        raw = {k: v for k, v in entry.items() if k not in ("stage", "id", "input")}
         resolved = _substitute(raw, variables or {}, f"{path}: {where}")
         try:
             config = STAGE_KINDS[kind].config.model_validate(resolved)
         except ValidationError as err:
             raise WorkflowError(_format_error(path, where, err)) from err
-        specs.append(StageSpec(name=name, kind=kind, config=config, raw=raw))
-    _check_order(path, specs)
+        specs.append(StageSpec(name=name, kind=kind, config=config, raw=raw, inputs=inputs))
+    specs = _check_graph(path, specs)
     try:
         return Workflow(
             name=str(doc.get("name") or Path(path).stem),
@@ -169,32 +191,102 @@ def validated_serve(workflow: Workflow, models: Mapping[str, type[BaseModel]]) -
     return configs
 
 
-def _check_order(path: str, specs: list[StageSpec]) -> None:
-    """Each stage's requirements (capabilities, extension columns) must be provided by an earlier stage; one
-    source first, a sink only last."""
-    names = [s.name for s in specs]
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# top-level entries of the run directory (pipeline.rundir) a stage's link may not take the place of
+RESERVED_NAMES = frozenset({"shards", "rejects", "logs", "demo_site", "manifest", "stats"})
+
+
+def _inputs(path: str, where: str, entry: dict[str, Any], earlier: list[StageSpec], role: str) -> tuple[str, ...]:
+    """The names a stage reads: ``input`` as written (one name or a list), else the stage before it."""
+    if "input" not in entry:
+        if role == "source":
+            return ()
+        if not earlier:
+            raise WorkflowError(f"{path}: {where}: a {role} stage needs an input, and no stage comes before it "
+                                f"(put a source stage such as crawl first, or give 'input: <stage name>')")
+        return (earlier[-1].name,)
+    value = entry["input"]
+    names = [value] if isinstance(value, str) else value
+    if role == "source":
+        raise WorkflowError(f"{path}: {where}: a source stage reads no other stage; remove 'input'")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise WorkflowError(f"{path}: {where}: 'input' must be a stage name or a non-empty list of stage names")
     if len(set(names)) != len(names):
-        raise WorkflowError(f"{path}: stage names must be unique (use 'id:' to tell two stages apart): {names}")
-    provided: set[str] = set()
-    columns: set[str] = set()  # extension columns written by the stages so far (schemas.record.EXTENSION_COLUMNS)
-    for i, spec in enumerate(specs):
+        raise WorkflowError(f"{path}: {where}: 'input' names a stage twice: {names}")
+    return tuple(names)
+
+
+def _check_graph(path: str, specs: list[StageSpec]) -> list[StageSpec]:
+    """Names unique, inputs known, no cycle, nothing reads a sink; then, in an order that puts every stage after
+    its inputs, each stage's requirements (capabilities, extension columns) must hold along every path into it: a
+    stage is guaranteed what all of its inputs are guaranteed, plus what it provides. Returns that order: the
+    file's, wherever the file already lists inputs first."""
+    names = [s.name for s in specs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise WorkflowError(f"{path}: stage names must be unique (use 'id:' to tell two stages apart): "
+                            f"{', '.join(repr(n) for n in duplicated)} appear more than once")
+    by_name = {s.name: s for s in specs}
+    for spec in specs:
+        for name in spec.inputs:
+            if name not in by_name:
+                raise WorkflowError(f"{path}: stage '{spec.name}': unknown input '{name}' (stages: {', '.join(names)})")
+            if STAGE_KINDS[by_name[name].kind].role == "sink":
+                raise WorkflowError(f"{path}: stage '{spec.name}': input '{name}' is a sink; a sink's shards are not "
+                                    f"records another stage reads")
+    order = _topological(path, specs)
+    provided: dict[str, frozenset[str]] = {}
+    columns: dict[str, frozenset[str]] = {}  # extension columns (schemas.record.EXTENSION_COLUMNS) on every path
+    for spec in order:
         kind = STAGE_KINDS[spec.kind]
-        if (kind.role == "source") != (i == 0):
-            raise WorkflowError(f"{path}: stage '{spec.name}': a source stage (crawl) must come first, and only once")
-        if kind.role == "sink" and i != len(specs) - 1:
-            raise WorkflowError(f"{path}: stage '{spec.name}': a sink stage must be last")
-        missing = kind.requires - provided
+        upstream_caps = frozenset.intersection(*(provided[n] for n in spec.inputs)) if spec.inputs else frozenset()
+        upstream_cols = frozenset.intersection(*(columns[n] for n in spec.inputs)) if spec.inputs else frozenset()
+        missing = kind.requires - upstream_caps
         if missing:
+            paths = [n for n in spec.inputs if not kind.requires <= provided[n]]
             raise WorkflowError(
-                f"{path}: stage '{spec.name}' needs {sorted(missing)} from an earlier stage "
-                f"(provided so far: {sorted(provided) or 'nothing'})"
+                f"{path}: stage '{spec.name}' needs {sorted(missing)} from the stages before it, and "
+                + (f"the path through input {', '.join(repr(n) for n in paths)} does not provide it "
+                   f"(provided there: {sorted(provided[paths[0]]) or 'nothing'})" if paths else "it has no input")
             )
-        provided |= kind.provides
         needed = kind.needs_columns | spec.config.columns_needed()
-        if needed - columns:
+        if needed - upstream_cols:
             raise WorkflowError(
-                f"{path}: stage '{spec.name}' reads column(s) {sorted(needed - columns)} that no earlier stage writes "
-                f"(written so far: {sorted(columns) or 'none'})"
+                f"{path}: stage '{spec.name}' reads column(s) {sorted(needed - upstream_cols)} that not every path "
+                f"into it writes (written on every path: {sorted(upstream_cols) or 'none'})"
             )
+        provided[spec.name] = upstream_caps | kind.provides
         added = spec.config.columns_added()
-        columns |= kind.adds_columns if added is None else (added & kind.adds_columns)
+        columns[spec.name] = upstream_cols | (kind.adds_columns if added is None else (added & kind.adds_columns))
+    return order
+
+
+def _topological(path: str, specs: list[StageSpec]) -> list[StageSpec]:
+    """Kahn's algorithm, taking the earliest stage in the file among the ready ones; a stage left over is on a
+    cycle, which the error spells out."""
+    index = {s.name: i for i, s in enumerate(specs)}
+    waiting = {s.name: set(s.inputs) for s in specs}
+    order: list[StageSpec] = []
+    while waiting:
+        ready = [n for n, deps in waiting.items() if not deps]
+        if not ready:
+            cycle = _cycle(waiting)
+            raise WorkflowError(f"{path}: stage '{cycle[0]}': its inputs form a cycle: "
+                                f"{', '.join(f'{a} reads {b}' for a, b in zip(cycle, cycle[1:]))}")
+        name = min(ready, key=index.__getitem__)
+        order.append(specs[index[name]])
+        del waiting[name]
+        for deps in waiting.values():
+            deps.discard(name)
+    return order
+
+
+def _cycle(waiting: dict[str, set[str]]) -> list[str]:
+    """One cycle among stages that all wait on each other, as ``a -> b -> a`` (each reads the next)."""
+    start = min(waiting)
+    seen: list[str] = []
+    node = start
+    while node not in seen:
+        seen.append(node)
+        node = min(waiting[node])
+    return [*seen[seen.index(node):], node]

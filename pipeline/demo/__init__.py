@@ -86,12 +86,25 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
             f"Pick another port with --set serve.demo_site.port=N (the same N on every re-run of this run dir)"
         ) from err
     with server:
-        variables = {"demo_site.base_url": server.base_url}
         for listing in (URL_LIST, TRUSTED_LIST):
-            absolute = write_url_list(root, server.base_url, root / f"{listing}.{server.port}.csv", listing=listing)
-            variables[f"demo_site.{listing}"] = str(absolute)
+            write_url_list(root, server.base_url, root / f"{listing}.{server.port}.csv", listing=listing)
         log.info("demo: serving %s at %s", root / "site", server.base_url)
-        yield variables
+        yield _variables(root, server.base_url, server.port)
 
 
-DEMO_SITE = Service(config=DemoSiteConfig, placeholders=DEMO_PLACEHOLDERS, serve=prepared_demo_site)
+def _variables(root: Path, base_url: str, port: int) -> dict[str, str]:
+    from mmcurate.pipeline.demo.site import TRUSTED_LIST, URL_LIST
+
+    return {"demo_site.base_url": base_url,
+            **{f"demo_site.{listing}": str(root / f"{listing}.{port}.csv") for listing in (URL_LIST, TRUSTED_LIST)}}
+
+
+def demo_variables(config: DemoSiteConfig, run_root: Path) -> dict[str, str]:
+    """The ${demo_site.*} values a run in ``run_root`` gets, computed without building or serving anything."""
+    root = Path(config.root) if config.root else run_root / "demo_site"
+    port = demo_port(run_root) if config.port is None else config.port
+    return _variables(root, f"http://127.0.0.1:{port}", port)
+
+
+DEMO_SITE = Service(config=DemoSiteConfig, placeholders=DEMO_PLACEHOLDERS, serve=prepared_demo_site,
+                    variables=demo_variables)
