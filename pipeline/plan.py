@@ -121,7 +121,7 @@ def _why(step: Any, marker: dict[str, Any] | None, earlier: dict[str, Any] | Non
     """Why a node runs: the first of its causes, upstream first (a re-running input re-runs it whatever else)."""
     rerun = [name for name in step.spec.inputs if actions.get(name) == "run"]
     if rerun:
-        return f"input {', '.join(repr(n) for n in rerun)} runs"
+        return f"input {rerun[0]!r} runs" if len(rerun) == 1 else f"inputs {', '.join(map(repr, rerun))} run"
     if marker is None:
         return "never committed"
     if marker.get("fingerprint") == step.fingerprint:

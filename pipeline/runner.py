@@ -32,7 +32,7 @@ from mmcurate.pipeline.stages_registry import stage_class
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.record import FIRST_COLUMN, REASON_COLUMN
 from mmcurate.schemas.stage_configs import STAGE_KINDS
-from mmcurate.schemas.workflow import StageSpec, Workflow, load_workflow, validated_serve
+from mmcurate.schemas.workflow import StageSpec, Workflow, WorkflowError, load_workflow, validated_serve
 from mmcurate.stages.base import Block, StageContext
 
 log = logging.getLogger("mmcurate.run")

@@ -270,7 +270,7 @@ def _topological(path: str, specs: list[StageSpec]) -> list[StageSpec]:
     while waiting:
         ready = [n for n, deps in waiting.items() if not deps]
         if not ready:
-            cycle = _cycle(waiting)
+            cycle = _cycle(waiting, index)
             raise WorkflowError(f"{path}: stage '{cycle[0]}': its inputs form a cycle: "
                                 f"{', '.join(f'{a} reads {b}' for a, b in zip(cycle, cycle[1:]))}")
         name = min(ready, key=index.__getitem__)
@@ -281,12 +281,14 @@ def _topological(path: str, specs: list[StageSpec]) -> list[StageSpec]:
     return order
 
 
-def _cycle(waiting: dict[str, set[str]]) -> list[str]:
-    """One cycle among stages that all wait on each other, as ``a -> b -> a`` (each reads the next)."""
-    start = min(waiting)
+def _cycle(waiting: dict[str, set[str]], index: dict[str, int]) -> list[str]:
+    """One cycle among stages that all wait on each other, each reading the next, from its stage written first."""
     seen: list[str] = []
-    node = start
+    node = min(waiting, key=index.__getitem__)
     while node not in seen:
         seen.append(node)
-        node = min(waiting[node])
-    return [*seen[seen.index(node):], node]
+        node = min(waiting[node], key=index.__getitem__)
+    loop = seen[seen.index(node):]
+    first = loop.index(min(loop, key=index.__getitem__))
+    loop = loop[first:] + loop[:first]
+    return [*loop, loop[0]]

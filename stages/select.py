@@ -16,9 +16,8 @@ from mmcurate.stages.base import BatchStage, Decisions
 class SelectStage(BatchStage[SelectConfig]):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         import duckdb
-
-        with duckdb.connect() as con:
-            keep = selection(con, batch, self.config.where).fetch_arrow_table()["keep"]
         import pyarrow.compute as pc
 
+        with duckdb.connect() as con:
+            keep = selection(con, batch, self.config.where).to_arrow_table()["keep"]
         return Decisions(batch).reject(pc.invert(keep), Reason.NOT_SELECTED, f"where {self.config.where}").outcomes()

@@ -212,7 +212,9 @@ def _mmcurate_run(run_dir: Path, port: int, env: dict[str, str], log: Path) -> N
 
 
 def shard_files(run: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((run / "shards").iterdir())}
+    """Every shard set of the demo graph (DIR/shards/images/, DIR/shards/audio/)."""
+    return {f"{folder.name}/{p.name}": p.read_bytes() for folder in sorted((run / "shards").iterdir())
+            for p in sorted(folder.iterdir())}
 
 
 @dataclass
@@ -267,7 +269,8 @@ def test_the_cluster_run_writes_the_shards_a_local_run_writes(cluster_run, demo_
     local.mkdir()
     _mmcurate_run(local, demo_port, _env(), tmp_path / "mmcurate-local.log")  # no RAY_ADDRESS: ray.init() here
     on_cluster, here = shard_files(cluster_run.run_dir), shard_files(local)
-    assert any(name.endswith(".tar") for name in here)
+    assert any(name.startswith("images/") and name.endswith(".tar") for name in here)
+    assert any(name.startswith("audio/") and name.endswith(".tar") for name in here)
     assert sorted(on_cluster) == sorted(here)
     for name in here:
         assert on_cluster[name] == here[name], f"{name} differs between the cluster run and the local run"

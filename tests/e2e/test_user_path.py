@@ -51,16 +51,19 @@ def _any(run: Path, pattern: str) -> bool:
 
 # In pipeline order: the run directory is killed at each point in turn, restarted each time, and only then allowed
 # to finish, so every resume starts from the state the kill before it left.
+# The demo is a graph (workflows/demo.yaml): the page crawl, then the URL-list crawl, then align over both, then
+# the image branch (select, shard) and the audio branch.
 KILL_POINTS = [
-    KillPoint("crawl-bfs-level", lambda run: _any(run, ".progress/crawl-*/pages/level-001.parquet")),
-    # the BFS levels are all fetched before the first block: URL-list chunks and page media stream together
-    KillPoint("crawl-url-list-block", lambda run: _any(run, ".progress/crawl-*/blocks/.list0-*.tmp-*")),
-    # page media are fetched and aligned in one streamed pass: some blocks done by both stages, others in flight
-    KillPoint("media-block", lambda run: _any(run, ".progress/align-*/blocks/level-*")),
-    KillPoint("commit-crawl-after-link-swap", None, "publish:crawl:after"),
+    KillPoint("crawl-bfs-level", lambda run: _any(run, ".progress/pages-*/pages/level-001.parquet")),
+    # the BFS levels are all fetched before the first block of page media
+    KillPoint("media-block", lambda run: _any(run, ".progress/pages-*/blocks/level-*")),
+    KillPoint("commit-crawl-after-link-swap", None, "publish:pages:after"),
+    KillPoint("crawl-url-list-block", lambda run: _any(run, ".progress/list-*/blocks/.list0-*.tmp-*")),
     KillPoint("commit-align-before-link-swap", None, "publish:align:before"),
-    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".progress/shard-*/partitions/*")),
+    KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".progress/images-*/partitions/*")),
 ]
+CRAWLS = ("pages", "list")
+STAGES = ("pages", "list", "align", "image_text", "images", "audio_text", "audio")
 CHOSEN = os.environ.get("MMCURATE_KILL_POINTS")  # e.g. "align,shard": only these, still in pipeline order
 
 
@@ -108,7 +111,8 @@ PORT = _free_port()
 def _demo_command(venv: Path, run: Path, *extra: str) -> list[str]:
     return [str(venv / "bin" / "mmcurate"), "demo", "--run-dir", str(run), "--pages", str(PAGES),
             "--set", f"serve.demo_site.port={PORT}",
-            "--set", f"crawl.chunk_rows={CHUNK_ROWS}", "--set", f"shard.samples_per_shard={SHARD_SAMPLES}", *extra]
+            *[f"--set={crawl}.chunk_rows={CHUNK_ROWS}" for crawl in CRAWLS],
+            *[f"--set={sink}.samples_per_shard={SHARD_SAMPLES}" for sink in ("images", "audio")], *extra]
 
 
 def _run_demo(venv: Path, run: Path, cwd: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -140,7 +144,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def shard_files(run: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((run / "shards").iterdir()) if p.suffix in (".tar", ".parquet", ".json")}
+    """Both shard sets of the demo: shards/images/ and shards/audio/."""
+    return {f"{folder.name}/{p.name}": p.read_bytes() for folder in sorted((run / "shards").iterdir())
+            for p in sorted(folder.iterdir()) if p.suffix in (".tar", ".parquet", ".json")}
 
 
 def requests(run: Path) -> list[str]:
@@ -177,13 +183,13 @@ def test_the_wheel_installs_under_one_namespace_and_carries_the_demo(installed, 
 
 def test_the_demo_runs_from_another_directory_and_a_rerun_makes_no_request(installed, reference, elsewhere):
     manifest = json.loads((reference / "manifest.json").read_text())
-    assert [s["status"] for s in manifest["stages"]] == ["ran", "ran", "ran"]
-    assert len(shard_files(reference)) >= 3
+    assert [s["status"] for s in manifest["stages"]] == ["ran"] * len(STAGES)
+    assert len(shard_files(reference)) >= 6
     before = len(requests(reference))
     _finish(_run_demo(installed, reference, elsewhere), reference)
     assert len(requests(reference)) == before
     manifest = json.loads((reference / "manifest.json").read_text())
-    assert [s["status"] for s in manifest["stages"]] == ["reused", "reused", "reused"]
+    assert [s["status"] for s in manifest["stages"]] == ["reused"] * len(STAGES)
 
 
 def _kill_at(point: KillPoint, installed: Path, run: Path, elsewhere: Path) -> None:
@@ -205,16 +211,17 @@ def _kill_at(point: KillPoint, installed: Path, run: Path, elsewhere: Path) -> N
 
 
 def _committed(run: Path) -> set[str]:
-    return {stage for stage in ("crawl", "align", "shard") if (run / stage / "_SUCCESS.json").exists()}
+    return {stage for stage in STAGES if (run / stage / "_SUCCESS.json").exists()}
 
 
 def _block_media(run: Path) -> tuple[set[str], set[str]]:
     """Paths of the media candidates in crawl blocks that a killed run finished, and in those it did not."""
     import pyarrow.parquet as pq
 
-    done = {d.name.rsplit("-", 1)[0] for d in run.glob(".progress/crawl-*/blocks/*") if not d.name.startswith(".")}
+    done = {d.name.rsplit("-", 1)[0] for crawl in CRAWLS for d in run.glob(f".progress/{crawl}-*/blocks/*")
+            if not d.name.startswith(".")}
     finished, pending = set(), set()
-    for chunk in run.glob(".work/crawl-*/candidates/*/*.parquet"):
+    for chunk in (c for crawl in CRAWLS for c in run.glob(f".work/{crawl}-*/candidates/*/*.parquet")):
         rows = pq.read_table(chunk).to_pylist()
         paths = {urlsplit(row[c]).path for row in rows for c in MEDIA_COLUMNS if row.get(c)}
         (finished if chunk.stem in done else pending).update(paths)
@@ -228,7 +235,7 @@ def _check_resumed_work(run: Path, committed: set[str], levels: list[str], block
                         again: list[str]) -> None:
     """What a run started after a kill asked the server for: nothing once the crawl was committed, never a BFS
     level that was saved, and no media of a finished block (only media of blocks in flight or not started)."""
-    if "crawl" in committed:
+    if set(CRAWLS) <= committed:
         assert again == [], f"a committed crawl was fetched again: {again[:5]}"
     if "level-000.parquet" in levels:
         assert "GET /index.html" not in again  # the saved BFS level is replayed, not fetched
@@ -247,13 +254,13 @@ def test_a_demo_killed_again_and_again_resumes_to_the_same_shards(installed, ref
     assert points, f"MMCURATE_KILL_POINTS={CHOSEN} names none of {[p.name for p in KILL_POINTS]}"
     for point in [*points, None]:  # None: the last run, left to finish
         committed, seen = _committed(run), len(requests(run))
-        levels = sorted(p.name for p in run.glob(".progress/crawl-*/pages/level-*.parquet"))
+        levels = sorted(p.name for p in run.glob(".progress/pages-*/pages/level-*.parquet"))
         blocks = _block_media(run)
         if point is None:
             _finish(_run_demo(installed, run, elsewhere), run)
         else:
             _kill_at(point, installed, run, elsewhere)
-            assert not (run / "shards" / "shard-000000.tar").exists()
+            assert not any(run.glob("shards/*/shard-000000.tar"))
         _check_resumed_work(run, committed, levels, blocks, requests(run)[seen:])
     assert shard_files(run) == shard_files(reference)
     assert not any((run / ".progress").glob("*")) and not any((run / ".work").glob("*"))
@@ -270,11 +277,11 @@ def test_a_different_seed_on_the_same_run_dir_runs_again(installed, reference, e
     proc = _run_demo(installed, run, elsewhere, "--seed", "1")
     log = run.parent / f"{run.name}.log"
     deadline = time.monotonic() + 600
-    while "stage crawl: running (fingerprint" not in log.read_text(errors="replace"):
+    while "stage pages: running (fingerprint" not in log.read_text(errors="replace"):
         assert proc.poll() is None, f"the seed-1 run ended without running the crawl:\n{_tail(run)}"
         assert time.monotonic() < deadline
         time.sleep(0.1)
     _kill_group(proc)
-    started = log.read_text(errors="replace").split("stage crawl: running (fingerprint ")[1][:16]
-    assert started != old["crawl"]
+    started = log.read_text(errors="replace").split("stage pages: running (fingerprint ")[1][:16]
+    assert started != old["pages"]
     assert "already done" not in log.read_text(errors="replace")

@@ -28,6 +28,11 @@ MEDIA_COLUMNS = ("image_url", "audio_url", "subtitles_url", "transcript_url")
 MMCURATE = str(Path(sys.executable).with_name("mmcurate"))
 
 
+# the demo graph (workflows/demo.yaml): two crawls, align, and an image and an audio branch with a shard set each
+CRAWLS = ("pages-", "list-")
+STAGES = ("pages", "list", "align", "image_text", "images", "audio_text", "audio")
+SHARD_SETS = ("audio", "images")
+
 @pytest.fixture(scope="module")
 def demo(s3, tmp_path_factory):
     """How every run of this module is started: one demo port (the keys are made from its URLs), one cache."""
@@ -41,7 +46,7 @@ def demo(s3, tmp_path_factory):
         log = open(root / f"{log_name}.log", "ab")
         return subprocess.Popen(
             [MMCURATE, "demo", "--pages", PAGES, "--run-dir", run_dir, "--set", f"serve.demo_site.port={port}",
-             "--set", f"crawl.chunk_rows={CHUNK}"],
+             "--set", f"pages.chunk_rows={CHUNK}", "--set", f"list.chunk_rows={CHUNK}"],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def finish(run_dir: str, log_name: str) -> str:
@@ -81,15 +86,21 @@ def _paths(lines: list[str]) -> list[str]:
 
 
 def s3_shards(fs, url: str) -> dict[str, bytes]:
+    """Both shard sets of the demo graph, through DIR/shards/<set>/_CURRENT.json."""
     from mmcurate.pipeline.rundir import RunDir
 
-    shards = RunDir(url).resolve("shards")
-    names = [p.rsplit("/", 1)[1] for p in fs.ls(shards.split("://", 1)[1], detail=False)]
-    return {n: fs.cat_file(f"{shards}/{n}") for n in sorted(names) if n.endswith((".tar", ".parquet", ".json"))}
+    found = {}
+    for shard_set in SHARD_SETS:
+        shards = RunDir(url).resolve("shards", shard_set)
+        names = [p.rsplit("/", 1)[1] for p in fs.ls(shards.split("://", 1)[1], detail=False)]
+        found.update({f"{shard_set}/{n}": fs.cat_file(f"{shards}/{n}") for n in sorted(names)
+                      if n.endswith((".tar", ".parquet", ".json"))})
+    return found
 
 
 def local_shards(run: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((run / "shards").iterdir()) if p.suffix in (".tar", ".parquet", ".json")}
+    return {f"{shard_set}/{p.name}": p.read_bytes() for shard_set in SHARD_SETS
+            for p in sorted((run / "shards" / shard_set).iterdir()) if p.suffix in (".tar", ".parquet", ".json")}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +124,7 @@ def killed_run(s3, demo):
     def done_blocks() -> dict[str, str]:
         found = fs.find(prefix) if fs.exists(prefix) else []
         return {p.split("/")[-2]: p.split("/")[3] for p in found
-                if p.endswith("/_DONE") and p.split("/")[3].startswith("crawl-") and "/blocks/" in p}
+                if p.endswith("/_DONE") and p.split("/")[3].startswith(CRAWLS) and "/blocks/" in p}
 
     proc = demo.start(url, "killed-1")
     deadline = time.monotonic() + 600
@@ -122,12 +133,12 @@ def killed_run(s3, demo):
         assert time.monotonic() < deadline, "no crawl block was ever published"
         time.sleep(0.2)
     _kill_group(proc)
-    assert not fs.exists(f"{s3.bucket}/killed/shards/_CURRENT.json")  # it was killed before the end
+    assert not fs.exists(f"{s3.bucket}/killed/shards/images/_CURRENT.json")  # it was killed before the end
     finished = done_blocks()
     media: dict[str, set[str]] = {"finished": set(), "pending": set()}
     progress = {p.split("/")[3] for p in fs.find(prefix)}
     for stage_progress in sorted(progress):
-        if not stage_progress.startswith("crawl-"):
+        if not stage_progress.startswith(CRAWLS):
             continue
         for chunk in fs.find(f"{prefix}/{stage_progress}/inputs"):
             block = chunk.rsplit("/", 1)[1][: -len(".parquet")]
@@ -145,8 +156,8 @@ def test_a_demo_killed_during_an_s3_run_resumes_to_the_shards_of_a_local_run_byt
         s3, s3fs_client, demo, local_run, killed_run):
     url, finished, media, again, output = killed_run
     assert finished, "the kill came before any block was done"
-    first = (demo.root / "killed-1.log").read_text(errors="replace").split("stage crawl: running (fingerprint ")[1][:16]
-    assert f"stage crawl: running (fingerprint {first})" in output, "the crawl's code changed between the two runs"
+    first = (demo.root / "killed-1.log").read_text(errors="replace").split("stage pages: running (fingerprint ")[1][:16]
+    assert f"stage pages: running (fingerprint {first})" in output, "the crawl's code changed between the two runs"
     assert s3_shards(s3fs_client, url) == local_shards(local_run)
     # finished blocks were not redone: none of their media was asked for again (only media of blocks unfinished)
     refetched = [p for p in _paths(again) if p in media["finished"] and p not in media["pending"]]
@@ -156,8 +167,8 @@ def test_a_demo_killed_during_an_s3_run_resumes_to_the_shards_of_a_local_run_byt
     # nothing of the run is left in progress; the manifest and stats are objects in the run directory
     assert not [p for p in s3fs_client.find(f"{s3.bucket}/killed") if "/.progress/" in p]
     manifest = json.loads(s3fs_client.cat_file(f"{s3.bucket}/killed/manifest.json"))
-    assert [s["name"] for s in manifest["stages"]] == ["crawl", "align", "shard"]
-    assert json.loads(s3fs_client.cat_file(f"{s3.bucket}/killed/stats.json"))["shard"]["kept"] > 0
+    assert [s["name"] for s in manifest["stages"]] == list(STAGES)
+    assert json.loads(s3fs_client.cat_file(f"{s3.bucket}/killed/stats.json"))["images"]["kept"] > 0
     assert s3fs_client.exists(f"{s3.bucket}/killed/logs/run.log")
 
 
@@ -170,7 +181,7 @@ def test_a_rerun_on_a_finished_s3_run_dir_reuses_every_stage_and_makes_no_reques
     demo.finish(url, "rerun")
     assert len(_requests(access_log)) == before
     manifest = json.loads(s3fs_client.cat_file(f"{s3.bucket}/killed/manifest.json"))
-    assert [s["status"] for s in manifest["stages"]] == ["reused", "reused", "reused"]
+    assert [s["status"] for s in manifest["stages"]] == ["reused"] * len(STAGES)
     assert s3_shards(s3fs_client, url) == shards
 
 
@@ -182,19 +193,20 @@ def test_shards_on_s3_read_back_through_webdataset_fsspec_and_the_trainer_lookup
 
     url = killed_run[0]
     stats = json.loads(s3fs_client.cat_file(f"{s3.bucket}/killed/stats.json"))
-    generation = RunDir(url).resolve("shards")  # what DIR/shards/_CURRENT.json names, through DIR/shard's pointer
-    assert "/.generations/shard/" in generation
+    # what DIR/shards/images/_CURRENT.json names, through DIR/images's pointer
+    generation = RunDir(url).resolve("shards", "images")
+    assert "/.generations/images/" in generation
     tars = sorted(f"s3://{p}" for p in s3fs_client.glob(f"{generation.split('://', 1)[1]}/*.tar"))
     # a plain WebDataset reader, streaming each shard through a pipe (as `pipe:aws s3 cp URL -` would)
     cat = f"{sys.executable} -c 'import fsspec,shutil,sys; shutil.copyfileobj(fsspec.open(sys.argv[1]).open(), sys.stdout.buffer)'"
     samples = list(wds.WebDataset([f"pipe:{cat} {t}" for t in tars], shardshuffle=False))
-    assert len(samples) == stats["shard"]["kept"]
+    assert len(samples) == stats["images"]["kept"]
     assert [s["__key__"] for s in samples] == sorted(s["__key__"] for s in samples)
     # the trainer: DIR/shards/*.tar names the shards, read through the generation resolved at start
-    names = expand_shards(f"{url}/shards/*.tar")
-    assert names == [f"{url}/shards/{t.rsplit('/', 1)[1]}" for t in tars]
+    names = expand_shards(f"{url}/shards/images/*.tar")
+    assert names == [f"{url}/shards/images/{t.rsplit('/', 1)[1]}" for t in tars]
     assert [resolve_local(n) for n in names] == tars
-    assert sum(1 for n in names for _ in iter_shard(resolve_local(n))) == stats["shard"]["kept"]
+    assert sum(1 for n in names for _ in iter_shard(resolve_local(n))) == stats["images"]["kept"]
     # explain works on the S3 run directory too
     key = samples[0]["__key__"]
     out = subprocess.run([MMCURATE, "explain", url, key], env=demo.env, capture_output=True, text=True, timeout=120)

@@ -55,5 +55,6 @@ def test_overrides_parse_values_as_yaml_and_unknown_fields_are_rejected(tmp_path
 
 def test_demo_workflow_config_validates():
     cfg = TrainConfig.from_yaml(REPO / "workflows" / "train_demo.yaml")
-    assert cfg.data.train_shards == "runs/demo/shards/*.tar" and cfg.run_dir == "runs/demo"
+    assert cfg.data.train_shards == ["runs/demo/shards/images/*.tar", "runs/demo/shards/audio/*.tar"]
+    assert cfg.run_dir == "runs/demo"
     assert cfg.model.audio is not None

@@ -151,8 +151,8 @@ def test_the_installed_demo_workflow_validates_with_the_demo_services_placeholde
     workflow = load_workflow(demo_workflow_path(), variables=variables,
                              overrides=["serve.demo_site.pages=50", "serve.demo_site.trusted=7"])
     kinds = [s.kind for s in workflow.stages]
-    assert kinds[:2] == ["crawl", "align"] and kinds[-1] == "shard"
-    assert workflow.stages[0].config.url_lists
+    assert kinds[:3] == ["crawl", "crawl", "align"] and [s.name for s in workflow.sinks] == ["images", "audio"]
+    assert workflow.stage("pages").config.seeds and workflow.stage("list").config.url_lists
     (config,) = validated_serve(workflow, {"demo_site": DEMO_SITE.config}).values()
     assert isinstance(config, DemoSiteConfig) and (config.pages, config.trusted) == (50, 7)
     assert config.port is None  # defaults filled in
