@@ -1,5 +1,9 @@
 """Run a workflow on Ray into a run directory, skipping stages whose committed output is still valid.
 
+A workflow is a graph of named stages (``schemas.workflow``); they run in its order, every stage after its inputs,
+or one alone (``only``: a node of an orchestrator's DAG, whose inputs must be committed). A stage with several
+inputs reads the union of their committed data files; each of several sinks publishes its own shard set.
+
 Every stage is checked, not trusted: the runner counts the records that entered a stage (the first outcome row of
 each input record, see ``stages.base``) and compares them with the upstream's committed row count; a stage that
 loses a record fails, named. Unexpected per-record exceptions are quarantined as ``internal_error`` rows up to

@@ -10,6 +10,7 @@ source reads nothing. Nothing may read a sink; a workflow may have several (each
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -272,7 +273,7 @@ def _topological(path: str, specs: list[StageSpec]) -> list[StageSpec]:
         if not ready:
             cycle = _cycle(waiting, index)
             raise WorkflowError(f"{path}: stage '{cycle[0]}': its inputs form a cycle: "
-                                f"{', '.join(f'{a} reads {b}' for a, b in zip(cycle, cycle[1:]))}")
+                                f"{', '.join(f'{a} reads {b}' for a, b in itertools.pairwise(cycle))}")
         name = min(ready, key=index.__getitem__)
         order.append(specs[index[name]])
         del waiting[name]
