@@ -533,7 +533,7 @@ class FacesConfig(StrictModel):
     enabled: bool = True
     margin: float = Field(0.25, ge=0, le=2)
     min_size: int = Field(20, ge=8, description="smallest face side searched, pixels")
-    scale_factor: float = Field(1.1, gt=1, le=2)
+    scale_factor: float = Field(1.05, gt=1, le=2)  # 1.1 missed the cameraman at 256 px
     min_neighbors: int = Field(5, ge=1)
     profile: bool = True  # also the profile cascade (both directions)
 

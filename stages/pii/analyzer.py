@@ -19,9 +19,12 @@ rules for SSNs, address parsing for IPs.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +82,17 @@ def _blank_pipeline(language: str) -> str:
     return str(target)
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _offline_tldextract() -> None:
     # the e-mail recognizer's tldextract would fetch the public-suffix list on first use; use the bundled snapshot
     import tldextract
@@ -109,7 +123,8 @@ def build_engine(config: PiiConfig):  # -> presidio_analyzer.AnalyzerEngine
         "nlp_engine_name": "spacy", "models": [{"lang_code": config.language, "model_name": model}],
     }).create_engine()
     registry = RecognizerRegistry(supported_languages=[config.language])
-    registry.load_predefined_recognizers(languages=[config.language], nlp_engine=nlp)
+    with _quiet("presidio-analyzer"):  # a line per recognizer of every other language, per actor
+        registry.load_predefined_recognizers(languages=[config.language], nlp_engine=nlp)
     wanted = set(config.entities)
     for recognizer in list(registry.recognizers):
         spacy_ner = type(recognizer).__name__ == "SpacyRecognizer"
