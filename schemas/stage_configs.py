@@ -586,6 +586,7 @@ class BlocklistConfig(StageConfig):
     phash: tuple[str, ...] = ()
     phash_radius: int = Field(4, ge=0, le=16)
     batch_size: int = Field(64, ge=1)
+    max_list_bytes: int = Field(200_000_000, ge=1, description="a list (file or download) larger than this fails")
 
     @model_validator(mode="after")
     def _has_lists(self) -> BlocklistConfig:
@@ -599,5 +600,6 @@ class BlocklistConfig(StageConfig):
 
 register("pii", config=PiiConfig, role="map", implementation="mmcurate.stages.pii.stage:PiiStage",
          requires=frozenset({"aligned"}), provides=frozenset({"pii_redacted"}), adds_columns=frozenset({"pii"}))
+# after the crawl: sha256 lists name the bytes as published (align re-encodes); pHash survives re-encoding
 register("blocklist", config=BlocklistConfig, role="map",
-         implementation="mmcurate.stages.pii.blocklist:BlocklistStage", requires=frozenset({"aligned"}))
+         implementation="mmcurate.stages.pii.blocklist:BlocklistStage", requires=frozenset({"raw_media"}))

@@ -35,7 +35,7 @@ class FaceBlurrer:
 
         self.config = config
         root = cv2.data.haarcascades
-        names = ["haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml"]
+        names = ["haarcascade_frontalface_default.xml"]
         if config.profile:
             names.append("haarcascade_profileface.xml")
         self.cascades = [(name, cv2.CascadeClassifier(root + name)) for name in names]
