@@ -101,7 +101,7 @@ def _redactor(config: Any):
     from mmcurate.stages.pii.analyzer import PiiAnalyzer
     from mmcurate.stages.pii.redact import Redactor
 
-    analyzer = PiiAnalyzer(config.model_copy(update={"ner_model": config.ner_model}))
+    analyzer = PiiAnalyzer(config)
     redactor = Redactor(config)
 
     def redact(texts: list[str | None]) -> list[str | None]:

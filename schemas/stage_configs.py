@@ -539,7 +539,8 @@ class FacesConfig(StrictModel):
 
 
 class PiiConfig(StageConfig):
-    """Personal data out of every text field (Presidio's recognizers over a blank spaCy pipeline, or the installed
+    """Personal data out of every text field (``entities``: given entries change or add to the defaults, ``null``
+    removes one) (Presidio's recognizers over a blank spaCy pipeline, or the installed
     spaCy model ``ner_model`` names), faces blurred in images. Per sample the entity types found and their counts
     go in the ``pii`` column; the original text never leaves the stage."""
 
@@ -559,6 +560,21 @@ class PiiConfig(StageConfig):
     faces: FacesConfig = FacesConfig()
     batch_size: int = Field(256, ge=1, description="records per batch (texts analysed together)")
 
+    @field_validator("entities", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, given: object) -> object:
+        # a workflow naming one entity changes that one: the defaults stay (forgetting them would let the
+        # rest through); null removes an entity
+        if not isinstance(given, dict):
+            return given
+        merged: dict[str, object] = dict(_default_pii_entities())
+        for name, rule in given.items():
+            if rule is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = rule
+        return merged
+
     @field_validator("allow_list")
     @classmethod
     def _patterns_compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -570,6 +586,18 @@ class PiiConfig(StageConfig):
             except re.error as err:
                 raise ValueError(f"allow_list: {pattern!r} is not a regular expression: {err}") from None
         return patterns
+
+    @model_validator(mode="after")
+    def _salt_for_hashing(self) -> PiiConfig:
+        # checked where the workflow loads (the driver; local Ray workers inherit its environment), not on the
+        # first batch of a worker
+        import os
+
+        hashed = sorted(e for e, rule in self.entities.items() if rule.operator == "hash")
+        if hashed and len(os.environ.get(self.salt_env, "").encode()) < 16:
+            raise ValueError(f"{', '.join(hashed)} hashed: set a per-run salt of at least 16 bytes in the "
+                             f"environment variable {self.salt_env} (it is never written to the run directory)")
+        return self
 
     def decision_fields(self) -> dict[str, object]:
         dumped = self.model_dump(mode="json")

@@ -118,3 +118,35 @@ def test_the_shards_faces_are_blurred_and_carry_no_metadata(demo_run):
                 read += 1
     print(f"{read} images and clips read back, {blurred} with faces blurred")
     assert read and blurred
+
+
+def test_a_changed_pii_config_on_a_purged_directory_runs_again_from_the_crawl(demo_run):
+    """The cost of the purge: the stages before pii hold no text, so a new pii config starts from the crawl; the
+    e-mails it now drops are pii rejects whose rows, like every file, hold no planted value."""
+    run_dir, site, _, _ = demo_run
+    out = _run(run_dir, site, _port_of(run_dir), "--set", "pii.entities={EMAIL_ADDRESS: {operator: drop}}")
+    statuses = {s["name"]: s["status"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]}
+    assert statuses == {"crawl": "ran", "align": "ran", "pii": "ran", "shard": "ran"}, (statuses, out[-2000:])
+    stats = json.loads((run_dir / "stats.json").read_text())["pii"]
+    assert stats["rejected"].get("pii", 0) >= 1 and set(stats["pii"]) <= {"EMAIL_ADDRESS", "FACE"}
+    assert not any(grep(run_dir, list(PLANTED)).values())
+    explained = subprocess.run([str(MMCURATE), "explain", str(run_dir), _a_pii_reject(run_dir)],
+                               capture_output=True, text=True, timeout=120)
+    assert "pii — personal data: EMAIL_ADDRESS x1" in explained.stdout, explained.stdout
+    assert "@" not in explained.stdout.split("[pii]", 1)[1]
+
+
+def _port_of(run_dir: Path) -> int:
+    from urllib.parse import urlsplit
+
+    import pyarrow.parquet as pq
+
+    urls = pq.read_table(next((run_dir / "pii" / "data").glob("*.parquet")), columns=["url"])["url"].to_pylist()
+    return urlsplit(urls[0]).port
+
+
+def _a_pii_reject(run_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    rows = [r for f in sorted((run_dir / "pii" / "rejects").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return next(r["key"] for r in rows if r["reason"] == "pii")
