@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,9 @@ def _purge_stage(rundir: RunDir, step: Any, marker: dict[str, Any], redact) -> N
     log.info("stage %s: raw text purged (retain_raw_text: false)", name)
 
 
+_LOG_HEAD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.-]+: )")
+
+
 def _purge_log(rundir: RunDir, redact) -> None:
     path = rundir.logs_dir / "run.log"
     if not path.is_file():
@@ -183,8 +187,11 @@ def _purge_log(rundir: RunDir, redact) -> None:
                 handler.stream.close()
                 handler.stream = None
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        # the record's header (time, level, logger) is ours and looks like a phone number to libphonenumber
+        heads = [m.group(1) if (m := _LOG_HEAD.match(line)) else "" for line in lines]
+        bodies = redact([line[len(head):] for line, head in zip(lines, heads)])
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(redact(lines)), encoding="utf-8")
+        tmp.write_text("".join(head + body for head, body in zip(heads, bodies)), encoding="utf-8")
         os.replace(tmp, path)
     finally:
         for handler in handlers:
