@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmcurate.pipeline import raw_text
 from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.services import Service
@@ -284,7 +285,8 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
     planned = plan_fingerprints(workflow, FileDigests(rundir.cache_dir / "file_digests.json"),
                                 None if rundir.remote else str(rundir.local_root))
     by_name = {step.spec.name: step for step in planned}
-    if only is not None:
+    purge = raw_text.Purge(workflow, planned, rundir)  # retain_raw_text: false (invalidates purged inputs)
+    if only is not None:  # after the purge's check: an input it invalidated is missing
         _check_inputs_committed(workflow, by_name[only], by_name, rundir)
     ray_started = False
     i = 0
@@ -315,6 +317,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
                 result.stages.append(StageOutcome(done.spec.name, "ran", stage_stats, done.fingerprint, done.covers))
             i += len(segment)
         _write_stats(workflow, rundir, result)
+    purge.run()
     _write_manifest(workflow, rundir, result, planned, ray_address, started)
     return result
 

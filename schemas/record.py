@@ -60,7 +60,12 @@ SCORES_TYPE = RECORD_SCHEMA.field("scores").type
 EXTENSION_COLUMNS: dict[str, Any] = {
     "embedding": lambda size: pa.list_(pa.float32(), size),  # unit-norm image (or audio) embedding
     "phash": lambda _=None: pa.uint64(),  # 64-bit perceptual hash of the decoded image
+    # personal data the pii stage found and redacted: entity type (and "FACE") -> count; never the values
+    "pii": lambda _=None: pa.map_(pa.string(), pa.int32()),
 }
+# Extension columns of counts (map<string, int>) that a stage's stats.json entry sums over its outcome rows,
+# rejected ones included: {"pii": {"EMAIL_ADDRESS": 12, "FACE": 3}}
+TALLY_COLUMNS = ("pii",)
 
 # Rows leave a stage with these extra columns: null reason = kept, otherwise the row is a reject. A map stage
 # marks the first outcome row of each input record with ``_first``, which is how the runner counts the records

@@ -74,7 +74,8 @@ def test_every_node_run_alone_in_plan_order_writes_the_shards_of_one_full_run(fu
     planned = cli("plan", WORKFLOW, "--run-dir", str(run), *SITE, "--json")
     assert planned.returncode == 0, planned.stderr
     nodes = json.loads(planned.stdout)["nodes"]
-    assert [n["name"] for n in nodes] == ["pages", "list", "align", "image_text", "images", "audio_text", "audio"]
+    assert [n["name"] for n in nodes] == ["pages", "list", "align", "pii", "image_text", "images", "audio_text",
+                                          "audio"]
     for node in nodes:  # what an orchestrator's task per node runs
         assert node["command"][0] == "mmcurate"
         out = cli(*node["command"][1:])
@@ -94,18 +95,18 @@ def test_a_change_to_one_branch_re_runs_that_branch_only_with_no_http_request(fu
     change = ["--set", "audio_text.where=modality = 'audio' AND audio_seconds >= 1.0"]
     plan = json.loads(cli("plan", WORKFLOW, "--run-dir", str(run), *SITE, *change, "--json").stdout)["nodes"]
     assert {n["name"]: n["action"] for n in plan} == {
-        "pages": "reuse", "list": "reuse", "align": "reuse", "image_text": "reuse", "images": "reuse",
+        "pages": "reuse", "list": "reuse", "align": "reuse", "pii": "reuse", "image_text": "reuse", "images": "reuse",
         "audio_text": "run", "audio": "run"}
     assert {n["name"]: n["why"] for n in plan}["audio_text"] == "its config changed"
     out = cli("run", WORKFLOW, "--run-dir", str(run), *SITE, *change)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert statuses(run) == {"pages": "reused", "list": "reused", "align": "reused", "image_text": "reused",
-                             "images": "reused", "audio_text": "ran", "audio": "ran"}
+    assert statuses(run) == {"pages": "reused", "list": "reused", "align": "reused", "pii": "reused",
+                             "image_text": "reused", "images": "reused", "audio_text": "ran", "audio": "ran"}
     assert requests(run) == before  # the demo server counted 0 HTTP requests
     assert os.path.realpath(run / "images") == images_generation
     shards = shard_files(run)
     assert {n: b for n, b in shards.items() if n.startswith("images/")} == \
         {n: b for n, b in reference.items() if n.startswith("images/")}
     stats = json.loads((run / "stats.json").read_text())
-    assert stats["audio_text"]["in"] == stats["align"]["kept"]
-    assert stats["audio"]["in"] == stats["audio_text"]["kept"] <= stats["align"]["kept"]
+    assert stats["audio_text"]["in"] == stats["pii"]["kept"]
+    assert stats["audio"]["in"] == stats["audio_text"]["kept"] <= stats["pii"]["kept"]

@@ -32,10 +32,11 @@ def test_changing_one_branch_changes_that_branch_only(tmp_path):
 def test_changing_a_shared_stage_changes_it_and_every_descendant_but_not_the_other_source(tmp_path):
     before = fingerprints(tmp_path)
     after = fingerprints(tmp_path, "align.image_max_side=200")
-    assert {n for n in before if before[n] != after[n]} == {"align", "image_text", "images", "audio_text", "audio"}
-    after = fingerprints(tmp_path, "list.chunk_rows=7")
-    assert {n for n in before if before[n] != after[n]} == {"list", "align", "image_text", "images", "audio_text",
+    assert {n for n in before if before[n] != after[n]} == {"align", "pii", "image_text", "images", "audio_text",
                                                             "audio"}
+    after = fingerprints(tmp_path, "list.chunk_rows=7")
+    assert {n for n in before if before[n] != after[n]} == {"list", "align", "pii", "image_text", "images",
+                                                            "audio_text", "audio"}
 
 
 def test_the_fingerprint_covers_every_input_in_the_order_written(tmp_path):
@@ -50,7 +51,7 @@ def test_plan_of_the_demo_on_a_fresh_run_directory_runs_every_node_inputs_first(
     run_dir = tmp_path / "run"
     result = plan(DEMO, run_dir, services={"demo_site": DEMO_SITE})
     names = [n.name for n in result.nodes]
-    assert names == ["pages", "list", "align", "image_text", "images", "audio_text", "audio"]
+    assert names == ["pages", "list", "align", "pii", "image_text", "images", "audio_text", "audio"]
     for node in result.nodes:
         assert node.action == "run" and all(names.index(i) < names.index(node.name) for i in node.inputs)
         assert node.command[-2:] == ["--only", node.name]
@@ -63,10 +64,10 @@ def test_plan_of_the_demo_on_a_fresh_run_directory_runs_every_node_inputs_first(
     assert main(["plan", str(DEMO), "--run-dir", str(run_dir), "--mermaid"]) == 0
     mermaid = capsys.readouterr().out
     assert mermaid.startswith("flowchart LR") and "n_pages --> n_align" in mermaid and "n_list --> n_align" in mermaid
-    assert "n_align --> n_audio_text" in mermaid and 'n_audio[("audio' in mermaid
+    assert "n_align --> n_pii" in mermaid and "n_pii --> n_audio_text" in mermaid and 'n_audio[("audio' in mermaid
     assert main(["plan", str(DEMO), "--run-dir", str(run_dir)]) == 0
     text = capsys.readouterr().out
-    assert "align       align        <- pages, list" in text and "7 to run, 0 to reuse" in text
+    assert "align       align        <- pages, list" in text and "8 to run, 0 to reuse" in text
 
 
 def test_the_readme_shows_the_demo_graph_plan_prints(tmp_path, capsys):

@@ -63,7 +63,7 @@ KILL_POINTS = [
     KillPoint("shard", lambda run: (run / "align" / "_SUCCESS.json").exists() and _any(run, ".progress/images-*/partitions/*")),
 ]
 CRAWLS = ("pages", "list")
-STAGES = ("pages", "list", "align", "image_text", "images", "audio_text", "audio")
+STAGES = ("pages", "list", "align", "pii", "image_text", "images", "audio_text", "audio")
 CHOSEN = os.environ.get("MMCURATE_KILL_POINTS")  # e.g. "align,shard": only these, still in pipeline order
 
 

@@ -30,7 +30,7 @@ MMCURATE = str(Path(sys.executable).with_name("mmcurate"))
 
 # the demo graph (workflows/demo.yaml): two crawls, align, and an image and an audio branch with a shard set each
 CRAWLS = ("pages-", "list-")
-STAGES = ("pages", "list", "align", "image_text", "images", "audio_text", "audio")
+STAGES = ("pages", "list", "align", "pii", "image_text", "images", "audio_text", "audio")
 SHARD_SETS = ("audio", "images")
 
 @pytest.fixture(scope="module")
