@@ -1,4 +1,4 @@
-"""The ``mmcurate`` command: run a workflow, run the demo, explain a sample, train."""
+"""The ``mmcurate`` command: run a workflow, run the demo, explain a sample, label, train."""
 
 from __future__ import annotations
 
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("key")
     explain.set_defaults(func=_explain)
 
+    from mmcurate.pipeline.labeling.cli import add_label_parser
+
+    add_label_parser(sub)
     from mmcurate.pipeline.train.cli import add_train_parser, run_train_command
 
     add_train_parser(sub).set_defaults(func=run_train_command)

@@ -169,12 +169,21 @@ def validated_serve(workflow: Workflow, models: Mapping[str, type[BaseModel]]) -
     return configs
 
 
+# run-directory entries a stage's link DIR/<name> would collide with: the imported labels, the run log, the links
+# to shards and rejects, the demo site
+_RUN_DIR_NAMES = frozenset({"labels", "logs", "rejects", "shards", "demo_site"})
+
+
 def _check_order(path: str, specs: list[StageSpec]) -> None:
     """Each stage's requirements (capabilities, extension columns) must be provided by an earlier stage; one
     source first, a sink only last."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise WorkflowError(f"{path}: stage names must be unique (use 'id:' to tell two stages apart): {names}")
+    taken = sorted(set(names) & _RUN_DIR_NAMES)
+    if taken:
+        raise WorkflowError(f"{path}: stage name(s) {taken} name a run-directory entry that is no stage's "
+                            f"(give the stage another 'id:')")
     provided: set[str] = set()
     columns: set[str] = set()  # extension columns written by the stages so far (schemas.record.EXTENSION_COLUMNS)
     for i, spec in enumerate(specs):
