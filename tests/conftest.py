@@ -75,11 +75,13 @@ def label_studio(tmp_path_factory):
         port = probe.getsockname()[1]
     data = tmp_path_factory.mktemp("label-studio")
     token = secrets.token_hex(20)
-    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
+    # the token and password in the environment (LABEL_STUDIO_USER_TOKEN/_PASSWORD), not argv
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USER_TOKEN": token,
+           "LABEL_STUDIO_PASSWORD": secrets.token_hex(12)}
     log = open(data / "server.log", "wb")
     server = subprocess.Popen(
         [binary, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port), "--username",
-         "ci@example.com", "--password", secrets.token_hex(12), "--user-token", token, "--enable-legacy-api-token"],
+         "ci@example.com", "--enable-legacy-api-token"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -40,11 +40,19 @@ def parse_result(result: list[dict[str, Any]]) -> tuple[str | None, str | None, 
     return verdict, text, personal
 
 
+def _iso(value: Any) -> str | None:
+    """A time as ISO 8601 in UTC (the SDK gives datetimes or strings, by field)."""
+    if value is None or value == "":
+        return None
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return when.astimezone(timezone.utc).isoformat()
+
+
 def _since_filter(since: str | None) -> str | None:
     if since is None:
         return None
     # one second of overlap: a task updated in the same instant as the last one read is read again, not missed
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) - timedelta(seconds=1)
+    start = datetime.fromisoformat(since) - timedelta(seconds=1)
     return json.dumps({"filters": {"conjunction": "and", "items": [
         {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
          "value": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}]}})
@@ -76,11 +84,11 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
         version = config_version(remote.label_config or "")
         since = state.get(title, {}).get("since")
         newest, tasks_read = since, 0
-        for task in ls.tasks.list(project=remote.id, fields="all", include="id,data,annotations,updated_at",
-                                  query=_since_filter(since), page_size=PAGE):
+        # fields="all" whole: an ``include`` list also trims the annotations to their ids
+        for task in ls.tasks.list(project=remote.id, fields="all", query=_since_filter(since), page_size=PAGE):
             tasks_read += 1
             raw = task.dict()
-            updated = str(raw.get("updated_at") or "") or None
+            updated = _iso(raw.get("updated_at"))
             if updated and (newest is None or updated > newest):
                 newest = updated
             key = (raw.get("data") or {}).get("key")
@@ -92,7 +100,7 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
                     "annotation_id": annotation["id"], "task_id": raw["id"], "project": title, "project_id": remote.id,
                     "key": key, "verdict": verdict, "text": text, "personal_data": personal,
                     "annotator": annotator(annotation.get("completed_by")),
-                    "annotated_at": str(annotation.get("updated_at") or annotation.get("created_at")),
+                    "annotated_at": _iso(annotation.get("updated_at") or annotation.get("created_at")),
                     "label_config_version": version, "lead_time_s": annotation.get("lead_time"), "imported_at": now,
                 })
         state[title] = {"since": newest, "project_id": remote.id}

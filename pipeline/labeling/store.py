@@ -31,6 +31,13 @@ ANNOTATION_SCHEMA = pa.schema([
     ("lead_time_s", pa.float64()), ("imported_at", pa.string()),
 ])
 
+EXPORTED_SCHEMA = pa.schema([
+    ("key", pa.string()), ("project", pa.string()), ("project_id", pa.int64()), ("task_id", pa.int64()),
+    ("modality", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()), ("model", pa.string()),
+    ("auto_verdict", pa.string()), ("text", pa.string()), ("label_config_version", pa.string()),
+    ("exported_at", pa.string()),
+])
+
 
 def labels_dir(run_dir: str) -> Path:
     rundir = RunDir(run_dir)
@@ -46,11 +53,12 @@ def read(path: Path) -> pa.Table | None:
 def merge_exported(run_dir: str, rows: pa.Table) -> None:
     """Add newly exported (project, key) rows; a row already there keeps what its task first showed."""
     path = labels_dir(run_dir) / "exported.parquet"
+    rows = rows.cast(EXPORTED_SCHEMA)
     old = read(path)
     if old is not None:
         seen = {(p, k) for p, k in zip(old["project"].to_pylist(), old["key"].to_pylist())}
         rows = rows.filter(pa.array([(p, k) not in seen for p, k in
-                                     zip(rows["project"].to_pylist(), rows["key"].to_pylist())]))
+                                     zip(rows["project"].to_pylist(), rows["key"].to_pylist())], pa.bool_()))
         rows = pa.concat_tables([old, rows.cast(old.schema)]) if rows.num_rows else old
     atomic_write_parquet(rows, path)
 

@@ -6,36 +6,17 @@ repository (the workflow finds its trainer config beside itself)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from e2e_helpers import free_port, mmcurate_command, user_env
 
 # Mismatched samples grow with the site (~2 per 10 pages): at 1000 pages, crawled whole (the workflow's max_pages
 # is 400), there are enough of them to judge precision and recall by.
 PAGES = 1000
 MAX_PAGES = 1100
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def mmcurate_command() -> list[str]:
-    script = Path(sys.executable).parent / "mmcurate"  # the console script of the environment under test
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mmcurate.pipeline.cli"]
-
-
-def user_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", RAY_AUTH_MODE="disabled")
-    return env
 
 
 @dataclass(frozen=True)
