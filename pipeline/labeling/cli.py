@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from mmcurate.pipeline.labeling.select import SELECTIONS, LabelingError
@@ -43,13 +44,34 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _guarded(func):
+    """The command's errors as one line: the workflow's (a run without clip_score, no token), the server's (an
+    answer with its status and what it said; no answer). Neither names the token: the SDK's errors carry the
+    response, never the request's headers."""
     def run(args: argparse.Namespace) -> int:
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        if not getattr(args, "verbose", False):
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
         try:
             return func(args)
         except LabelingError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except ApiError as err:
+            print(f"error: Label Studio answered {err.status_code}: {str(err.body)[:500]}", file=sys.stderr)
+            return 1
+        except httpx.HTTPError as err:
+            print(f"error: cannot reach Label Studio ({type(err).__name__}: {err})", file=sys.stderr)
+            return 1
     return run
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
 
 
 def add_label_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,13 +83,13 @@ def add_label_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     export.add_argument("run_dir")
     export.add_argument("--project", required=True, help="project title (audio tasks go to '<title> (audio)')")
     export.add_argument("--select", choices=SELECTIONS, default="near-threshold")
-    export.add_argument("--n", type=int, default=100, help="samples at most")
+    export.add_argument("--n", type=_positive, default=100, help="samples at most")
     export.add_argument("--seed", type=int, default=0, help="for --select random")
     export.add_argument("--format", choices=("server", "json"), default="server",
                         help="json: write Label Studio's import format (and the labeling config) without a server")
     export.add_argument("--out", help="folder for --format json (default DIR/labels/export)")
     export.add_argument("--url", help=url_help)
-    export.add_argument("--max-tasks", type=int, default=1000, help="tasks per import request")
+    export.add_argument("--max-tasks", type=_positive, default=1000, help="tasks per import request")
     export.add_argument("--max-mb", type=float, default=50.0, help="MB per import request (the server takes <= 200)")
     export.set_defaults(func=_guarded(_export))
 
