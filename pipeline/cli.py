@@ -32,6 +32,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(funnel_table(result.stats))
+    from mmcurate.pipeline.labeling.effect import labels_effect
+
+    if (labelled := labels_effect(result.run_dir)) is not None:
+        print(labelled)
     print(f"\nrun directory: {result.run_dir}")
     _print_shards(result.run_dir)
     return 0

@@ -104,7 +104,13 @@ def test_the_rerun_drops_the_rejected_and_keeps_the_accepted_without_retraining(
     no_match = {k for k, v in verdicts.items() if v == "no match"}
     accepted_below = {k for k in below if verdicts[k] == "match"}
     assert stats["apply_labels"]["rejected"] == {"label_rejected": len(no_match)}
-    assert "label_rejected" in round_trip["rerun_log"]  # the funnel the command prints
+    # the funnel the command prints, and the line under it: the drops and the keeps against the filter
+    assert "label_rejected" in round_trip["rerun_log"]
+    scored = pads.dataset(str(run / "clip_score" / "data")).to_table(columns=["key", "scores", "human_match"]).to_pylist()
+    kept_below = {r["key"] for r in scored if r["human_match"] and any(v < 0.47 for _, v in r["scores"])}
+    assert accepted_below <= kept_below  # and the corrected captions, if their new text scores low
+    assert (f"apply_labels: {len(no_match)} dropped by people (label_rejected={len(no_match)}), 2 text(s) corrected; "
+            f"clip_score: {len(kept_below)} kept by people below the threshold") in round_trip["rerun_log"]
     rejected = pads.dataset(str(run / "rejects" / "apply_labels")).to_table().to_pylist()
     assert {r["key"] for r in rejected} == no_match
     assert all(f"labelled no match by {round_trip['person']} at " in r["detail"] for r in rejected)
