@@ -51,6 +51,8 @@ def _guarded(func):
         import httpx
         from label_studio_sdk.core.api_error import ApiError
 
+        from mmcurate.pipeline.rundir import RunDirBusy
+
         if not getattr(args, "verbose", False):
             logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
         try:
@@ -58,6 +60,9 @@ def _guarded(func):
         except LabelingError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except RunDirBusy as err:
+            print(f"error: {err}; import the labels when it has finished", file=sys.stderr)
+            return 1
         except ApiError as err:
             print(f"error: Label Studio answered {err.status_code}: {str(err.body)[:500]}", file=sys.stderr)
             return 1

@@ -19,6 +19,7 @@ from typing import Any
 from mmcurate.pipeline.labeling.config import (MATCH_CHOICES, MATCH_FIELD, MODALITIES, PERSONAL_CHOICE,
                                                PERSONAL_FIELD, TEXT_FIELD, config_version, project_title)
 from mmcurate.pipeline.labeling.select import LabelingError
+from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.labeling.server import PAGE, client, find_project
 from mmcurate.pipeline.labeling.store import merge_annotations, read_state, write_json, write_labels
 
@@ -107,9 +108,11 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
         summary["projects"][title] = {"tasks_read": tasks_read, "incremental": since is not None}
     if not found_any:
         raise LabelingError(f"no project titled {project!r} (or {project_title(project, 'audio')!r}) on the server")
-    annotations = merge_annotations(run_dir, read_rows)
-    labels = write_labels(run_dir, annotations)
-    write_json(run_dir, "state.json", state)
+    # a run reading the labels table while it changed would commit a stage whose fingerprint names other bytes
+    with RunDir(run_dir).locked():
+        annotations = merge_annotations(run_dir, read_rows)
+        labels = write_labels(run_dir, annotations)
+        write_json(run_dir, "state.json", state)
     summary.update(annotations_read=len(read_rows), annotations=annotations.num_rows, labels=labels.num_rows)
     log.info("label import: %d annotation(s) read, %d label(s) in the run directory", len(read_rows), labels.num_rows)
     return summary
