@@ -15,7 +15,7 @@ from mmcurate.pipeline.storage import filesystem_threads, join, stem_of, storage
 
 _SHOWN = ("source", "url", "page_url", "image_url", "audio_url", "subtitles_url", "text", "text_source",
           "caption", "alt", "title", "figcaption", "clip_start", "clip_end", "image_width", "image_height",
-          "audio_seconds", "scores")
+          "audio_seconds", "pii", "scores")
 
 
 def _parquet_files(folder: Path | str) -> list[str]:

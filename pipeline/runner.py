@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmcurate.pipeline import raw_text
 from mmcurate.pipeline.fingerprint import FileDigests, stage_fingerprint
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.services import Service
@@ -265,6 +266,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
     result = RunResult(run_dir=rundir.local_root if not rundir.remote else rundir.url)
     planned = _plan(workflow, FileDigests(rundir.cache_dir / "file_digests.json"),
                     None if rundir.remote else str(rundir.local_root))
+    purge = raw_text.Purge(workflow, planned, rundir)  # retain_raw_text: false (invalidates purged inputs)
     ray_started = False
     i = 0
     while i < len(planned):
@@ -292,6 +294,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None) -> Run
                 result.stages.append(StageOutcome(done.spec.name, "ran", stage_stats, done.fingerprint, done.covers))
             i += len(segment)
         rundir.write_json("stats.json", result.stats, sort_keys=False)  # stages in run order
+    purge.run()
     _write_manifest(workflow, rundir, result, ray_address, started)
     return result
 

@@ -37,16 +37,19 @@ from mmcurate.schemas.record import (
     FIRST_COLUMN,
     REASON_COLUMN,
     REJECT_SCHEMA,
+    TALLY_COLUMNS,
     outcome_schema,
     outcome_table,
     record_schema,
 )
+from mmcurate.schemas.stage_configs import STAGE_KINDS
 from mmcurate.stages.base import (
     Block,
     GlobalStage,
     RecordStage,
     on_actors,
     record_of,
+    registered_kind,
     reject_rows,
     split_outcomes,
 )
@@ -89,6 +92,10 @@ class _BlockWriter:
         self.tmp = self.store.staging(self.final)  # local: .<block>.tmp-<id> beside it; remote: a local temp dir
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.counts: Counter[str] = Counter()
+        # the schemas.record.TALLY_COLUMNS this stage adds (a later stage carries them, and counts nothing)
+        kind = STAGE_KINDS.get(registered_kind(run.cls) or "")
+        self.tallied = [name for name in TALLY_COLUMNS if kind is not None and name in kind.adds_columns]
+        self.tallies: dict[str, Counter[str]] = {}
         self.entered = self.rows = 0
 
     def _write(self, name: str, table: pa.Table, schema: pa.Schema) -> None:
@@ -103,6 +110,11 @@ class _BlockWriter:
         self.rows += outcomes.num_rows
         self.entered += outcomes.num_rows if is_source else sum(bool(f) for f in outcomes[FIRST_COLUMN].to_pylist())
         self.counts.update(reason or "kept" for reason in outcomes[REASON_COLUMN].to_pylist())
+        for name in self.tallied:
+            if name in outcomes.column_names:
+                tally = self.tallies.setdefault(name, Counter())
+                for pairs in outcomes[name].to_pylist():
+                    tally.update(dict(pairs or []))
         records, refused = split_outcomes(outcomes)
         self._write("data.parquet", records, record_schema(records.schema))
         self._write("rejects.parquet", reject_rows(refused, self.run.name, self.run.config_hash), REJECT_SCHEMA)
@@ -111,7 +123,8 @@ class _BlockWriter:
     def counts_row(self) -> dict[str, Any]:
         counts = Counter(self.counts)
         kept = counts.pop("kept", 0)
-        return {"in": self.entered, "out": self.rows, "kept": kept, "rejected": dict(sorted(counts.items()))}
+        row = {"in": self.entered, "out": self.rows, "kept": kept, "rejected": dict(sorted(counts.items()))}
+        return row | {name: dict(sorted(tally.items())) for name, tally in self.tallies.items()}
 
     def publish(self) -> dict[str, Any]:
         for writer in self.writers.values():
@@ -290,12 +303,17 @@ def block_counts(run: StageRun, blocks: list[Block]) -> dict[str, Any]:
     """The stage's counts summed over its blocks (each block's counts.json)."""
     total: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
+    tallies: dict[str, Counter[str]] = {}
     bodies = storage_for(run.blocks_dir).read_many([join(block_dir(run, b.id), COUNTS) for b in blocks])
     for body in bodies:
         counts = json.loads(body)
         total.update({k: counts[k] for k in ("in", "out", "kept")})
         rejected.update(counts["rejected"])
-    return {"in": total["in"], "out": total["out"], "kept": total["kept"], "rejected": dict(sorted(rejected.items()))}
+        for name in TALLY_COLUMNS:
+            if name in counts:
+                tallies.setdefault(name, Counter()).update(counts[name])
+    stats = {"in": total["in"], "out": total["out"], "kept": total["kept"], "rejected": dict(sorted(rejected.items()))}
+    return stats | {name: dict(sorted(tally.items())) for name, tally in tallies.items()}
 
 
 def link_blocks(run: StageRun, blocks: list[Block], work: Path | str) -> None:

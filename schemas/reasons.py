@@ -66,6 +66,9 @@ class Reason(str, Enum):
     # human labels (the labels stage): the detail names the annotator, the time and the Label Studio task
     LABEL_REJECTED = "label_rejected"  # a person labelled image/audio and text "no match"
     LABEL_PERSONAL_DATA = "label_personal_data"  # a person flagged the sample as containing personal data
+    # privacy
+    PII = "pii"  # personal data of an entity type whose operator is drop; detail: the types and counts, no value
+    BLOCKLIST = "blocklist"  # media on a sha256 or perceptual-hash blocklist; detail: the list and the distance
 
 
 class Rejected(Exception):

@@ -63,7 +63,12 @@ EXTENSION_COLUMNS: dict[str, Any] = {
     # a person's verdict on the pairing (the labels stage): true "match", false "no match", null unlabelled;
     # score stages keep a true one whatever its score (README: Labeling)
     "human_match": lambda _=None: pa.bool_(),
+    # personal data the pii stage found and redacted: entity type (and "FACE") -> count; never the values
+    "pii": lambda _=None: pa.map_(pa.string(), pa.int32()),
 }
+# Extension columns of counts (map<string, int>) that a stage's stats.json entry sums over its outcome rows,
+# rejected ones included: {"pii": {"EMAIL_ADDRESS": 12, "FACE": 3}}
+TALLY_COLUMNS = ("pii",)
 
 # Rows leave a stage with these extra columns: null reason = kept, otherwise the row is a reject. A map stage
 # marks the first outcome row of each input record with ``_first``, which is how the runner counts the records

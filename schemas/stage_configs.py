@@ -499,3 +499,166 @@ class DedupeConfig(StageConfig):
 
 register("dedupe", config=DedupeConfig, role="global", implementation="mmcurate.stages.dedupe.stage:DedupeStage",
          requires=frozenset({"aligned"}))
+
+
+# ---- privacy -----------------------------------------------------------------------------------------------------
+PiiOperator = Literal["replace", "mask", "hash", "drop"]
+PiiTextField = Literal["caption", "alt", "title", "figcaption", "transcript", "text"]
+
+
+class PiiEntityConfig(StrictModel):
+    """What the ``pii`` stage does about one entity type (a Presidio entity name).
+
+    ``operator``: ``replace`` writes ``<TYPE>``, ``mask`` overwrites every character with ``*``, ``hash`` writes
+    the salted sha256 of the value (salt: the environment variable the stage's ``salt_env`` names), ``drop``
+    rejects the whole sample with reason ``pii``. A finding counts when its score is at least ``min_score`` (and,
+    with ``context_required``, one of the ``context`` words, a lower-case prefix match, stands within the stage's
+    ``context_window`` words of it), or when it has a context word and a score of at least
+    ``context_min_score``. One that follows a ``not_after`` word (one of the two words before it: version and
+    order numbers that parse as IP addresses or phones) does not count."""
+
+    operator: PiiOperator = "replace"
+    min_score: float = Field(0.3, ge=0, le=1)
+    context: tuple[str, ...] = ()
+    context_required: bool = False
+    context_min_score: float = Field(0.0, ge=0, le=1)
+    not_after: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _context_given(self) -> PiiEntityConfig:
+        if self.context_required and not self.context:
+            raise ValueError("context_required needs context words")
+        return self
+
+
+_NUMBER_WORDS = ("version", "ver", "v", "build", "release", "firmware", "rev", "order", "invoice", "ref", "lot",
+                 "item", "isbn", "sku", "serial")
+
+
+def _default_pii_entities() -> dict[str, PiiEntityConfig]:
+    # Chosen on tests/pii/captions.py's labelled set (tests/pii/test_pii_precision.py prints the measurements):
+    # the formats that validate themselves (Luhn, mod-97, libphonenumber, address parsing, SSA rules) need no
+    # context; the weak numeric patterns (bare 9-digit SSNs, dates, licence, bank and passport numbers) rewrote
+    # clean captions without one, and find nothing personal in a caption without one either.
+    def weak(*words: str) -> PiiEntityConfig:
+        return PiiEntityConfig(min_score=0.0, context=words, context_required=True)
+
+    return {
+        "EMAIL_ADDRESS": PiiEntityConfig(),
+        "PHONE_NUMBER": PiiEntityConfig(not_after=_NUMBER_WORDS),
+        "CREDIT_CARD": PiiEntityConfig(),
+        "IBAN_CODE": PiiEntityConfig(),
+        "IP_ADDRESS": PiiEntityConfig(not_after=_NUMBER_WORDS),
+        "US_SSN": PiiEntityConfig(min_score=0.5, context=("ssn", "social", "security"), context_min_score=0.05),
+        "DATE_TIME": weak("born", "birth", "birthday", "dob", "d.o.b"),
+        "US_DRIVER_LICENSE": weak("driver", "licence", "license", "dl", "lic"),
+        "US_BANK_NUMBER": weak("account", "acct", "bank", "routing"),
+        "US_PASSPORT": weak("passport"),
+    }
+
+
+class FacesConfig(StrictModel):
+    """Faces blurred in every image (OpenCV's shipped Haar cascades, ``cv2.data``): each box grown by ``margin``
+    of its size on every side, then blurred until the same detector finds nothing there."""
+
+    enabled: bool = True
+    margin: float = Field(0.25, ge=0, le=2)
+    min_size: int = Field(20, ge=8, description="smallest face side searched, pixels")
+    scale_factor: float = Field(1.05, gt=1, le=2)  # 1.1 missed the cameraman at 256 px
+    min_neighbors: int = Field(5, ge=1)
+    profile: bool = True  # also the profile cascade (both directions)
+
+
+class PiiConfig(StageConfig):
+    """Personal data out of every text field (``entities``: given entries change or add to the defaults, ``null``
+    removes one) (Presidio's recognizers over a blank spaCy pipeline, or the installed
+    spaCy model ``ner_model`` names), faces blurred in images. Per sample the entity types found and their counts
+    go in the ``pii`` column; the original text never leaves the stage."""
+
+    entities: dict[str, PiiEntityConfig] = Field(default_factory=_default_pii_entities)
+    fields: tuple[PiiTextField, ...] = ("caption", "alt", "title", "figcaption", "transcript", "text")
+    # URLs are provenance; an address with an e-mail in its query string is redacted when this is on
+    urls: bool = False
+    context_window: int = Field(4, ge=1, le=50, description="words either side a context word may stand in")
+    # regular expressions of harmless look-alikes: a finding inside a match of one of them is not one
+    allow_list: tuple[str, ...] = (r"\bISBN(?:-1[03])?:?\s*(?:97[89][- ]?)?[0-9][0-9 -]{8,15}[0-9Xx]\b",)
+    phone_regions: tuple[str, ...] = ("US", "GB", "DE", "FR", "CA")
+    # an installed spaCy pipeline (a package name or a path): adds PERSON, LOCATION, NRP, ... to what can be found
+    # (give them in ``entities``); None: a blank pipeline, which finds no names
+    ner_model: str | None = None
+    language: str = "en"
+    salt_env: str = Field("MMCURATE_PII_SALT", description="environment variable holding the hash operator's salt")
+    faces: FacesConfig = FacesConfig()
+    batch_size: int = Field(256, ge=1, description="records per batch (texts analysed together)")
+
+    @field_validator("entities", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, given: object) -> object:
+        # a workflow naming one entity changes that one: the defaults stay (forgetting them would let the
+        # rest through); null removes an entity
+        if not isinstance(given, dict):
+            return given
+        merged: dict[str, object] = dict(_default_pii_entities())
+        for name, rule in given.items():
+            if rule is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = rule
+        return merged
+
+    @field_validator("allow_list")
+    @classmethod
+    def _patterns_compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"allow_list: {pattern!r} is not a regular expression: {err}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _salt_for_hashing(self) -> PiiConfig:
+        # checked where the workflow loads (the driver; local Ray workers inherit its environment), not on the
+        # first batch of a worker
+        import os
+
+        hashed = sorted(e for e, rule in self.entities.items() if rule.operator == "hash")
+        if hashed and len(os.environ.get(self.salt_env, "").encode()) < 16:
+            raise ValueError(f"{', '.join(hashed)} hashed: set a per-run salt of at least 16 bytes in the "
+                             f"environment variable {self.salt_env} (it is never written to the run directory)")
+        return self
+
+    def decision_fields(self) -> dict[str, object]:
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in ("entities", "ner_model", "faces")}
+
+
+class BlocklistConfig(StageConfig):
+    """Drop samples whose media is on a blocklist (reason ``blocklist``): ``sha256`` lists of the media bytes (one
+    hex digest a line) and ``phash`` lists of 64-bit perceptual hashes of images (imagehash pHash, 16 hex digits a
+    line, matched within ``phash_radius`` bits). Each entry is a local file or an http(s) URL; ``#`` starts a
+    comment."""
+
+    sha256: tuple[str, ...] = ()
+    phash: tuple[str, ...] = ()
+    phash_radius: int = Field(4, ge=0, le=16)
+    batch_size: int = Field(64, ge=1)
+    max_list_bytes: int = Field(200_000_000, ge=1, description="a list (file or download) larger than this fails")
+
+    @model_validator(mode="after")
+    def _has_lists(self) -> BlocklistConfig:
+        if not (self.sha256 or self.phash):
+            raise ValueError("blocklist needs at least one of sha256, phash")
+        return self
+
+    def input_files(self) -> tuple[str, ...]:
+        return tuple(p for p in (*self.sha256, *self.phash) if "://" not in p)
+
+
+register("pii", config=PiiConfig, role="map", implementation="mmcurate.stages.pii.stage:PiiStage",
+         requires=frozenset({"aligned"}), provides=frozenset({"pii_redacted"}), adds_columns=frozenset({"pii"}))
+# after the crawl: sha256 lists name the bytes as published (align re-encodes); pHash survives re-encoding
+register("blocklist", config=BlocklistConfig, role="map",
+         implementation="mmcurate.stages.pii.blocklist:BlocklistStage", requires=frozenset({"raw_media"}))

@@ -42,6 +42,8 @@ class Workflow(BaseModel):
     serve: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # records whose processing may raise unexpectedly (each becomes an internal_error row) before a stage fails
     max_error_fraction: float = Field(0.01, ge=0, le=1)
+    # false: once the pii stage has committed, raw text is purged from the stages before it (pipeline/raw_text.py)
+    retain_raw_text: bool = True
     stages: tuple[StageSpec, ...]
 
 
@@ -75,7 +77,7 @@ def _format_error(path: str, where: str, err: ValidationError) -> str:
 def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
     """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.<service>.port=8000``."""
     head, _, rest = dotted.partition(".")
-    if head == "max_error_fraction" and not rest:
+    if head in ("max_error_fraction", "retain_raw_text") and not rest:
         doc[head] = value
         return
     if not rest:
@@ -114,7 +116,7 @@ def load_workflow(
         if not sep:
             raise WorkflowError(f"--set {item}: expected key=value")
         _set_dotted(doc, key.strip(), yaml.safe_load(value))
-    known_top = ("name", "serve", "max_error_fraction", "stages")
+    known_top = ("name", "serve", "max_error_fraction", "retain_raw_text", "stages")
     unknown_top = set(doc) - set(known_top)
     if unknown_top:
         raise WorkflowError(f"{path}: unknown top-level field(s) {sorted(unknown_top)} (known: {', '.join(known_top)})")
@@ -149,6 +151,7 @@ def load_workflow(
             sha256=hashlib.sha256(text.encode()).hexdigest(),
             serve=serve,
             max_error_fraction=doc.get("max_error_fraction", 0.01),
+            retain_raw_text=doc.get("retain_raw_text", True),
             stages=tuple(specs),
         )
     except ValidationError as err:

@@ -82,6 +82,8 @@ def sample_members(record: dict[str, Any]) -> dict[str, bytes]:
     members["txt"] = (record.get("text") or "").encode("utf-8")
     meta = {name: record.get(name) for name in JSON_FIELDS}
     meta["scores"] = scores_of(record)
+    if record.get("pii") is not None:  # the pii stage's entity counts (never the values)
+        meta["pii"] = dict(record["pii"])
     members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return members
 

@@ -47,7 +47,8 @@ def demo_workflow_path(name: str = "demo") -> Path:
     return path
 
 
-def ensure_site(root: Path, seed: int, pages: int, trusted: int, trusted_photo_views: int = 0) -> None:
+def ensure_site(root: Path, seed: int, pages: int, trusted: int, trusted_photo_views: int = 0,
+                personal_data: int = 0) -> None:
     """Build the site unless this exact one (seed, pages, trusted) is already there; the build is deterministic."""
     from mmcurate.pipeline.demo.site import build_site
 
@@ -55,10 +56,13 @@ def ensure_site(root: Path, seed: int, pages: int, trusted: int, trusted_photo_v
     wanted = {"seed": seed, "pages": pages, "trusted": trusted}
     if trusted_photo_views:  # absent when 0: a site built before the field existed is still this one
         wanted["trusted_photo_views"] = trusted_photo_views
+    if personal_data:
+        wanted["personal_data"] = personal_data
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
     log.info("demo: building the sample site (seed %d, %d pages, %d trusted images) in %s", seed, pages, trusted, root)
-    build_site(root, seed=seed, pages=pages, trusted=trusted, trusted_photo_views=trusted_photo_views)
+    build_site(root, seed=seed, pages=pages, trusted=trusted, trusted_photo_views=trusted_photo_views,
+               personal_data=personal_data)
     from mmcurate.pipeline.rundir import atomic_write_json
 
     atomic_write_json(stamp, wanted)
@@ -76,7 +80,8 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
     from mmcurate.pipeline.demo.site import TRUSTED_LIST, URL_LIST, write_url_list
 
     root = Path(config.root) if config.root else run_root / "demo_site"
-    ensure_site(root, config.seed, config.pages, config.trusted, config.trusted_photo_views)
+    ensure_site(root, config.seed, config.pages, config.trusted, config.trusted_photo_views,
+                config.personal_data)
     port = demo_port(run_root) if config.port is None else config.port
     try:
         server = serve_site(root, port=port, access_log=root / "access.log")

@@ -21,6 +21,9 @@ class DemoSiteConfig(StrictModel):
     # views of each of the site's photos in the trusted section (crops of 55-80 % per side, mirrored half the
     # time, captioned as the site captions the photo): a filter trained on shapes alone knows no photo
     trusted_photo_views: int = Field(0, ge=0)
+    # captions (and a quarter as many transcripts) with planted personal data: e-mails, phones, cards, IBANs, IPs,
+    # SSNs (pipeline/demo/site/personal.py), for the pii stage to remove
+    personal_data: int = Field(0, ge=0)
     # None: a port derived from the run directory, the same on every invocation for one run dir (so URLs, keys
     # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
     # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)

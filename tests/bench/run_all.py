@@ -35,6 +35,7 @@ KNOWN = {
     "loader": ([], ["--steps", "3"]),
     "clip": ([], ["--quick"]),
     "dedupe": ([], ["--quick"]),
+    "pii": ([], ["--quick"]),
     "curation": ([], ["--quick"]),  # runs its own demo_filter demo (1000 pages; --quick: 200) and two trainings
 }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcurate.pipeline.demo.config import MIN_PAGES, TRUSTED_IMAGES
-from mmcurate.pipeline.demo.site import audio, images
+from mmcurate.pipeline.demo.site import audio, images, personal
 from mmcurate.pipeline.demo.site.assets import AssetRef, Block, ImagePlanner
 from mmcurate.pipeline.demo.site.audio_refs import AUDIO_PAGES, NARRATED_FIGURES, audio_failures, clip_ref
 from mmcurate.pipeline.demo.site.ground_truth import TRUSTED_LIST, URL_LIST, write_ground_truth, write_url_table
@@ -255,10 +255,11 @@ def _write(site: Path, url: str, data: bytes) -> None:
 
 
 def build_site(root: Path, *, seed: int = 0, pages: int = 200, trusted: int = TRUSTED_IMAGES,
-               trusted_photo_views: int = 0) -> SiteManifest:
+               trusted_photo_views: int = 0, personal_data: int = 0) -> SiteManifest:
     """Write the demo site under ``root/site/`` and its answer key beside it; same seed, same bytes.
 
     ``trusted``: images of the trusted section, under ``site/trusted/`` and listed in ``root/trusted_list.*``.
+    ``personal_data``: captions (and a quarter as many transcripts) with planted personal data (``personal.py``).
     """
     if pages < MIN_PAGES:
         raise ValueError(f"pages must be at least {MIN_PAGES}, got {pages}")
@@ -269,6 +270,7 @@ def build_site(root: Path, *, seed: int = 0, pages: int = 200, trusted: int = TR
     site_pages = _layout(rng, pages, image_blocks, planner)
     refs = [ref for page in site_pages for block in page.blocks for ref in block.refs]
     _choose_url_list(rng, refs)
+    personal.plant(refs, personal_data, seed)
     trusted_refs = _trusted_section(seed, trusted, trusted_photo_views)
 
     site = _prepare(root)
