@@ -1,4 +1,4 @@
-"""The ``mmcurate`` command: run a workflow, run the demo, explain a sample, train."""
+"""The ``mmcurate`` command: run a workflow, run the demo, explain a sample, label, train."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(funnel_table(result.stats))
+    from mmcurate.pipeline.labeling.effect import labels_effect
+
+    if (labelled := labels_effect(result.run_dir)) is not None:
+        print(labelled)
     print(f"\nrun directory: {result.run_dir}")
     _print_shards(result.run_dir)
     return 0
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("key")
     explain.set_defaults(func=_explain)
 
+    from mmcurate.pipeline.labeling.cli import add_label_parser
+
+    add_label_parser(sub)
     from mmcurate.pipeline.train.cli import add_train_parser, run_train_command
 
     add_train_parser(sub).set_defaults(func=run_train_command)

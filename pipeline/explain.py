@@ -77,6 +77,7 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
                            **{k: row.get(k) for k in ("key", "parent", *_SHOWN)}})
         for row in _rows_matching(rundir.rejects_dir(stage), keys, children_of=key):
             events.append({"stage": stage, "decision": "rejected", **row})
+    events[:0] = _labels_of(rundir, keys)
     written = {e["key"] for e in events}
     for shard_set, folder in rundir.shard_sets().items():
         for index in _parquet_files(folder):
@@ -86,6 +87,14 @@ def history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
                 shard = f"{shard_set}/{stem_of(index)}" if shard_set else stem_of(index)
                 events.append({"stage": "shards", "decision": "written", "shard": shard, **row})
     return events
+
+
+def _labels_of(rundir: RunDir, keys: set[str]) -> list[dict[str, Any]]:
+    """The human labels of ``keys`` (``DIR/labels/labels.parquet``, written by ``mmcurate label import``)."""
+    if rundir.remote or not (path := Path(rundir.local_root) / "labels" / "labels.parquet").exists():
+        return []
+    table = pads.dataset(str(path)).to_table(filter=pc.field("key").isin(pa.array(sorted(keys), pa.string())))
+    return [{"stage": "labels", "decision": "labelled", **row} for row in table.to_pylist()]
 
 
 def _scores_lines(event: dict[str, Any], earlier: dict[str, float]) -> list[str]:
@@ -120,6 +129,14 @@ def format_history(key: str, events: list[dict[str, Any]]) -> str:
             head += f" (from {e['parent']})"
         if e["decision"] == "rejected":
             head += f": {e['reason']}" + (f" — {e['detail']}" if e.get("detail") else "")
+        if e["decision"] == "labelled":
+            verdict = {"match": "match", "no_match": "no match"}.get(e["verdict"], "no verdict")
+            head = (f"[labels] {verdict} by {e['annotator']} at {e['annotated_at']} (Label Studio task "
+                    f"{e['task_id']}, project {e['project']!r}, labeling config {e['label_config_version']})")
+            lines.append(head + ("; flagged personal data" if e["personal_data"] else ""))
+            if e.get("text"):
+                lines.append(f"    corrected text: {e['text']}")
+            continue
         lines.append(head)
         if e["decision"] == "rejected" and (copied := _copied(e)):
             lines.append(copied)

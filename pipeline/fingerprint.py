@@ -91,7 +91,7 @@ def stage_fingerprint(
 ) -> tuple[str, dict[str, Any]]:
     """The fingerprint and what it was computed from (written to the manifest, so a re-run can be explained).
     Input files inside ``run_root`` are another stage's output (a model a global stage published): the upstream
-    fingerprint covers them, and they may not exist yet."""
+    fingerprint covers them, and they may not exist yet; ``run_dir_inputs`` (imported labels) are hashed anyway."""
     inside = (os.path.realpath(run_root) + os.sep) if run_root else None
     covered = {
         "kind": kind,
@@ -99,7 +99,7 @@ def stage_fingerprint(
         "code": code_version(kind),
         "upstream": upstream,
         "files": {path: files.digest(path) for path in config.input_files()
-                  if not (inside and os.path.realpath(path).startswith(inside))},
+                  if not (inside and os.path.realpath(path).startswith(inside)) or path in config.run_dir_inputs()},
         "serve": serve,
     }
     blob = json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()

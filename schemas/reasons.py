@@ -64,6 +64,9 @@ class Reason(str, Enum):
     SEMANTIC_DUPLICATE = "semantic_duplicate"  # embedding cosine above 1 - eps (SemDeDup)
     TEXT_DUPLICATE = "text_duplicate"  # MinHash Jaccard of the text at or above the stage's threshold
     EVAL_CONTAMINATION = "eval_contamination"  # matches an item of the evaluation set; detail names the item
+    # human labels (the labels stage): the detail names the annotator, the time and the Label Studio task
+    LABEL_REJECTED = "label_rejected"  # a person labelled image/audio and text "no match"
+    LABEL_PERSONAL_DATA = "label_personal_data"  # a person flagged the sample as containing personal data
     # privacy
     PII = "pii"  # personal data of an entity type whose operator is drop; detail: the types and counts, no value
     BLOCKLIST = "blocklist"  # media on a sha256 or perceptual-hash blocklist; detail: the list and the distance

@@ -60,6 +60,9 @@ SCORES_TYPE = RECORD_SCHEMA.field("scores").type
 EXTENSION_COLUMNS: dict[str, Any] = {
     "embedding": lambda size: pa.list_(pa.float32(), size),  # unit-norm image (or audio) embedding
     "phash": lambda _=None: pa.uint64(),  # 64-bit perceptual hash of the decoded image
+    # a person's verdict on the pairing (the labels stage): true "match", false "no match", null unlabelled;
+    # score stages keep a true one whatever its score (README: Labeling)
+    "human_match": lambda _=None: pa.bool_(),
     # personal data the pii stage found and redacted: entity type (and "FACE") -> count; never the values
     "pii": lambda _=None: pa.map_(pa.string(), pa.int32()),
 }

@@ -36,6 +36,11 @@ class StageConfig(StrictModel):
         """Local files the stage reads besides its upstream; their bytes are part of the stage's fingerprint."""
         return ()
 
+    def run_dir_inputs(self) -> tuple[str, ...]:
+        """Those of ``input_files`` that live inside the run directory yet are no stage's output (labels a person
+        imported): hashed like any input, where another stage's files there are covered by its fingerprint."""
+        return ()
+
     def decision_fields(self) -> dict[str, object]:
         """What a decision rests on, for ``explain`` and the stage's marker: its model and thresholds. Nothing that
         may hold a secret."""
@@ -354,6 +359,32 @@ register("train_filter", config=TrainFilterConfig, role="global",
 register("clip_score", config=ClipScoreConfig, role="map", implementation="mmcurate.stages.clip_score:ClipScoreStage",
          requires=frozenset({"aligned"}), provides=frozenset({"clip_scores"}), adds_columns=frozenset({"embedding"}))
 register("select", config=SelectConfig, role="map", implementation="mmcurate.stages.select:SelectStage")
+class LabelsConfig(StageConfig):
+    """Apply the human labels ``mmcurate label import`` wrote (``labels``: a parquet table, one row per sample key,
+    the latest annotation winning): "no match" rejects as ``label_rejected``; "match" sets ``human_match`` so the
+    score stages after it keep the sample whatever its score; a corrected caption or transcript replaces ``text``
+    (``text_source`` becomes ``label``); a "contains personal data" flag rejects as ``label_personal_data`` when
+    ``drop_personal_data``. A missing table keeps everything. The table's bytes are in the fingerprint: new labels
+    re-run this stage and the ones after it, never the ones before."""
+
+    labels: str = Field(..., description="the labels table, e.g. ${run_dir}/labels/labels.parquet")
+    drop_personal_data: bool = True
+    batch_size: int = Field(256, ge=1)
+
+    def input_files(self) -> tuple[str, ...]:
+        return (self.labels,)
+
+    def run_dir_inputs(self) -> tuple[str, ...]:
+        return (self.labels,)
+
+    @field_validator("labels")
+    @classmethod
+    def _is_local(cls, path: str) -> str:
+        return _local_path(path)
+
+
+register("labels", config=LabelsConfig, role="map", implementation="mmcurate.stages.labels:LabelsStage",
+         requires=frozenset({"aligned"}), adds_columns=frozenset({"human_match"}))
 register("score_filter", config=ScoreFilterConfig, role="global",
          implementation="mmcurate.stages.score_filter:ScoreFilterStage", requires=frozenset({"aligned"}))
 

@@ -196,8 +196,9 @@ def validated_serve(workflow: Workflow, models: Mapping[str, type[BaseModel]]) -
 
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-# top-level entries of the run directory (pipeline.rundir) a stage's link may not take the place of
-RESERVED_NAMES = frozenset({"shards", "rejects", "logs", "demo_site", "manifest", "stats"})
+# top-level entries of the run directory (pipeline.rundir; labels: what `mmcurate label import` writes) a stage's
+# link may not take the place of
+RESERVED_NAMES = frozenset({"shards", "rejects", "logs", "labels", "demo_site", "manifest", "stats"})
 
 
 def _inputs(path: str, where: str, entry: dict[str, Any], earlier: list[StageSpec], role: str) -> tuple[str, ...]:

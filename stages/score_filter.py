@@ -5,7 +5,8 @@ The cut is the k-th largest score, k = ceil(top_fraction × n), found without co
 the score column is materialized in the object store, then histograms narrow the range that holds rank k (the
 driver sums 4,096 counts per batch) until the values left in that range are few enough to sort exactly. Records
 scoring at least the cut are kept, so ties at the cut are all kept (the kept fraction may exceed
-``top_fraction`` by the ties). Records without the score are kept or rejected by ``missing``.
+``top_fraction`` by the ties). Records without the score are kept or rejected by ``missing``. A record a person
+labelled "match" (``human_match``, the labels stage) is kept whatever its score.
 """
 
 from __future__ import annotations
@@ -109,11 +110,14 @@ class ScoreFilterStage(GlobalStage[ScoreFilterConfig]):
         decisions = Decisions(batch)
         values = score_values(batch, self.config.score)
         missing = [not _usable(v) for v in values]
+        # a person said "match" (the labels stage): kept whatever its score; it still counts toward the cut
+        human = batch["human_match"].to_pylist() if "human_match" in batch.column_names else [None] * len(values)
         if self.config.missing == "reject":
-            decisions.reject(missing, Reason.SCORE_BELOW_CUT, f"no score {self.config.score}")
+            decisions.reject([m and not h for m, h in zip(missing, human)], Reason.SCORE_BELOW_CUT,
+                             f"no score {self.config.score}")
         cut = summary["cut"]
         if cut is not None:
-            low = [not m and v < cut for v, m in zip(values, missing)]
+            low = [not m and v < cut and not h for v, m, h in zip(values, missing, human)]
             decisions.reject(low, Reason.SCORE_BELOW_CUT, [
                 f"{self.config.score} {v:.4f} < cut {cut:.4f} (top {self.config.top_fraction:g} of "
                 f"{summary['scored']} scored)" if is_low else None for v, is_low in zip(values, low)])

@@ -26,3 +26,74 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A Label Studio server as ``(url, token)``: the one ``$LABEL_STUDIO_URL`` and ``$LABEL_STUDIO_API_KEY`` name
+    (``.ci/run`` starts it in the background while the suite runs: waited on through ``/health``), else one started
+    here from ``$LABEL_STUDIO_BIN`` (default: ``.ls-venv/bin/label-studio`` at the repository root, then
+    ``label-studio`` on PATH) on 127.0.0.1 with a legacy token. Neither: the test fails, it does not skip."""
+    import secrets
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    def ready(url: str, token: str, deadline_s: float) -> str | None:
+        deadline, last = time.monotonic() + deadline_s, "no answer"
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5).read()
+                request = urllib.request.Request(f"{url}/api/projects?page_size=1",
+                                                 headers={"Authorization": f"Token {token}"})
+                urllib.request.urlopen(request, timeout=10).read()
+                return None
+            except OSError as err:  # refused while it starts; 401 if the token is not (yet) accepted
+                last = f"{type(err).__name__}: {err}"
+                time.sleep(1)
+        return last
+
+    url, token = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
+    if url and token:
+        problem = ready(url.rstrip("/"), token, float(os.environ.get("LABEL_STUDIO_WAIT_S", "600")))
+        if problem:
+            pytest.fail(f"Label Studio at {url} is not ready: {problem}")
+        yield url.rstrip("/"), token
+        return
+    root = Path(__file__).resolve().parent.parent
+    binary = os.environ.get("LABEL_STUDIO_BIN") or next(
+        (str(p) for p in (root / ".ls-venv" / "bin" / "label-studio",) if p.exists()), None) or shutil.which("label-studio")
+    if not binary:
+        pytest.fail("no Label Studio server: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or LABEL_STUDIO_BIN, or "
+                    "install it beside the project: python3 -m venv .ls-venv && .ls-venv/bin/pip install label-studio")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path_factory.mktemp("label-studio")
+    token = secrets.token_hex(20)
+    # the token and password in the environment (LABEL_STUDIO_USER_TOKEN/_PASSWORD), not argv
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USER_TOKEN": token,
+           "LABEL_STUDIO_PASSWORD": secrets.token_hex(12)}
+    log = open(data / "server.log", "wb")
+    server = subprocess.Popen(
+        [binary, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port), "--username",
+         "ci@example.com", "--enable-legacy-api-token"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        problem = ready(url, token, 600)
+        if problem:
+            pytest.fail(f"Label Studio started from {binary} is not ready: {problem}\n"
+                        f"{(data / 'server.log').read_text(errors='replace')[-3000:]}")
+        yield url, token
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()

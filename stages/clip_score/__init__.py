@@ -9,6 +9,7 @@ Per record of a batch:
   * an image that does not decode: ``image_corrupt`` (a decompression bomb: ``image_too_large``); audio that does
     not decode, with an audio tower: ``audio_corrupt``. Align decoded them already, so this is rare; it is a reject,
     never a failed batch.
+  * a record a person labelled "match" (``human_match``, the labels stage) is scored but never ``clip_score_low``.
   * no text, or no medium the model can score (audio with no audio tower in the model): kept, unscored.
   * ``embedding``: with ``config.embedding``, the unit-norm image embedding, else the audio embedding (computed
     for records without text too: semantic dedupe needs no caption); null for records with neither.
@@ -73,6 +74,7 @@ class ClipScoreStage(BatchStage[ClipScoreConfig]):
         audio_feats = self._encoded(audio_rows, audio_jobs, torch.stack, scorer.encode_audio)
 
         decisions = Decisions(batch)
+        human = batch["human_match"].to_pylist() if "human_match" in batch.column_names else [None] * n
         for feats in (image_feats, audio_feats):
             failed = [feats.get(i) if isinstance(feats.get(i), Failed) else None for i in range(n)]
             for reason in {f.reason for f in failed if f is not None}:
@@ -86,7 +88,8 @@ class ClipScoreStage(BatchStage[ClipScoreConfig]):
             decisions.add_scores(self.score_name(modality), values)
             threshold = self.config.min_score.get(modality)
             if threshold is not None:
-                low = [v is not None and v < threshold for v in values]
+                # a person said "match" (the labels stage): scored, shown below its threshold by explain, kept
+                low = [v is not None and v < threshold and not matched for v, matched in zip(values, human)]
                 details = [f"{modality}_text {v:.4f} < {threshold:g} (model {scorer.model_id})" if is_low else None
                            for v, is_low in zip(values, low)]
                 decisions.reject(low, Reason.CLIP_SCORE_LOW, details)

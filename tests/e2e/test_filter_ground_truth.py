@@ -11,8 +11,6 @@ confusion table per label is printed (``pytest tests/e2e/test_filter_ground_trut
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -24,18 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-# Mismatched samples grow with the site (~2 per 10 pages): at 1000 pages, crawled whole (the workflow's max_pages
-# is 400), there are enough of them to judge precision and recall by. The site's 16 photos reach the filter
-# through the trusted section's views of them (serve.demo_site.trusted_photo_views); a row of the table shows them.
-PAGES = 1000
-MAX_PAGES = 1100
 STAGES_BEFORE = ("crawl", "align")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _mmcurate() -> list[str]:
@@ -44,19 +31,11 @@ def _mmcurate() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    elsewhere = tmp_path_factory.mktemp("elsewhere")  # the workflow finds its trainer config beside itself
-    run = elsewhere / "demo"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", RAY_AUTH_MODE="disabled")
-    with open(elsewhere / "demo.log", "wb") as log:
-        code = subprocess.run(
-            [*_mmcurate(), "demo", "--workflow", "demo_filter", "--run-dir", str(run), "--pages", str(PAGES),
-             "--set", f"crawl.max_pages={MAX_PAGES}", "--set", f"serve.demo_site.port={_free_port()}"],
-            cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800,
-        ).returncode
-    assert code == 0, (elsewhere / "demo.log").read_text(errors="replace")[-5000:]
-    return run
+def demo_run(filter_demo_run) -> Path:
+    """The 1000-page demo (tests/e2e/conftest.py), shared with the label round trip, which runs after this file.
+    The site's 16 photos reach the filter through the trusted section's views of them
+    (serve.demo_site.trusted_photo_views); a row of the table shows them."""
+    return filter_demo_run.run
 
 
 def _path(url: str | None) -> str | None:

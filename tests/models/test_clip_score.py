@@ -92,6 +92,18 @@ def test_min_score_rejects_mismatched_pairs_with_reason_and_detail_and_keeps_mat
     assert outcomes.filter(pa.compute.is_valid(outcomes["_reason"]))["image"].null_count == sum(r is not None for r in reasons)
 
 
+def test_a_human_match_below_the_threshold_is_scored_and_kept_the_rest_are_judged_by_score(trained, held_out):
+    stage = stage_for(trained["with_audio"], min_score={"image": 0.75})
+    records = [image_record(i, img, bad) for i, (img, _, bad) in enumerate(held_out[:12])]
+    batch = table(records).append_column("human_match", pa.array([True] * 6 + [None] * 6, pa.bool_()))
+    outcomes = stage.process_table(batch)
+    values, reasons = scores(outcomes, stage.score_name("image")), outcomes["_reason"].to_pylist()
+    assert all(v is not None for v in values)  # a person's "match" does not spare the sample its score
+    assert reasons[:6] == [None] * 6 and outcomes["human_match"].to_pylist()[:6] == [True] * 6
+    assert [r for r, v in zip(reasons[6:], values[6:]) if v < 0.75] == ["clip_score_low"] * sum(v < 0.75 for v in values[6:])
+    assert sum(v < 0.75 for v in values[:6]) >= 3  # wrong captions: most would have been dropped
+
+
 def test_scores_land_in_the_scores_map_under_the_model_id_beside_earlier_ones(stage, trained, held_out):
     assert re.fullmatch(rf"{MODEL_NAME}-{HEX8}", stage.scorer.model_id)
     img, caption, _ = held_out[0]

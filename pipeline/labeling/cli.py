@@ -1,0 +1,110 @@
+"""``mmcurate label {export,import,report}``: the argparse builder ``mmcurate.pipeline.cli`` hooks in."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mmcurate.pipeline.labeling.select import SELECTIONS, LabelingError
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmcurate.pipeline.labeling.export import export
+
+    result = export(args.run_dir, args.project, select=args.select, n=args.n, seed=args.seed, fmt=args.format,
+                    out=args.out, url=args.url, max_tasks=args.max_tasks, max_mb=args.max_mb)
+    print(f"selected {result.selected} sample(s) ({args.select})")
+    for title, added in result.added.items():
+        verb = "wrote" if args.format == "json" else "added"
+        print(f"{title}: {verb} {added} task(s)" + (f", {result.already[title]} already there"
+                                                   if title in result.already else ""))
+    for path in result.files:
+        print(f"  {path}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from mmcurate.pipeline.labeling.importer import import_labels
+
+    summary = import_labels(args.run_dir, args.project, url=args.url)
+    for title, got in summary["projects"].items():
+        how = "since the last import" if got["incremental"] else "all"
+        print(f"{title}: {got['tasks_read']} task(s) read ({how})")
+    print(f"{summary['annotations_read']} annotation(s) read; {summary['labels']} label(s) in "
+          f"{args.run_dir}/labels/labels.parquet (applied by the workflow's labels stage on the next run)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mmcurate.pipeline.labeling.report import format_report, report
+
+    print(format_report(report(args.run_dir)))
+    return 0
+
+
+def _guarded(func):
+    """The command's errors as one line: the workflow's (a run without clip_score, no token), the server's (an
+    answer with its status and what it said; no answer). Neither names the token: the SDK's errors carry the
+    response, never the request's headers."""
+    def run(args: argparse.Namespace) -> int:
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        from mmcurate.pipeline.rundir import RunDirBusy
+
+        if not getattr(args, "verbose", False):
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
+        try:
+            return func(args)
+        except LabelingError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except RunDirBusy as err:
+            print(f"error: {err}; import the labels when it has finished", file=sys.stderr)
+            return 1
+        except ApiError as err:
+            print(f"error: Label Studio answered {err.status_code}: {str(err.body)[:500]}", file=sys.stderr)
+            return 1
+        except httpx.HTTPError as err:
+            print(f"error: cannot reach Label Studio ({type(err).__name__}: {err})", file=sys.stderr)
+            return 1
+    return run
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
+def add_label_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    label = sub.add_parser("label", help="the Label Studio round trip: export tasks, import labels, report")
+    commands = label.add_subparsers(dest="label_command", required=True)
+    url_help = "Label Studio's URL (default: $LABEL_STUDIO_URL); the token is read from $LABEL_STUDIO_API_KEY only"
+
+    export = commands.add_parser("export", help="export samples as Label Studio tasks with the filter's predictions")
+    export.add_argument("run_dir")
+    export.add_argument("--project", required=True, help="project title (audio tasks go to '<title> (audio)')")
+    export.add_argument("--select", choices=SELECTIONS, default="near-threshold")
+    export.add_argument("--n", type=_positive, default=100, help="samples at most")
+    export.add_argument("--seed", type=int, default=0, help="for --select random")
+    export.add_argument("--format", choices=("server", "json"), default="server",
+                        help="json: write Label Studio's import format (and the labeling config) without a server")
+    export.add_argument("--out", help="folder for --format json (default DIR/labels/export)")
+    export.add_argument("--url", help=url_help)
+    export.add_argument("--max-tasks", type=_positive, default=1000, help="tasks per import request")
+    export.add_argument("--max-mb", type=float, default=50.0, help="MB per import request (the server takes <= 200)")
+    export.set_defaults(func=_guarded(_export))
+
+    imp = commands.add_parser("import", help="read the project's annotations into DIR/labels/ (incrementally)")
+    imp.add_argument("run_dir")
+    imp.add_argument("--project", required=True)
+    imp.add_argument("--url", help=url_help)
+    imp.set_defaults(func=_guarded(_import))
+
+    rep = commands.add_parser("report", help="the automatic filter's precision and recall against the labels")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_guarded(_report))
+    return label

@@ -1,0 +1,95 @@
+"""``DIR/labels/``: what the round trip keeps in the run directory (local run directories only).
+
+  exported.parquet     one row per (project, key) exported: task id, the score, threshold and model the task's
+                       prediction showed, the filter's verdict, the text shown, the labeling config's version
+  annotations.parquet  every annotation read so far, by annotation id (an edited one replaced): task id, key,
+                       annotator, time, verdict, corrected text, personal-data flag, the config's version
+  labels.parquet       one row per key, its latest annotation: what the ``labels`` stage applies (its bytes are
+                       in that stage's fingerprint)
+  state.json           per project, the newest task update read: where the next import resumes
+  report.json          ``mmcurate label report``
+Every file is written whole under a temporary name and renamed. No file holds the server's token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcurate.pipeline.rundir import RunDir
+from mmcurate.pipeline.labeling.select import LabelingError
+from mmcurate.stages.files import atomic_write_bytes, atomic_write_parquet
+
+ANNOTATION_SCHEMA = pa.schema([
+    ("annotation_id", pa.int64()), ("task_id", pa.int64()), ("project", pa.string()), ("project_id", pa.int64()),
+    ("key", pa.string()), ("verdict", pa.string()), ("text", pa.string()), ("personal_data", pa.bool_()),
+    ("annotator", pa.string()), ("annotated_at", pa.string()), ("label_config_version", pa.string()),
+    ("lead_time_s", pa.float64()), ("imported_at", pa.string()),
+])
+
+EXPORTED_SCHEMA = pa.schema([
+    ("key", pa.string()), ("project", pa.string()), ("project_id", pa.int64()), ("task_id", pa.int64()),
+    ("modality", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()), ("model", pa.string()),
+    ("auto_verdict", pa.string()), ("text", pa.string()), ("label_config_version", pa.string()),
+    ("exported_at", pa.string()),
+])
+
+
+def labels_dir(run_dir: str) -> Path:
+    rundir = RunDir(run_dir)
+    if rundir.remote:
+        raise LabelingError(f"{run_dir}: labels are kept in local run directories only")
+    return Path(rundir.local_root) / "labels"
+
+
+def read(path: Path) -> pa.Table | None:
+    return pq.read_table(path) if path.exists() else None
+
+
+def merge_exported(run_dir: str, rows: pa.Table) -> None:
+    """Add newly exported (project, key) rows; a row already there keeps what its task first showed."""
+    path = labels_dir(run_dir) / "exported.parquet"
+    rows = rows.cast(EXPORTED_SCHEMA)
+    old = read(path)
+    if old is not None:
+        seen = {(p, k) for p, k in zip(old["project"].to_pylist(), old["key"].to_pylist())}
+        rows = rows.filter(pa.array([(p, k) not in seen for p, k in
+                                     zip(rows["project"].to_pylist(), rows["key"].to_pylist())], pa.bool_()))
+        rows = pa.concat_tables([old, rows.cast(old.schema)]) if rows.num_rows else old
+    atomic_write_parquet(rows, path)
+
+
+def merge_annotations(run_dir: str, new: list[dict[str, Any]]) -> pa.Table:
+    """Every annotation read so far (a newer read of one annotation id replaces the older), written back."""
+    path = labels_dir(run_dir) / "annotations.parquet"
+    by_id = {row["annotation_id"]: row for row in (read(path).to_pylist() if path.exists() else [])}
+    by_id.update({row["annotation_id"]: row for row in new})
+    table = pa.Table.from_pylist(sorted(by_id.values(), key=lambda r: r["annotation_id"]), schema=ANNOTATION_SCHEMA)
+    atomic_write_parquet(table, path)
+    return table
+
+
+def write_labels(run_dir: str, annotations: pa.Table) -> pa.Table:
+    """One label per key: its latest annotation (by time, then id) with a verdict; what the labels stage reads."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in sorted(annotations.to_pylist(), key=lambda r: (r["annotated_at"], r["annotation_id"])):
+        if row["verdict"] is not None or row["text"] or row["personal_data"]:
+            latest[row["key"]] = row
+    # no import time: the same labels imported again are the same bytes, and re-run nothing
+    table = pa.Table.from_pylist([latest[k] for k in sorted(latest)], schema=ANNOTATION_SCHEMA).drop_columns(
+        ["imported_at"])
+    atomic_write_parquet(table, labels_dir(run_dir) / "labels.parquet")
+    return table
+
+
+def read_state(run_dir: str) -> dict[str, Any]:
+    path = labels_dir(run_dir) / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(run_dir: str, name: str, value: Any) -> None:
+    atomic_write_bytes(labels_dir(run_dir) / name, json.dumps(value, indent=1, sort_keys=True).encode())

@@ -1,0 +1,112 @@
+"""Export, import parsing and the report without a server: Label Studio's import format written by the real
+``mmcurate label export --format json``, the results a person's annotation holds, the filter's figures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from labeling_helpers import committed_run, labels_table, record
+
+from mmcurate.pipeline.labeling.config import labeling_config
+from mmcurate.pipeline.labeling.importer import parse_result
+from mmcurate.pipeline.labeling.report import format_report, report
+from mmcurate.pipeline.labeling.tasks import chunks
+
+
+def _mmcurate(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmcurate.pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.fixture
+def run(tmp_path):
+    scores = {"k0": 0.10, "k1": 0.44, "k2": 0.49, "k3": 0.51, "k4": 0.58, "k5": 0.90}
+    records = [record(k, f"caption {k}", score=s if s >= 0.5 else None) for k, s in scores.items()]
+    records.append(record("k6", ""))  # no text: nothing to judge a pairing by
+    return committed_run(tmp_path / "run", records, low={k: s for k, s in scores.items() if s < 0.5})
+
+
+def test_export_json_writes_label_studios_import_format_with_the_filters_predictions(run, tmp_path):
+    out = _mmcurate("label", "export", str(run), "--project", "demo", "--format", "json", "--n", "4",
+                    "--out", str(tmp_path / "x"))
+    assert out.returncode == 0, out.stderr
+    tasks = json.loads((tmp_path / "x" / "demo.json").read_text())
+    # the 4 closest to the threshold 0.5, closest first
+    assert [t["data"]["key"] for t in tasks] == ["k2", "k3", "k1", "k4"]
+    k2 = tasks[0]
+    assert k2["data"]["text"] == "caption k2" and k2["data"]["clip_score"] == pytest.approx(0.49)
+    assert k2["data"]["image"].startswith("data:image/jpeg;base64,")
+    assert base64.b64decode(k2["data"]["image"].split(",", 1)[1])[:2] == b"\xff\xd8"  # the JPEG itself
+    (prediction,) = k2["predictions"]
+    assert prediction["model_version"] == "m-1" and prediction["score"] == pytest.approx(0.49)
+    assert prediction["result"][0]["value"]["choices"] == ["no match"]
+    assert tasks[1]["predictions"][0]["result"][0]["value"]["choices"] == ["match"]
+    assert (tmp_path / "x" / "demo.xml").read_text() == labeling_config("image")
+
+
+def test_export_rejected_and_all_select_what_they_say(run, tmp_path):
+    _mmcurate("label", "export", str(run), "--project", "p", "--format", "json", "--select", "rejected",
+              "--out", str(tmp_path / "r"))
+    assert sorted(t["data"]["key"] for t in json.loads((tmp_path / "r" / "p.json").read_text())) == ["k0", "k1", "k2"]
+    _mmcurate("label", "export", str(run), "--project", "p", "--format", "json", "--select", "all",
+              "--out", str(tmp_path / "a"))
+    assert len(json.loads((tmp_path / "a" / "p.json").read_text())) == 6  # k6 has no text
+
+
+def test_export_without_a_token_says_where_it_is_read_from(run):
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LABEL_STUDIO")}
+    out = _mmcurate("label", "export", str(run), "--project", "p", "--url", "http://127.0.0.1:9", env=env)
+    assert out.returncode == 2 and "LABEL_STUDIO_API_KEY" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_export_of_a_run_without_clip_score_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": [{"name": "crawl", "kind": "crawl"}]}))
+    out = _mmcurate("label", "export", str(tmp_path), "--project", "p", "--format", "json")
+    assert out.returncode == 2 and "no clip_score stage" in out.stderr
+
+
+def test_an_annotation_made_in_the_ui_reads_as_verdict_text_and_flag():
+    result = [
+        {"from_name": "match", "to_name": "image", "type": "choices", "value": {"choices": ["no match"]}},
+        {"from_name": "corrected_text", "to_name": "caption", "type": "textarea", "value": {"text": [" a cat "]}},
+        {"from_name": "personal_data", "to_name": "image", "type": "choices",
+         "value": {"choices": ["contains personal data"]}},
+    ]
+    assert parse_result(result) == ("no_match", "a cat", True)
+    assert parse_result([]) == (None, None, False)
+
+
+def test_chunks_stay_under_both_limits():
+    tasks = [{"data": {"key": str(i), "blob": "x" * 1000}} for i in range(25)]
+    parts = list(chunks(tasks, max_tasks=10, max_bytes=5_000))
+    assert [t for part in parts for t in part] == tasks
+    assert all(len(part) <= 10 and len(json.dumps(part)) <= 5_000 for part in parts)
+
+
+def test_report_gives_precision_recall_and_the_threshold_that_matches_the_people(run):
+    labels_dir = run / "labels"
+    labels_dir.mkdir()
+    # scores the tasks showed (threshold 0.5): the filter dropped k0, k1, k2
+    shown = [{"key": k, "project": "p", "project_id": 1, "task_id": i, "modality": "image", "score": s,
+              "threshold": 0.5, "model": "m-1", "auto_verdict": "match" if s >= 0.5 else "no_match",
+              "text": "t", "label_config_version": "v", "exported_at": "now"}
+             for i, (k, s) in enumerate({"k0": 0.1, "k1": 0.44, "k2": 0.49, "k3": 0.51, "k4": 0.58, "k5": 0.9}.items())]
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(shown), labels_dir / "exported.parquet")
+    # people: k0, k1, k3 no match; k2, k4, k5 match
+    verdicts = {"k0": "no_match", "k1": "no_match", "k2": "match", "k3": "no_match", "k4": "match", "k5": "match"}
+    pq.write_table(labels_table([{"key": k, "verdict": v} for k, v in verdicts.items()]), labels_dir / "labels.parquet")
+    got = report(str(run))["by_modality"]["image"]
+    assert (got["tp"], got["fp"], got["fn"], got["tn"]) == (2, 1, 1, 2)
+    assert got["precision"] == pytest.approx(2 / 3) and got["recall"] == pytest.approx(2 / 3)
+    # no cut gets all six right; 0.45 and 0.545 both get five; 0.545 has the higher F1 (0.857 against 0.8)
+    assert got["at_best"]["agreement"] == pytest.approx(5 / 6)
+    assert got["best_threshold"] == pytest.approx(0.545)
+    text = format_report(report(str(run)))
+    assert "precision: 0.667" in text and "recall: 0.667" in text and "best threshold: 0.5450" in text
