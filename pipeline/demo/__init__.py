@@ -24,8 +24,8 @@ from pathlib import Path
 from mmcurate.pipeline.demo.config import DemoSiteConfig
 from mmcurate.pipeline.services import Service
 
-__all__ = ["DEMO_PLACEHOLDERS", "DEMO_SITE", "DemoSiteConfig", "demo_port", "demo_workflow_path", "ensure_site",
-           "prepared_demo_site"]
+__all__ = ["DEMO_PLACEHOLDERS", "DEMO_SITE", "DemoSiteConfig", "demo_port", "demo_site_root", "demo_workflow_path",
+           "ensure_site", "prepared_demo_site"]
 
 log = logging.getLogger("mmcurate.demo")
 
@@ -68,6 +68,18 @@ def ensure_site(root: Path, seed: int, pages: int, trusted: int, trusted_photo_v
     atomic_write_json(stamp, wanted)
 
 
+def demo_site_root(run_root: Path, config: DemoSiteConfig | None = None) -> Path:
+    """Where the site is built: ``serve.demo_site.root``, else beside the run directory (``<run dir>.site``).
+
+    Not inside it: the site is the web the demo stands in for, not something a run wrote, and it carries the
+    planted personal data in clear; a run directory purged of raw text (``retain_raw_text: false``) must hold
+    none of it."""
+    if config is not None and config.root:
+        return Path(config.root)
+    run_root = Path(os.path.realpath(run_root))
+    return run_root.parent / f"{run_root.name}.site"
+
+
 def demo_port(run_root: Path) -> int:
     """A port in 18000–27999 (below Linux's ephemeral range) derived from the run directory's real path."""
     digest = hashlib.sha256(os.path.realpath(run_root).encode("utf-8")).digest()
@@ -79,7 +91,7 @@ def prepared_demo_site(config: DemoSiteConfig, run_root: Path) -> Iterator[dict[
     from mmcurate.pipeline.demo.server import serve_site
     from mmcurate.pipeline.demo.site import TRUSTED_LIST, URL_LIST, write_url_list
 
-    root = Path(config.root) if config.root else run_root / "demo_site"
+    root = demo_site_root(run_root, config)
     ensure_site(root, config.seed, config.pages, config.trusted, config.trusted_photo_views,
                 config.personal_data)
     port = demo_port(run_root) if config.port is None else config.port
@@ -106,7 +118,7 @@ def _variables(root: Path, base_url: str, port: int) -> dict[str, str]:
 
 def demo_variables(config: DemoSiteConfig, run_root: Path) -> dict[str, str]:
     """The ${demo_site.*} values a run in ``run_root`` gets, computed without building or serving anything."""
-    root = Path(config.root) if config.root else run_root / "demo_site"
+    root = demo_site_root(run_root, config)
     port = demo_port(run_root) if config.port is None else config.port
     return _variables(root, f"http://127.0.0.1:{port}", port)
 

@@ -28,4 +28,4 @@ class DemoSiteConfig(StrictModel):
     # and saved crawl progress survive a restart) and different between run dirs (so two demos can run at once);
     # 0: an ephemeral port (URLs and keys then change every run, and a restart re-crawls)
     port: int | None = Field(None, ge=0, le=65535)
-    root: str | None = None  # where the site is built; default: <run dir>/demo_site
+    root: str | None = None  # where the site is built; default: beside the run directory, <run dir>.site

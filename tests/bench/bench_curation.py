@@ -152,7 +152,7 @@ def main() -> int:
         evaluation, seconds = train(work, name, shards, eval_shards, args.epochs)
         results[name] = evaluation
         figures[f"{name}.samples"] = n
-        figures[f"{name}.mismatched_share"] = _mismatched_share(data_dir, run / "demo_site" / "ground_truth.parquet",
+        figures[f"{name}.mismatched_share"] = _mismatched_share(data_dir, run.parent / f"{run.name}.site" / "ground_truth.parquet",
                                                                 trusted_prefix)
         figures[f"{name}.train_s"] = seconds
     r1 = {name: results[name]["image_text"]["image_to_text"]["recall@1"] for name in results}

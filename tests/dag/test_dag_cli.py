@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcurate.pipeline.demo import demo_workflow_path
+from mmcurate.pipeline.demo import demo_site_root, demo_workflow_path
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def statuses(run: Path) -> dict[str, str]:
 
 
 def requests(run: Path) -> int:
-    return len((run / "demo_site" / "access.log").read_text().splitlines())
+    return len((demo_site_root(run) / "access.log").read_text().splitlines())
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 def _judged(run_dir: Path) -> dict:
-    truth = [r for r in pq.read_table(run_dir / "demo_site" / "ground_truth.parquet").to_pylist() if not r["trusted"]]
+    truth = [r for r in pq.read_table(run_dir.parent / f"{run_dir.name}.site" / "ground_truth.parquet").to_pylist() if not r["trusted"]]
     entered = pads.dataset(str(run_dir / "align" / "data")).to_table(columns=["key", "url"]).to_pylist()
     url_of = {r["key"]: _path(r["url"]) for r in entered}
     kept = set(pads.dataset(str(run_dir / "dedupe" / "data")).to_table(columns=["key"])["key"].to_pylist())

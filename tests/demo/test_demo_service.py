@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from pydantic import ValidationError
 
-from mmcurate.pipeline.demo import DEMO_SITE, DemoSiteConfig
+from mmcurate.pipeline.demo import DEMO_SITE, DemoSiteConfig, demo_site_root
 from mmcurate.pipeline.demo.site import MIN_PAGES, build_site
 
 
@@ -35,11 +35,11 @@ def test_serving_yields_its_placeholders_variables_with_both_lists_absolute_on_t
         assert all(fetch(r["url"]) == 200 for r in trusted)
         listed = rows(variables["demo_site.url_list"])
         assert listed and not {r["url"] for r in listed} & {r["url"] for r in trusted}
-    assert (tmp_path / "demo_site" / "site" / "trusted").is_dir()  # built under <run root>/demo_site
+    assert (demo_site_root(tmp_path) / "site" / "trusted").is_dir()  # built beside the run root: <run root>.site
 
 
 def test_the_build_stamp_covers_trusted_so_another_count_rebuilds_and_the_same_does_not(tmp_path):
-    root = tmp_path / "demo_site"
+    root = demo_site_root(tmp_path)
     config = DemoSiteConfig(pages=MIN_PAGES, trusted=5, port=0)
     with DEMO_SITE.serve(config, tmp_path):
         pass

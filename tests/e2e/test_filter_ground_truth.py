@@ -47,10 +47,11 @@ def _path(url: str | None) -> str | None:
 
 def _references(run: Path) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
     """Ground-truth rows by (page, url) and, for URL-list records, by url."""
+    from mmcurate.pipeline.demo import demo_site_root
     from mmcurate.pipeline.demo.site import read_ground_truth
 
     by_ref, listed = {}, {}
-    for row in read_ground_truth(run / "demo_site").to_pylist():
+    for row in read_ground_truth(demo_site_root(run)).to_pylist():
         by_ref[(row["page"], row["url"])] = row
         if row["in_url_list"] or row["trusted"]:
             assert row["url"] not in listed, f"two listed references to {row['url']}"

@@ -150,7 +150,7 @@ def shard_files(run: Path) -> dict[str, bytes]:
 
 
 def requests(run: Path) -> list[str]:
-    log = run / "demo_site" / "access.log"
+    log = run.parent / f"{run.name}.site" / "access.log"  # the demo builds its site beside the run dir
     return log.read_text().splitlines() if log.exists() else []
 
 

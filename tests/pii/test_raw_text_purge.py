@@ -5,9 +5,9 @@ personal data (pipeline/demo/site/personal.py) in captions and transcripts.
   (crawl, align); nothing after it, no shard, reject row, log, stats or manifest holds one;
 * ``retain_raw_text: false`` on the same run directory: after the run, no file of the run directory holds one.
 
-The demo's site is built outside the run directory (``serve.demo_site.root``): it is the crawl's source, the web
-the demo stands in for, not something the run wrote. Every file is searched, parquet files decoded and tar
-members read (tests/pii/grep.py). Also: the shards' faces (the demo's photos of people) are blurred, and every
+The demo builds its site where a user's ``mmcurate run`` does, beside the run directory (``<run dir>.site``, no
+``serve.demo_site.root``): it is the crawl's source, the web the demo stands in for, not something the run wrote.
+Every file is searched, parquet files decoded and tar members read (tests/pii/grep.py). Also: the shards' faces (the demo's photos of people) are blurred, and every
 emitted image and clip in the shards reads back without metadata.
 """
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grep import grep  # noqa: E402
 
+from mmcurate.pipeline.demo import demo_site_root  # noqa: E402
 from mmcurate.pipeline.demo.site.personal import PLANTED  # noqa: E402
 from mmcurate.stages.pii.metadata import audio_tags, image_metadata  # noqa: E402
 
@@ -46,12 +47,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(run_dir: Path, site: Path, port: int, *extra: str) -> str:
+def _run(run_dir: Path, port: int, *extra: str) -> str:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
     done = subprocess.run(
         [str(MMCURATE), "run", str(REPO / "workflows" / "demo.yaml"), "--run-dir", str(run_dir),
-         "--set", f"serve.demo_site.pages={PAGES}", "--set", f"serve.demo_site.root={site}",
-         "--set", f"serve.demo_site.port={port}", *extra],
+         "--set", f"serve.demo_site.pages={PAGES}", "--set", f"serve.demo_site.port={port}", *extra],
         capture_output=True, text=True, timeout=900, env=env, cwd=run_dir.parent,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -61,16 +61,18 @@ def _run(run_dir: Path, site: Path, port: int, *extra: str) -> str:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw_text")
-    run_dir, site, port = root / "run", root / "site", _free_port()
-    _run(run_dir, site, port, "--set", "retain_raw_text=true")
+    run_dir, port = root / "run", _free_port()
+    site = demo_site_root(run_dir)
+    _run(run_dir, port, "--set", "retain_raw_text=true")
     retained = grep(run_dir, list(PLANTED))
-    _run(run_dir, site, port)  # the workflow's own retain_raw_text: false, on the finished directory
+    _run(run_dir, port)  # the workflow's own retain_raw_text: false, on the finished directory
     purged = grep(run_dir, list(PLANTED))
     return run_dir, site, retained, purged
 
 
-def test_the_site_carries_the_planted_values(demo_run):
-    _, site, _, _ = demo_run
+def test_the_site_carries_the_planted_values_and_lies_outside_the_run_directory(demo_run):
+    run_dir, site, _, _ = demo_run
+    assert not site.resolve().is_relative_to(run_dir.resolve())
     in_site = grep(site, list(PLANTED))
     assert all(in_site.values()), {k: v for k, v in in_site.items() if not v}
 
@@ -124,8 +126,8 @@ def test_the_shards_faces_are_blurred_and_carry_no_metadata(demo_run):
 def test_a_changed_pii_config_on_a_purged_directory_runs_again_from_the_crawl(demo_run):
     """The cost of the purge: the stages before pii hold no text, so a new pii config starts from the crawl; the
     e-mails it now drops are pii rejects whose rows, like every file, hold no planted value."""
-    run_dir, site, _, _ = demo_run
-    out = _run(run_dir, site, _port_of(run_dir), "--set", "pii.entities={EMAIL_ADDRESS: {operator: drop}}")
+    run_dir = demo_run[0]
+    out = _run(run_dir, _port_of(run_dir), "--set", "pii.entities={EMAIL_ADDRESS: {operator: drop}}")
     statuses = {s["name"]: s["status"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]}
     assert set(statuses.values()) == {"ran"} and len(statuses) == 8, (statuses, out[-2000:])
     stats = json.loads((run_dir / "stats.json").read_text())["pii"]

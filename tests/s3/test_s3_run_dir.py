@@ -17,6 +17,7 @@ from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
+from mmcurate.pipeline.demo import demo_site_root
 from mmcurate.pipeline.storage import CACHE_ENV, cache_dir_for
 from s3_helpers import KEY_ID, SECRET, free_port
 
@@ -145,7 +146,7 @@ def killed_run(s3, demo):
             rows = pq.read_table(io.BytesIO(fs.cat_file(chunk))).to_pylist()
             paths = {urlsplit(row[c]).path for row in rows for c in MEDIA_COLUMNS if row.get(c)}
             media["finished" if block in finished else "pending"].update(paths)
-    access_log = demo.cache(url) / "demo_site" / "access.log"
+    access_log = demo_site_root(demo.cache(url)) / "access.log"
     seen = len(_requests(access_log))
     output = demo.finish(url, "killed-2")
     return url, finished, media, _requests(access_log)[seen:], output
@@ -175,7 +176,7 @@ def test_a_demo_killed_during_an_s3_run_resumes_to_the_shards_of_a_local_run_byt
 @pytest.mark.timeout(300)
 def test_a_rerun_on_a_finished_s3_run_dir_reuses_every_stage_and_makes_no_request(s3, s3fs_client, demo, killed_run):
     url = killed_run[0]
-    access_log = demo.cache(url) / "demo_site" / "access.log"
+    access_log = demo_site_root(demo.cache(url)) / "access.log"
     before = len(_requests(access_log))
     shards = s3_shards(s3fs_client, url)
     demo.finish(url, "rerun")
