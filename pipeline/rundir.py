@@ -86,7 +86,8 @@ MARKER = "_SUCCESS.json"
 READERS_LOCK = "_READERS.lock"
 READERS = "_READERS"  # on an object store: <generation>/shards/_READERS/<token>.json, one lease per reader
 GENERATION_GRACE_S = 600.0  # object stores: a superseded generation outlives its pointer's swap by this long
-# Testing aid: SIGKILL this process group at a named point of a commit ("publish:<stage>:before|after").
+# Testing aid: SIGKILL this process group at a named point: of a commit ("publish:<stage>:before|after"), or of a
+# sink once its first key ranges are written ("sink:<stage>:partition", pipeline/sink.py).
 KILL_AT_ENV = "MMCURATE_KILL_AT"
 
 log = logging.getLogger("mmcurate.rundir")
@@ -100,7 +101,7 @@ def _json_bytes(value: Any, sort_keys: bool = True) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8")
 
 
-def _kill_point(name: str) -> None:
+def kill_point(name: str) -> None:
     if os.environ.get(KILL_AT_ENV) == name:
         log.warning("%s=%s: killing this process group", KILL_AT_ENV, name)
         os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -417,13 +418,13 @@ class RunDir:
         generation.parent.mkdir(parents=True, exist_ok=True)
         os.rename(work, generation)
         fsync_dir(generation.parent)
-        _kill_point(f"publish:{stage}:before")
+        kill_point(f"publish:{stage}:before")
         _replace_link(self.stage_dir(stage), os.path.relpath(generation, self.root))
         # the fixed links follow the stage link, so they never need a second step to be current
         _ensure_link(self.rejects_dir(stage), os.path.join("..", stage, "rejects"))
         if sink:
             self._link_shards(stage, shard_set)
-        _kill_point(f"publish:{stage}:after")
+        kill_point(f"publish:{stage}:after")
         for progress in (self.root / ".progress").glob(f"{stage}-*"):
             shutil.rmtree(progress, ignore_errors=True)
         self.collect_generations(stage)
@@ -462,12 +463,12 @@ class RunDir:
         atomic_write_json(work / MARKER, {**marker, "files": files})
         self.store.publish(work, generation, last=MARKER)
         self._check_lock()
-        _kill_point(f"publish:{stage}:before")
+        kill_point(f"publish:{stage}:before")
         self.store.set_link(self.location(stage), posixpath.relpath(generation, self.url))
         self.store.ensure_link(self.location("rejects", stage), posixpath.join("..", stage, "rejects"))
         if sink:
             self._link_shards(stage, shard_set)
-        _kill_point(f"publish:{stage}:after")
+        kill_point(f"publish:{stage}:after")
         self._remove_progress(stage)
         self.collect_generations(stage)
 

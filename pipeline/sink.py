@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcurate.pipeline.rundir import kill_point
 from mmcurate.pipeline.storage import is_url, join, storage_for
 from mmcurate.schemas.record import RECORD_SCHEMA, outcome_table
 from mmcurate.stages.base import reject_rows
@@ -90,6 +91,7 @@ def run_sink(stage: SinkStage, config_hash: str, files: list[str], rows: int, wo
         )
         for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
             log.info("stage %s: key ranges %s written", stage.name, batch["partition"].to_pylist())
+            kill_point(f"sink:{stage.name}:partition")
     return _gather(stage, parts_dir, work)
 
 
