@@ -11,6 +11,34 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+# Label Studio phones home by default (Sentry error reports, a version check, usage analytics); tests stay on
+# 127.0.0.1. .ci/run sets the same for the server it starts.
+LABEL_STUDIO_OFFLINE = {"LABEL_STUDIO_SENTRY_DSN": "", "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
+                        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false", "LABEL_STUDIO_COLLECT_ANALYTICS": "false"}
+
+
+# pytest-xdist (two workers: pyproject.toml's addopts) gets whole modules (--dist loadgroup): their module- and
+# session-scoped fixtures (a demo run, an installed wheel, a Ray session) are built once. The filter demo run is
+# shared by two modules, so they form one group, in file order. The longest groups are handed out first, so that
+# the last one to start is a short one.
+SHARED_GROUPS = {"tests/e2e/test_filter_ground_truth.py": "filter_demo", "tests/e2e/test_label_round_trip.py": "filter_demo"}
+LONG_FIRST = ("filter_demo", "tests/e2e/test_user_path.py", "tests/s3/test_s3_run_dir.py", "tests/dag/test_dag_cli.py",
+              "tests/cluster/test_two_nodes.py", "tests/train/test_train_ray.py", "tests/pii/test_raw_text_purge.py",
+              "tests/train/test_driver_kill.py", "tests/models/test_train_filter.py", "tests/dedupe/test_dedupe_demo_ground_truth.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        module = item.nodeid.split("::", 1)[0]
+        return SHARED_GROUPS.get(module, module)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(group(item), len(rank)), order[id(item)]))
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray runtime for every integration test in the session (starting one costs ~5 s here)."""
@@ -76,8 +104,8 @@ def label_studio(tmp_path_factory):
     data = tmp_path_factory.mktemp("label-studio")
     token = secrets.token_hex(20)
     # the token and password in the environment (LABEL_STUDIO_USER_TOKEN/_PASSWORD), not argv
-    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USER_TOKEN": token,
-           "LABEL_STUDIO_PASSWORD": secrets.token_hex(12)}
+    env = {**os.environ, **LABEL_STUDIO_OFFLINE, "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+           "LABEL_STUDIO_USER_TOKEN": token, "LABEL_STUDIO_PASSWORD": secrets.token_hex(12)}
     log = open(data / "server.log", "wb")
     server = subprocess.Popen(
         [binary, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port), "--username",
