@@ -296,7 +296,9 @@ class SelectConfig(StageConfig):
     """Keep the records for which ``where`` is true: one DuckDB SQL expression over the record's columns (and the
     extension columns it carries), plus ``modality`` (``image``, ``audio``, ``image_audio`` or ``text``: which
     media the record holds). Examples: ``modality = 'audio'``, ``length(text) >= 20``, ``source = 'page'``,
-    ``scores['clip_score.m.image_text'] > 0.3``. A record it is false or null for is ``not_selected``."""
+    ``scores['clip_score.m.image_text'] > 0.3``. A record it is false or null for is ``not_selected``. It reads the
+    record alone, deterministically (``schemas.select_expr``: no subquery, file, window or ``random()``), and the
+    extension columns it names are ``columns_needed``: the workflow check wants them on every path into it."""
 
     where: str = Field(..., description="a DuckDB SQL boolean expression over record columns and modality")
 
@@ -310,6 +312,11 @@ class SelectConfig(StageConfig):
 
     def decision_fields(self) -> dict[str, object]:
         return {"where": self.where}
+
+    def columns_needed(self) -> frozenset[str]:
+        from mmcurate.schemas.select_expr import extension_columns_read
+
+        return extension_columns_read(self.where)  # e.g. "pii IS NOT NULL" needs a pii stage on every path
 
 
 # One registration per stage kind: its config, its role, where its implementation lives, and what it needs and

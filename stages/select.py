@@ -8,16 +8,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from mmcurate.schemas.reasons import Reason
-from mmcurate.schemas.select_expr import selection
+from mmcurate.schemas.select_expr import connect, selection
 from mmcurate.schemas.stage_configs import SelectConfig
 from mmcurate.stages.base import BatchStage, Decisions
 
 
 class SelectStage(BatchStage[SelectConfig]):
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        import duckdb
         import pyarrow.compute as pc
 
-        with duckdb.connect() as con:
+        with connect() as con:  # external access off: the expression reads this batch and nothing else
             keep = selection(con, batch, self.config.where).to_arrow_table()["keep"]
         return Decisions(batch).reject(pc.invert(keep), Reason.NOT_SELECTED, f"where {self.config.where}").outcomes()

@@ -85,6 +85,22 @@ def test_an_extension_column_must_be_written_on_every_path(tmp_path):
                         "{stage: dedupe, input: scored, semantic: {enabled: true}}", "{stage: shard}"))
 
 
+def test_a_select_reading_an_extension_column_no_path_writes_fails_at_load(tmp_path, capsys):
+    from mmcurate.pipeline.cli import main
+
+    path = write(tmp_path, CRAWL % "web", "{stage: align}", "{stage: select, where: 'pii IS NOT NULL'}", "{stage: shard}")
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(path)
+    assert str(err.value).startswith(f"{path}: stage 'select' reads column(s) ['pii'] that not every path")
+    run_dir = tmp_path / "run"
+    assert main(["plan", str(path), "--run-dir", str(run_dir)]) == 2
+    assert main(["run", str(path), "--run-dir", str(run_dir)]) == 2
+    assert "stage 'select' reads column(s) ['pii']" in capsys.readouterr().err
+    assert not run_dir.exists()  # refused before the crawl, not by DuckDB's binder after it
+    load_workflow(write(tmp_path, CRAWL % "web", "{stage: align}", "{stage: pii}",
+                        "{stage: select, where: 'pii IS NOT NULL'}", "{stage: shard}"))
+
+
 @pytest.mark.parametrize(("stages", "message"), [
     ((CRAWL % "web", "{stage: align}", "{stage: align, input: web}", "{stage: shard}"), "'align' appear more than once"),
     ((CRAWL % "web", "{stage: align}", "{stage: shard}", "{stage: shard, id: again}"), "stage 'again': input 'shard' is a sink"),

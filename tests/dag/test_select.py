@@ -78,3 +78,37 @@ def test_an_expression_that_is_not_one_boolean_over_the_columns_fails_at_load(wh
 def test_an_empty_batch_gives_no_rows():
     empty = RECORD_SCHEMA.empty_table()
     assert SelectStage(SelectConfig(where="true"), "pick").process_table(empty).num_rows == 0
+
+
+@pytest.mark.parametrize(("where", "refused"), [
+    ("(SELECT count(*) FROM read_text('/etc/passwd')) > 0", "a subquery"),
+    ("text IN (SELECT content FROM read_text('/etc/hostname'))", "a subquery"),
+    ("EXISTS (SELECT 1 FROM glob('/etc/*'))", "a subquery"),
+    ("random() < 0.5", "random(), which is not deterministic"),
+    ("now() > TIMESTAMP '2020-01-01'", "now(), which is not deterministic"),
+    ("current_timestamp IS NOT NULL", "current_timestamp, which is not deterministic"),
+    ("current_setting('threads') > 0", "current_setting(), which is not deterministic"),
+    ("count(*) OVER () > 1", "the window function 'count'"),
+])
+def test_an_expression_that_reads_anything_but_the_record_or_is_not_reproducible_fails_at_load(where, refused):
+    with pytest.raises(ValidationError, match="where") as err:
+        SelectConfig(where=where)
+    assert refused in str(err.value)
+
+
+def test_the_stage_itself_cannot_read_a_file_whatever_the_expression_says():
+    import duckdb
+
+    unchecked = SelectConfig.model_construct(where="(SELECT count(*) FROM read_text('/etc/hostname')) > 0")
+    with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
+        SelectStage(unchecked, "pick").process_batch(batch())  # process_table: an internal_error row per record
+
+
+@pytest.mark.parametrize(("where", "needed"), [
+    ("modality = 'audio'", set()),
+    ("pii IS NOT NULL", {"pii"}),
+    ("human_match OR embedding IS NULL", {"human_match", "embedding"}),
+    ("phash >= 2 AND length(text) > 3", {"phash"}),
+])
+def test_the_config_reports_the_extension_columns_its_expression_reads(where, needed):
+    assert SelectConfig(where=where).columns_needed() == needed
