@@ -93,24 +93,44 @@ def _format_error(path: str, where: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.<service>.port=8000``."""
+def _set_dotted(path: str, doc: dict[str, Any], dotted: str, text: str) -> None:
+    """Apply one ``--set`` override: ``align.image_max_side=256`` or ``serve.<service>.port=8000``; ``text`` is the
+    value as YAML. Every mistake is a ``WorkflowError`` naming the file, the override and the stage."""
+    where = f"{path}: --set {dotted}={text}"
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{where}: the value is not valid YAML: {str(err).splitlines()[0]}") from err
     head, _, rest = dotted.partition(".")
     if head in ("max_error_fraction", "retain_raw_text") and not rest:
         doc[head] = value
         return
     if not rest:
-        raise WorkflowError(f"--set {dotted}: expected <stage>.<field>=<value> or serve.<...>=<value>")
+        raise WorkflowError(f"{where}: expected <stage>.<field>=<value> or serve.<...>=<value>")
     if head == "serve":
-        target = doc.setdefault("serve", {})
+        if doc.get("serve") is None:
+            doc["serve"] = {}
+        target, owner = doc["serve"], "serve"
     else:
-        matches = [s for s in doc.get("stages", []) if s.get("id", s.get("stage")) == head]
+        stages = doc.get("stages") if isinstance(doc.get("stages"), list) else []
+        matches = [s for s in stages if isinstance(s, dict) and s.get("id", s.get("stage")) == head]
         if not matches:
-            raise WorkflowError(f"--set {dotted}: no stage named '{head}'")
-        target = matches[0]
+            raise WorkflowError(f"{where}: no stage named '{head}'")
+        target, owner = matches[0], f"stage '{head}'"
     *parents, leaf = rest.split(".")
+    if not leaf or not all(parents):
+        raise WorkflowError(f"{where}: an empty field name")
+    walked = [head]
     for part in parents:
-        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            break
+        if target.get(part) is None:
+            target[part] = {}
+        target = target[part]
+        walked.append(part)
+    if not isinstance(target, dict):
+        raise WorkflowError(f"{where}: {owner}: '{'.'.join(walked)}' is {type(target).__name__} "
+                            f"{target!r}, not a mapping of fields")
     target[leaf] = value
 
 
@@ -133,8 +153,8 @@ def load_workflow(
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise WorkflowError(f"--set {item}: expected key=value")
-        _set_dotted(doc, key.strip(), yaml.safe_load(value))
+            raise WorkflowError(f"{path}: --set {item}: expected key=value")
+        _set_dotted(path, doc, key.strip(), value)
     known_top = ("name", "serve", "max_error_fraction", "retain_raw_text", "stages")
     unknown_top = set(doc) - set(known_top)
     if unknown_top:
@@ -151,8 +171,8 @@ def load_workflow(
         if not isinstance(entry, dict) or "stage" not in entry:
             raise WorkflowError(f"{path}: stages[{i}]: each stage needs a 'stage: <kind>' field")
         kind = entry["stage"]
-        if kind not in STAGE_KINDS:
-            raise WorkflowError(f"{path}: stages[{i}]: unknown stage '{kind}' (known: {', '.join(STAGE_KINDS)})")
+        if not isinstance(kind, str) or kind not in STAGE_KINDS:
+            raise WorkflowError(f"{path}: stages[{i}]: unknown stage {kind!r} (known: {', '.join(STAGE_KINDS)})")
         name = entry.get("id", kind)
         where = f"stage '{name}' (stages[{i}])"
         if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
@@ -196,9 +216,9 @@ def validated_serve(workflow: Workflow, models: Mapping[str, type[BaseModel]]) -
 
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-# top-level entries of the run directory (pipeline.rundir; labels: what `mmcurate label import` writes) a stage's
-# link may not take the place of
-RESERVED_NAMES = frozenset({"shards", "rejects", "logs", "labels", "demo_site", "manifest", "stats"})
+# top-level entries of the run directory (pipeline.rundir; labels: what `mmcurate label import` writes; train: what
+# `mmcurate train` writes) a stage's link may not take the place of
+RESERVED_NAMES = frozenset({"shards", "rejects", "logs", "labels", "train", "demo_site", "manifest", "stats"})
 
 
 def _inputs(path: str, where: str, entry: dict[str, Any], earlier: list[StageSpec], role: str) -> tuple[str, ...]:

@@ -109,6 +109,9 @@ def test_a_select_reading_an_extension_column_no_path_writes_fails_at_load(tmp_p
     ((CRAWL % "web", "{stage: align, input: []}"), "'input' must be a stage name or a non-empty list"),
     ((CRAWL % "web", "{stage: align, input: [web, web]}"), "'input' names a stage twice"),
     ((CRAWL % "shards", "{stage: align}"), "stage name 'shards' must match"),
+    ((CRAWL % "train", "{stage: align}"), "stage name 'train' must match"),  # mmcurate train writes DIR/train/
+    ((CRAWL % "web", "{stage: [align]}"), "stages[1]: unknown stage ['align']"),
+    ((CRAWL % "web", "{stage: {align: 1}}"), "stages[1]: unknown stage {'align': 1}"),
     ((CRAWL % "web", "{stage: select, where: 'length(text)'}"), "not a boolean expression"),
     ((CRAWL % "web", "{stage: select, where: 'nosuch = 1'}"), "field 'where'"),
 ])
@@ -132,3 +135,26 @@ def test_the_cli_refuses_an_invalid_graph_with_exit_code_2_before_the_run_direct
                  "--run-dir", str(run_dir), "--only", "nosuch"]) == 2
     assert "--only nosuch: no stage of that name" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("align.image_max_side=[1", "--set align.image_max_side=[1: the value is not valid YAML"),
+    ("web.seeds.x=1", "stage 'web': 'web.seeds' is list"),
+    ("web.fetch.timeout_s.x=1", "stage 'web': 'web.fetch.timeout_s' is float 10.0, not a mapping"),
+    ("align.input.x=1", "stage 'align': 'align.input' is list"),
+    ("align.stage=[align]", "unknown stage ['align']"),
+    ("serve.site.port.x=1", "serve: 'serve.site.port' is int 1, not a mapping"),
+    ("nosuch.x=1", "--set nosuch.x=1: no stage named 'nosuch'"),
+    ("max_error_fraction=[1", "the value is not valid YAML"),
+])
+def test_a_bad_override_fails_at_load_naming_the_file_and_the_stage(tmp_path, capsys, override, message):
+    from mmcurate.pipeline.cli import main
+
+    path = write(tmp_path, "{stage: crawl, id: web, seeds: ['http://127.0.0.1:1/'], fetch: {timeout_s: 10.0}}",
+                 "{stage: align, input: [web]}", "{stage: shard}")
+    path.write_text(path.read_text() + "serve: {site: {port: 1}}\n")
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(path, overrides=[override])
+    assert str(err.value).startswith(str(path)) and message in str(err.value), str(err.value)
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run"), "--set", override]) == 2
+    assert message in capsys.readouterr().err
