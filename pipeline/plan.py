@@ -61,18 +61,17 @@ class Plan:
     def to_mermaid(self) -> str:
         """A flowchart: sources as stadiums, sinks as cylinders (a shard set each), edges from input to reader."""
         shapes = {"source": ('(["', '"])'), "sink": ('[("', '")]'), "global": ('[["', '"]]'), "map": ('["', '"]')}
+        # an id per node by its position, so that 'a-b' and 'a_b' stay two nodes (a Mermaid id may hold neither a
+        # '-' nor be a keyword such as 'end'); the name after it only reads better
+        ids = {n.name: f"n{i}_{n.name.replace('-', '_')}" for i, n in enumerate(self.nodes)}
         lines = ["flowchart LR"]
         for n in self.nodes:
             opening, closing = shapes[n.role]
             label = f"{n.name}<br/><i>{n.kind}</i>" + (f"<br/>{n.shards}/" if n.shards else "")
-            lines.append(f"  {_mermaid_id(n.name)}{opening}{label}{closing}")
+            lines.append(f"  {ids[n.name]}{opening}{label}{closing}")
         for n in self.nodes:
-            lines += [f"  {_mermaid_id(i)} --> {_mermaid_id(n.name)}" for i in n.inputs]
+            lines += [f"  {ids[i]} --> {ids[n.name]}" for i in n.inputs]
         return "\n".join(lines)
-
-
-def _mermaid_id(name: str) -> str:
-    return "n_" + name.replace("-", "_")  # a Mermaid id may not be a keyword ("end", "graph")
 
 
 def plan(workflow_path: str | Path, run_dir: str | Path, *, overrides: list[str] = (),

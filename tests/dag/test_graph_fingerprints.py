@@ -63,8 +63,8 @@ def test_plan_of_the_demo_on_a_fresh_run_directory_runs_every_node_inputs_first(
     assert [n["name"] for n in json.loads(capsys.readouterr().out)["nodes"]] == names
     assert main(["plan", str(DEMO), "--run-dir", str(run_dir), "--mermaid"]) == 0
     mermaid = capsys.readouterr().out
-    assert mermaid.startswith("flowchart LR") and "n_pages --> n_align" in mermaid and "n_list --> n_align" in mermaid
-    assert "n_align --> n_pii" in mermaid and "n_pii --> n_audio_text" in mermaid and 'n_audio[("audio' in mermaid
+    assert mermaid.startswith("flowchart LR") and "n0_pages --> n2_align" in mermaid and "n1_list --> n2_align" in mermaid
+    assert "n2_align --> n3_pii" in mermaid and "n3_pii --> n6_audio_text" in mermaid and 'n7_audio[("audio' in mermaid
     assert main(["plan", str(DEMO), "--run-dir", str(run_dir)]) == 0
     text = capsys.readouterr().out
     assert "align       align        <- pages, list" in text and "8 to run, 0 to reuse" in text
@@ -79,3 +79,20 @@ def test_the_readme_shows_the_demo_graph_plan_prints(tmp_path, capsys):
     readme = (REPO / "README.md").read_text()
     assert f"```mermaid\n{printed}\n```" in readme
     assert "workflows/demo.yaml" in readme
+
+
+def test_mermaid_ids_are_unique_where_names_differ_only_by_a_dash(tmp_path):
+    from mmcurate.pipeline.plan import plan
+
+    path = tmp_path / "clash.yaml"
+    path.write_text("name: c\nstages:\n  - {stage: crawl, id: web, seeds: ['http://127.0.0.1:1/']}\n"
+                    "  - {stage: align}\n  - {stage: select, id: a-b, where: 'true'}\n  - {stage: shard, id: s1}\n"
+                    "  - {stage: select, id: a_b, input: align, where: 'true'}\n  - {stage: shard, id: s2}\n")
+    lines = plan(path, tmp_path / "run").to_mermaid().splitlines()[1:]
+    nodes = [line.split("[")[0].split("(")[0].strip() for line in lines if "-->" not in line]
+    assert len(nodes) == len(set(nodes)) == 6
+    edges = {tuple(line.strip().split(" --> ")) for line in lines if "-->" in line}
+    by_label = {line.split('"')[1].split("<br/>")[0]: line.split("[")[0].split("(")[0].strip()
+                for line in lines if "-->" not in line}
+    assert (by_label["a-b"], by_label["s1"]) in edges and (by_label["a_b"], by_label["s2"]) in edges
+    assert (by_label["a_b"], by_label["s1"]) not in edges
