@@ -8,7 +8,9 @@
         rejects/*.parquet        one row per rejected candidate: key, url, stage, reason, detail, config_hash
         shards/                  a sink's WebDataset shards, indexes and stats (+ _READERS.lock)
     DIR/rejects/<stage>          link to <stage>/rejects (fixed; follows the stage's link)
-    DIR/shards                   link to <sink>/shards (fixed; follows the sink's link)
+    DIR/shards                   link to <sink>/shards (fixed; follows the sink's link); with several sinks, to
+                                 DIR/.shard-sets/<id>/, a folder of links <sink> -> ../../<sink>/shards, swapped
+                                 whole when the workflow's sinks change (link_shard_sets)
     DIR/logs/run.log
     DIR/.work/                   a stage being written (discarded when the next run takes the lock)
     DIR/.progress/<stage>-<fp>/  finished pieces of an uncommitted stage (kept across a kill, removed at commit)
@@ -62,7 +64,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,7 @@ from typing import Any
 
 from mmcurate.pipeline.storage import (
     LOCAL,
+    POINTER,
     _alive,
     LockBusy,
     ObjectLease,
@@ -83,6 +86,7 @@ from mmcurate.pipeline.storage import (
 from mmcurate.stages.files import atomic_write_bytes, fsync_dir, fsync_tree
 
 MARKER = "_SUCCESS.json"
+SHARD_SETS = ".shard-sets"  # DIR/.shard-sets/<id>/: the folder of links DIR/shards points at with several sinks
 READERS_LOCK = "_READERS.lock"
 READERS = "_READERS"  # on an object store: <generation>/shards/_READERS/<token>.json, one lease per reader
 GENERATION_GRACE_S = 600.0  # object stores: a superseded generation outlives its pointer's swap by this long
@@ -402,11 +406,12 @@ class RunDir:
         return self._staged[work] if self.remote else str(work)
 
     def commit_stage(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool = False,
-                     shard_set: str | None = None) -> None:
+                     shard_sets: Sequence[str] = ()) -> None:
         """Publish a finished generation: fsync it whole, move it under ``.generations/``, swap the link. A sink's
-        shards are linked as ``DIR/shards`` (the one sink) or ``DIR/shards/<shard_set>`` (one of several)."""
+        shards then take their place in ``DIR/shards`` beside the other sinks of ``shard_sets``, the workflow's
+        sinks (``link_shard_sets``; none given: this one alone)."""
         if self.remote:
-            self._commit_remote(stage, work, marker, sink=sink, shard_set=shard_set)
+            self._commit_remote(stage, work, marker, sink=sink, shard_sets=shard_sets)
             return
         if sink:
             (work / "shards").mkdir(exist_ok=True)
@@ -423,24 +428,69 @@ class RunDir:
         # the fixed links follow the stage link, so they never need a second step to be current
         _ensure_link(self.rejects_dir(stage), os.path.join("..", stage, "rejects"))
         if sink:
-            self._link_shards(stage, shard_set)
+            self.link_shard_sets(list(shard_sets) or [stage])
         kill_point(f"publish:{stage}:after")
         for progress in (self.root / ".progress").glob(f"{stage}-*"):
             shutil.rmtree(progress, ignore_errors=True)
         self.collect_generations(stage)
 
-    def _link_shards(self, stage: str, shard_set: str | None) -> None:
-        """``DIR/shards`` -> ``<stage>/shards``; with several sinks ``DIR/shards`` is a folder of such links,
-        ``DIR/shards/<set>`` -> ``../<stage>/shards`` (a link left from a one-sink layout is replaced by it)."""
-        if shard_set is None:
-            self.store.ensure_link(self.location("shards"), posixpath.join(stage, "shards"))
-            return
-        top = self.location("shards")
+    def link_shard_sets(self, sinks: Sequence[str]) -> None:
+        """Make ``DIR/shards`` show the shards of ``sinks`` (the workflow's sinks, in its order) that are
+        committed, and nothing else: one sink, ``DIR/shards -> <sink>/shards``; several, ``DIR/shards/<sink>``
+        for each. Idempotent: a run whose sinks were all reused still leaves the layout its workflow names.
+
+        Local: with several sinks ``DIR/shards`` is a link to a folder of links, ``DIR/.shard-sets/<id>/<sink> ->
+        ../../<sink>/shards``, built whole before one rename swaps it in, as a stage's link is: a reader finds
+        ``DIR/shards`` old or new, never missing or half made (a real folder left by an older layout is moved
+        aside). Remote: one pointer per set (``DIR/shards/<sink>/_CURRENT.json``) or the one
+        ``DIR/shards/_CURRENT.json``, each one PUT; pointers of sets the workflow no longer has are removed."""
+        committed = [name for name in sinks if self.current_generation(name) is not None]
         if self.remote:
+            self._link_shard_sets_remote(sinks, committed)
+            return
+        top = self.root / "shards"
+        if len(sinks) == 1:
+            if committed:
+                _ensure_link(top, posixpath.join(sinks[0], "shards"))
+            elif top.is_symlink():
+                top.unlink()
+            self._collect_shard_sets(keep=None)
+            return
+        wanted = {name: posixpath.join("..", "..", name, "shards") for name in committed}
+        current = Path(os.path.realpath(top)) if top.is_symlink() else None
+        if (current is not None and current.parent == self.root / SHARD_SETS and current.is_dir()
+                and {n: os.readlink(current / n) for n in os.listdir(current)} == wanted):
+            return
+        folder = self.root / SHARD_SETS / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        for name, target in wanted.items():
+            os.symlink(target, folder / name)
+        fsync_dir(folder)
+        fsync_dir(folder.parent)
+        _replace_link(top, os.path.relpath(folder, self.root))
+        self._collect_shard_sets(keep=folder)
+
+    def _collect_shard_sets(self, keep: Path | None) -> None:
+        """Folders of shard-set links ``DIR/shards`` no longer points at (links only: no reader holds them)."""
+        root = self.root / SHARD_SETS
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _link_shard_sets_remote(self, sinks: Sequence[str], committed: list[str]) -> None:
+        top = self.location("shards")
+        stale = [n for n in self.store.children(top) if n != POINTER and (len(sinks) == 1 or n not in committed)]
+        if len(sinks) == 1:
+            if committed:
+                self.store.ensure_link(top, posixpath.join(sinks[0], "shards"))
+            else:
+                self.store.remove_link(top)
+        else:
             self.store.remove_link(top)  # a pointer at DIR/shards would take every DIR/shards/<set> with it
-        elif os.path.islink(top):
-            os.unlink(top)
-        self.store.ensure_link(self.location("shards", shard_set), posixpath.join("..", stage, "shards"))
+            for name in committed:
+                self.store.ensure_link(self.location("shards", name), posixpath.join("..", name, "shards"))
+        for name in stale:
+            self.store.remove_link(self.location("shards", name))
 
     def shard_sets(self) -> dict[str, str]:
         """The shard sets a run published, links followed: {"": DIR/shards} for one sink, {name: DIR/shards/<name>}
@@ -452,7 +502,7 @@ class RunDir:
         return {name: where for name, where in sets.items() if self.store.exists(join(where, READERS_LOCK))}
 
     def _commit_remote(self, stage: str, work: Path, marker: dict[str, Any], *, sink: bool,
-                       shard_set: str | None = None) -> None:
+                       shard_sets: Sequence[str] = ()) -> None:
         """Everything of the generation under its fresh prefix, ``_SUCCESS.json`` last, then one PUT of the
         stage's pointer."""
         generation = self._staged.pop(work)
@@ -467,7 +517,7 @@ class RunDir:
         self.store.set_link(self.location(stage), posixpath.relpath(generation, self.url))
         self.store.ensure_link(self.location("rejects", stage), posixpath.join("..", stage, "rejects"))
         if sink:
-            self._link_shards(stage, shard_set)
+            self.link_shard_sets(list(shard_sets) or [stage])
         kill_point(f"publish:{stage}:after")
         self._remove_progress(stage)
         self.collect_generations(stage)

@@ -317,6 +317,10 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
                 result.stages.append(StageOutcome(done.spec.name, "ran", stage_stats, done.fingerprint, done.covers))
             i += len(segment)
         _write_stats(workflow, rundir, result)
+    if only is None or by_name[only].role == "sink":
+        # the sinks have settled (ran or reused): DIR/shards shows the workflow's shard sets, whatever an earlier
+        # workflow's sinks left there (a reused sink is linked under a new layout, a removed one unlinked)
+        rundir.link_shard_sets([s.name for s in workflow.sinks])
     purge.run()
     _write_manifest(workflow, rundir, result, planned, ray_address, started)
     return result
@@ -456,7 +460,7 @@ def _link_artifacts(artifacts: Path, staged: str) -> None:
 
 
 def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *, sink: bool,
-            summary: dict[str, Any] | None = None, shard_set: str | None = None) -> None:
+            summary: dict[str, Any] | None = None, shard_sets: tuple[str, ...] = ()) -> None:
     marker = {
         "stage": step.spec.name,
         "kind": step.spec.kind,
@@ -467,7 +471,7 @@ def _commit(rundir: RunDir, step: _Planned, work: Path, stats: dict[str, Any], *
         "stats": stats,
         "finished": datetime.now(timezone.utc).isoformat(),
     }
-    rundir.commit_stage(step.spec.name, work, marker, sink=sink, shard_set=shard_set)
+    rundir.commit_stage(step.spec.name, work, marker, sink=sink, shard_sets=shard_sets)
 
 
 def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir) -> dict:
@@ -485,9 +489,8 @@ def _run_sink(workflow: Workflow, step: _Planned, rundir: RunDir) -> dict:
     check_accounting(step.spec.name, stats, upstream_rows)
     check_error_fraction(step.spec.name, stats, workflow.max_error_fraction, join(staged, "rejects"))
     stats["seconds"] = round(time.perf_counter() - t0, 2)
-    # one sink: DIR/shards as always; several: DIR/shards/<sink name>/ each
-    _commit(rundir, step, ctx.work_dir, stats, sink=True,
-            shard_set=None if len(workflow.sinks) == 1 else step.spec.name)
+    # one sink: DIR/shards as always; several: DIR/shards/<sink name>/ each, the other sinks' kept in place
+    _commit(rundir, step, ctx.work_dir, stats, sink=True, shard_sets=tuple(s.name for s in workflow.sinks))
     log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
              stats["kept"], stats["rejected"])
     return stats

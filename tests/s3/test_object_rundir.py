@@ -163,3 +163,29 @@ def test_a_reader_lease_keeps_a_superseded_shard_generation(run_url, s3fs_client
         rd.collect_generations()
         assert not s3fs_client.exists(f"{first}/shard-000000.tar")
         assert rd.is_done("shard", "b") and MARKER in rd.store.files(rd.current_generation("shard"))
+
+
+@pytest.mark.timeout(120)
+def test_shard_set_pointers_follow_the_workflows_sinks(run_url, s3fs_client):
+    """One sink: DIR/shards/_CURRENT.json; several: DIR/shards/<sink>/_CURRENT.json each, a reused sink's included;
+    back to one: the set pointers are gone."""
+    rd = RunDir(run_url)
+
+    def sink(name: str, payload: bytes, fingerprint: str, sinks: tuple[str, ...]) -> None:
+        work = rd.begin_stage(name, fingerprint)
+        rd.store.write_bytes(rd.staging_location(work) + "/shards/shard-000000.tar", payload)
+        rd.commit_stage(name, work, {"fingerprint": fingerprint, "stats": {}}, sink=True, shard_sets=sinks)
+
+    def read(*parts: str) -> bytes:
+        return s3fs_client.cat_file(f"{rd.resolve('shards', *parts)}/shard-000000.tar")
+
+    with rd.locked():
+        sink("images", b"img", "a", ("images",))
+        assert list(rd.shard_sets()) == [""] and read() == b"img"
+        sink("audio", b"aud", "b", ("images", "audio"))  # images reused under the new layout
+        assert sorted(rd.shard_sets()) == ["audio", "images"]
+        assert read("images") == b"img" and read("audio") == b"aud"
+        assert not rd.store.exists(rd.location("shards", POINTER))
+        rd.link_shard_sets(["images"])  # the workflow lost its audio branch
+        assert list(rd.shard_sets()) == [""] and read() == b"img"
+        assert not rd.store.exists(rd.location("shards", "audio", POINTER))
