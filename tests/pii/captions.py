@@ -3,8 +3,10 @@ of every planted value known) and clean captions, a third of them hard negatives
 pattern matcher (ISBNs, dates, version numbers, prices, order numbers, sizes).
 
 Every planted value is valid in its format: cards pass Luhn, IBANs their mod-97 check, SSNs the SSA's area and
-group rules (and none of the advertised fakes), phone numbers what libphonenumber calls valid. The set is a pure
-function of its seed: ``labelled_captions(600, seed=0)``.
+group rules (and none of the advertised fakes), phone numbers what libphonenumber calls valid. Values are written
+as people write them, typographic separators included: phones with en-dashes, no-break or narrow no-break spaces,
+the German slash (``030/2037872``), some captions with two phone numbers one after the other; SSNs with
+en-dashes. The set is a pure function of its seed: ``labelled_captions(600, seed=0)``.
 """
 
 from __future__ import annotations
@@ -49,18 +51,26 @@ def _phone(rng: random.Random) -> str:
             area = rng.choice((212, 213, 303, 312, 415, 503, 617, 702, 808, 917))
             number = f"{area}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
             formats = (f"({number[:3]}) {number[3:6]}-{number[6:]}", f"{number[:3]}-{number[3:6]}-{number[6:]}",
-                       f"+1 {number[:3]} {number[3:6]} {number[6:]}", f"{number[:3]}.{number[3:6]}.{number[6:]}")
+                       f"+1 {number[:3]} {number[3:6]} {number[6:]}", f"{number[:3]}.{number[3:6]}.{number[6:]}",
+                       f"{number[:3]}\u2013{number[3:6]}\u2013{number[6:]}",  # en-dashes
+                       f"({number[:3]})\u00a0{number[3:6]}-{number[6:]}")  # a no-break space
             text, region = rng.choice(formats), "US"
         elif kind < 0.75:  # UK London / mobile
-            if rng.random() < 0.5:
+            style = rng.random()
+            if style < 0.35:
                 text, region = f"+44 20 {rng.randint(7000, 8999)} {rng.randint(0, 9999):04d}", "GB"
+            elif style < 0.5:  # narrow no-break spaces, as typesetting software writes them
+                text, region = f"+44\u202f20\u202f{rng.randint(7000, 8999)}\u202f{rng.randint(0, 9999):04d}", "GB"
             else:
                 text, region = f"07{rng.randint(400, 999)} {rng.randint(100000, 999999)}", "GB"
-        else:  # Germany: Berlin, Munich, a mobile
+        else:  # Germany: Berlin, Munich, a mobile; the area code with a slash, as Germans write it
             text, region = rng.choice((f"+49 30 {rng.randint(1000000, 9999999)}",
                                        f"+49 89 {rng.randint(100000, 999999)}{rng.randint(0, 9)}",
-                                       f"+49 151 {rng.randint(10000000, 99999999)}")), "DE"
-        if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
+                                       f"+49 151 {rng.randint(10000000, 99999999)}",
+                                       f"030/{rng.randint(1000000, 9999999)}",
+                                       f"089/{rng.randint(100000, 999999)}{rng.randint(0, 9)}")), "DE"
+        # validity as libphonenumber reads the number with plain spaces (it reads no narrow no-break space)
+        if phonenumbers.is_valid_number(phonenumbers.parse(text.replace("\u202f", " "), region)):
             return text
 
 
@@ -116,7 +126,7 @@ def _ssn(rng: random.Random) -> str:
         group, serial = rng.randint(1, 99), rng.randint(1, 9999)
         text = f"{area:03d}-{group:02d}-{serial:04d}"
         if len(set(text.replace("-", ""))) > 2 and text not in ("078-05-1120", "219-09-9999", "123-45-6789"):
-            return text
+            return text.replace("-", "\u2013") if rng.random() < 0.2 else text  # en-dashes, as a word processor writes
 
 
 MAKERS = {"EMAIL_ADDRESS": _email, "PHONE_NUMBER": _phone, "CREDIT_CARD": _card, "IBAN_CODE": _iban,
@@ -183,17 +193,22 @@ def _hard_negative(rng: random.Random, subject: str) -> str:
                        f"{rng.randint(2, 40)} photos of {subject}, page {rng.randint(1, 300)} of {rng.randint(300, 900)}"))
 
 
-def _plant(template: str, subject: str, value: str, entity: str) -> Caption:
+def _plant(template: str, subject: str, values: list[str], entity: str, sep: str = " ") -> Caption:
+    """``template`` with ``values`` (one or more of ``entity``, joined by ``sep``) in the place of ``{v}``."""
     head, tail = template.split("{v}")
     head = head.format(s=subject)
-    text = head + value + tail.format(s=subject)
-    return Caption(text, ((entity, len(head), len(head) + len(value)),))
+    spans, at = [], len(head)
+    for value in values:
+        spans.append((entity, at, at + len(value)))
+        at += len(value) + len(sep)
+    return Caption(head + sep.join(values) + tail.format(s=subject), tuple(spans))
 
 
 def labelled_captions(n: int = 600, seed: int = 0, clean_fraction: float = 1 / 3,
                       hard_fraction_of_clean: float = 1.0) -> list[Caption]:
     """``n`` captions: ``clean_fraction`` of them clean (of which ``hard_fraction_of_clean`` hard negatives, the
-    rest plain captions), the others each carrying one value of one entity type, the types in turn; shuffled."""
+    rest plain captions), the others each carrying one value of one entity type, the types in turn (a quarter of
+    the phone captions two numbers); shuffled."""
     rng = random.Random(seed)
     n_clean = round(n * clean_fraction)
     out: list[Caption] = []
@@ -201,7 +216,12 @@ def labelled_captions(n: int = 600, seed: int = 0, clean_fraction: float = 1 / 3
         entity = ENTITIES[i % len(ENTITIES)]
         subject = rng.choice(SUBJECTS)
         template = rng.choice(CARRIERS[entity])
-        caption = _plant(template, subject, MAKERS[entity](rng), entity)
+        values = [MAKERS[entity](rng)]
+        sep = " "
+        if entity == "PHONE_NUMBER" and rng.random() < 0.25:  # two numbers, one after the other: "tel (808) ..."
+            values.append(_phone(rng))
+            sep = rng.choice((" ", " ", " / ", ", "))
+        caption = _plant(template, subject, values, entity, sep)
         if rng.random() < 0.25:  # a second value of another type in the same caption
             other = ENTITIES[(i + 1 + rng.randrange(len(ENTITIES) - 1)) % len(ENTITIES)]
             value = MAKERS[other](rng)

@@ -31,6 +31,13 @@ def test_the_labelled_set_is_what_it_claims():
     assert {e for c in captions for e, _, _ in c.spans} == set(ENTITIES)
     assert all(c.text[s:e] for c in captions for _, s, e in c.spans)
     assert labelled_captions(600, seed=0) == captions  # a pure function of the seed
+    values = [(e, c.text[s:e_]) for c in captions for e, s, e_ in c.spans]
+    phones = [v for e, v in values if e == "PHONE_NUMBER"]
+    # values as people write them: typographic separators, the German slash, numbers one after the other
+    for mark in ("\u2013", "\u00a0", "\u202f", "/"):
+        assert any(mark in v for v in phones), mark
+    assert any(mark in v for e, v in values if e == "US_SSN" for mark in "\u2013")
+    assert any(sum(e == "PHONE_NUMBER" for e, _, _ in c.spans) == 2 for c in captions)
 
 
 def test_recall_per_entity_and_clean_captions_byte_identical(stage):
