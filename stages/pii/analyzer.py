@@ -200,10 +200,33 @@ def _spans(numbers: list) -> list[tuple[int, int]]:
     return [(match.start, match.end) for match, _ in numbers]
 
 
+def _isbn_shaped(raw: str) -> bool:
+    """An ISBN written in its hyphenated groups with a valid check digit (``0-306-40615-2``,
+    ``978-3-16-148410-0``): a book, even without the word ISBN before it, not a phone."""
+    groups = raw.split("-")
+    digits = "".join(groups)
+    if not digits.isdigit() or len(groups[-1]) != 1:
+        return False
+    if len(digits) == 10 and len(groups) == 4:
+        return sum((10 - i) * int(d) for i, d in enumerate(digits)) % 11 == 0
+    if len(digits) == 13 and len(groups) == 5 and digits[:3] in ("978", "979"):
+        return sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits)) % 10 == 0
+    return False
+
+
+def _digit_run(raw: str) -> bool:
+    """Every digit one more (or one less) than the one before, ``0123456789``, ``(123) 456-7890``: a keypad, a
+    sequence or the placeholder number of every form, not anybody's phone."""
+    digits = [int(c) for c in raw if c.isdigit()]
+    steps = {(b - a) % 10 for a, b in zip(digits, digits[1:])}
+    return len(steps) == 1 and steps <= {1, 9}
+
+
 def _phone_recognizer(regions: tuple[str, ...]):
     """Presidio's phone recognizer (libphonenumber's matcher, leniency VALID) run per digit window, the regions
     in order until the numbers found there cover all its digits, instead of every region over the whole text: the
-    same numbers, found in a fraction of the time (the matcher was three quarters of the stage's time)."""
+    same numbers, found in a fraction of the time (the matcher was three quarters of the stage's time). A number
+    that is a hyphenated ISBN with its check digit, or a run of consecutive digits, is not one."""
     import phonenumbers
     from presidio_analyzer import EntityRecognizer
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
@@ -253,7 +276,8 @@ def _phone_recognizer(regions: tuple[str, ...]):
                 for match in phonenumbers.PhoneNumberMatcher(chunk, region, leniency=self.leniency):
                     raw = match.raw_string.strip()  # a number found after a slash keeps the space before it
                     at = lo + match.start + match.raw_string.index(raw)
-                    if any(at < y and x < at + len(raw) for x, y in (*_spans(numbers), *found)):
+                    if (any(at < y and x < at + len(raw) for x, y in (*_spans(numbers), *found))
+                            or _isbn_shaped(raw) or _digit_run(raw)):
                         continue
                     numbers.append((phonenumbers.PhoneNumberMatch(at, raw, match.number), region))
                 if _digits(text, _spans(numbers)) == digits:

@@ -74,3 +74,22 @@ def test_the_stage_redacts_the_value_as_written_and_counts_it():
     assert out["alt"] == "harbour at dusk, call\u00a0<PHONE_NUMBER> to book"  # the rest of the text as it was
     assert out["title"] == "Studio Berlin, Tel. <PHONE_NUMBER>"
     assert dict(out["pii"]) == {"PHONE_NUMBER": 3}
+
+
+@pytest.mark.parametrize("text", [
+    "cover of 0-306-40615-2",  # an ISBN-10 in its groups, its check digit valid, without the word ISBN
+    "the book 978-3-16-148410-0 on a shelf",  # an ISBN-13
+    "sequence 0123456789 on a keypad",
+    "call (123) 456-7890 to book",  # the placeholder of every form
+    "countdown 9876543210",
+])
+def test_look_alikes_of_phone_numbers_are_not_phones(analyzer, text):
+    assert found(analyzer, text) == []
+
+
+@pytest.mark.parametrize("text, value", [
+    ("call 0-306-40615-3", "0-306-40615-3"),  # the same groups, a wrong ISBN check digit: FR reads a phone
+    ("call 808-634-0968", "808-634-0968"),
+])
+def test_numbers_shaped_like_look_alikes_but_failing_their_check_are_still_phones(analyzer, text, value):
+    assert found(analyzer, text) == [("PHONE_NUMBER", value)]
