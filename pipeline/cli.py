@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--only", metavar="NODE",
                      help="run this one stage, whose inputs must be committed (exit codes: 0 done or reused, "
-                          "1 failed, 2 invalid workflow, 3 an input is not committed)")
+                          "1 failed, 2 invalid workflow, 3 an input is not committed or must run again first; "
+                          "nothing changed)")
     run.set_defaults(func=_run)
 
     plan = sub.add_parser("plan", help="print the workflow's graph and what a run would do at each node")

@@ -2,7 +2,8 @@
 
 Each node is a stage of the workflow's graph with its inputs, its fingerprint (computed exactly as a run computes
 it: the same variables, file digests and code) and an action: ``reuse`` (committed under that fingerprint, every
-listed file intact) or ``run``, with why. The nodes come in an order that runs every node after its inputs, and
+listed file intact, and not a purged stage the run must run again: ``raw_text.purged_to_rerun``, which the runner
+reads too) or ``run``, with why. The nodes come in an order that runs every node after its inputs, and
 each carries the command that runs it alone (``mmcurate run WORKFLOW --only NODE``): an orchestrator (Airflow,
 Dagster, Prefect) makes one task per node and one dependency per input. Three renderings: text for people, JSON
 for tools, Mermaid for the README.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcurate.pipeline.fingerprint import FileDigests
+from mmcurate.pipeline.raw_text import purged_to_rerun
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.runner import plan_fingerprints, run_variables
 from mmcurate.pipeline.services import Service
@@ -99,14 +101,18 @@ def plan_of(workflow: Workflow, rundir: RunDir, workflow_arg: str, run_dir_arg: 
     earlier = {s["name"]: s for s in (rundir.read_json("manifest.json") or {}).get("stages", [])}
     several_sinks = len(workflow.sinks) > 1
     result = Plan(workflow=workflow_arg, run_dir=run_dir_arg)
+    rerun = purged_to_rerun(planned, rundir)  # what the runner runs again of the purged stages (retain_raw_text)
     actions: dict[str, str] = {}
     for step in planned:
         name = step.spec.name
-        if rundir.is_done(name, step.fingerprint):
-            action, why = "reuse", f"committed under fingerprint {step.fingerprint}"
-        else:
+        if not rundir.is_done(name, step.fingerprint):
             action, why = "run", _why(step, rundir.marker(name), earlier.get(name), actions)
-        actions[name] = action
+        elif name in rerun:
+            action, why = "run", rerun[name]
+        else:
+            action, why = "reuse", f"committed under fingerprint {step.fingerprint}"
+        # a purged stage that runs again keeps its fingerprint: it is no cause for a stage reading it to run
+        actions[name] = "again" if name in rerun else action
         command = ["mmcurate", "run", workflow_arg, "--run-dir", run_dir_arg, "--only", name,
                    *[part for item in overrides for part in ("--set", item)]]
         shards = (f"shards/{name}" if several_sinks else "shards") if step.role == "sink" else None

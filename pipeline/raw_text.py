@@ -9,10 +9,13 @@ stage's own analyzer and operators; it is published by the ordinary commit (one 
 ``"raw_text_purged": true``, and the old generation deleted. The run log is rewritten the same way. The stages
 after ``pii`` only ever saw redacted text.
 
-The cost: a purged stage is no longer an input anything can run on. When a later run must run a stage whose
-upstream is purged (the ``pii`` config changed, or anything after it whose inputs are gone), every purged stage is
-invalidated first, so the run starts again from the crawl (``before_run``). A run killed between the ``pii``
-commit and the end of the run leaves raw text until the next run of the directory ends.
+The cost: a purged stage is no longer an input anything can run on. When a stage that must run (its config
+changed, or the ``pii`` config, or a file of it is gone) reads a purged stage, every purged stage runs again
+first, so the run starts again from the crawl (``purged_to_rerun``); this holds whatever the workflow's
+``retain_raw_text`` says now. Nothing is removed ahead of that: each purged stage keeps its link until its new
+generation replaces it at its commit. ``mmcurate plan`` shows the same (``run``, with why), and ``--only NODE``
+whose input must run again exits 3 naming it and changes nothing. A run killed between the ``pii`` commit and the
+end of the run leaves raw text until the next run of the directory ends.
 
 Not covered: the demo's served site, which is the crawl's *source*, not its output (``serve.demo_site.root``
 builds it outside the run directory).
@@ -51,8 +54,8 @@ def redacting_index(stages: list[Any]) -> int | None:
 
 
 class Purge:
-    """Built before a run's stages (invalidates purged stages a pending stage would read: ``before_run``);
-    ``run()`` after them purges raw text from the stages before ``pii`` (``purge``)."""
+    """Built before a run's stages: ``rerun``, the purged stages this run must run again (``purged_to_rerun``);
+    ``run()`` after the stages purges raw text from the stages before ``pii`` (``purge``)."""
 
     def __init__(self, workflow: Any, planned: list[Any], rundir: RunDir):
         self.planned, self.rundir = planned, rundir
@@ -60,28 +63,36 @@ class Purge:
         self.wanted = not workflow.retain_raw_text and self.at is not None
         if not workflow.retain_raw_text and self.at is None:
             log.warning("retain_raw_text is false but the workflow has no pii stage: nothing is redacted or purged")
-        if self.wanted:
-            before_run(planned, rundir)
+        self.rerun = purged_to_rerun(planned, rundir)
+        if self.rerun:
+            log.info("stages %s hold no raw text (purged): %s", sorted(self.rerun), next(iter(self.rerun.values())))
 
     def run(self) -> None:
         if self.wanted:
             purge(self.planned, self.at, self.rundir)
 
 
-def before_run(planned: list[Any], rundir: RunDir) -> None:
-    """If a stage that must run reads from a purged stage (the workflow is a graph: through its inputs), invalidate
-    every purged stage: they re-run from the crawl. A stage on a branch after ``pii`` reads redacted records and
-    runs without that."""
-    purged = [step.spec.name for step in planned if (rundir.marker(step.spec.name) or {}).get(PURGED)]
-    if not purged:
-        return
-    reader = next((step for step in planned if not rundir.is_done(step.spec.name, step.fingerprint)
-                   and set(step.spec.inputs) & set(purged)), None)
-    if reader is not None:
-        log.info("stages %s hold no raw text (retain_raw_text: false) and %s, which reads one, must run: running "
-                 "from the crawl", purged, reader.spec.name)
-        for name in purged:
-            rundir.invalidate(name)
+def purged_to_rerun(planned: list[Any], rundir: RunDir) -> dict[str, str]:
+    """The purged stages, committed under their current fingerprints, that must run again anyway, each with why:
+    all of them once a stage that must run (not committed under its fingerprint) reads a purged one through its
+    inputs; none otherwise (a branch after ``pii`` reads redacted records and runs without a re-crawl). The
+    runner runs them (``--only``: refuses a node reading one) and ``mmcurate plan`` shows them, both from here."""
+    purged = [step for step in planned if (rundir.marker(step.spec.name) or {}).get(PURGED)]
+    names = {step.spec.name for step in purged}
+    reader = next((step for step in planned if set(step.spec.inputs) & names
+                   and not rundir.is_done(step.spec.name, step.fingerprint)), None)
+    if reader is None:
+        return {}
+    why = f"its raw text was purged (retain_raw_text: false) and {reader.spec.name!r}, which must run,"
+    found = {}
+    for step in purged:
+        name = step.spec.name
+        if step is reader or not rundir.is_done(name, step.fingerprint):
+            continue  # it runs anyway (what changed in it is why)
+        via = next((i for i in reader.spec.inputs if name == i or name in ancestors(planned, i)), None)
+        found[name] = (f"{why} reads it" if via == name else f"{why} reads it through {via!r}" if via else
+                       f"{why} reads a purged stage, and every purged stage runs again")
+    return found
 
 
 def ancestors(planned: list[Any], name: str) -> set[str]:

@@ -582,15 +582,6 @@ class RunDir:
                     continue
                 store.remove_tree(generation)
 
-    def invalidate(self, stage: str) -> None:
-        """Remove a stage's link so that it and everything after it is known to be stale."""
-        if self.remote:
-            self.store.remove_link(self.location(stage))
-            return
-        link = self.stage_dir(stage)
-        if link.is_symlink():
-            link.unlink()
-
 
 def _reader_leases(store: ObjectStorage, generation: str) -> list[str]:
     """Unexpired reader leases under a generation (``shards/_READERS/<token>.json``: {"expires": epoch s})."""

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -260,7 +260,7 @@ def plan_fingerprints(workflow: Workflow, files: FileDigests, run_root: str | No
     return list(planned.values())
 
 
-def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Planned]:
+def _segment_at(planned: list[_Planned], start: int, pending: Callable[[_Planned], bool]) -> list[_Planned]:
     """The stages streamed together from ``start``: it and the ``map`` stages right after it that must run, each
     reading only the one before it (a stage with several inputs reads their committed files). A global stage runs
     alone: what it makes besides rows (a model the next stage loads) exists only once it has committed."""
@@ -268,15 +268,15 @@ def _segment_at(planned: list[_Planned], start: int, rundir: RunDir) -> list[_Pl
     if planned[start].role == "global":
         return segment
     for step in planned[start + 1 :]:
-        if (step.role != "map" or step.spec.inputs != (segment[-1].spec.name,)
-                or rundir.is_done(step.spec.name, step.fingerprint)):
+        if step.role != "map" or step.spec.inputs != (segment[-1].spec.name,) or not pending(step):
             break
         segment.append(step)
     return segment
 
 
 class InputMissing(RuntimeError):
-    """``--only NODE``: an input of the node is not committed under its current fingerprint (run it first)."""
+    """``--only NODE``: an input of the node is not committed under its current fingerprint, or must run again
+    (its raw text was purged and a stage that must run reads it): run it first. Raised before anything changes."""
 
 
 def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: str | None = None) -> RunResult:
@@ -285,9 +285,14 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
     planned = plan_fingerprints(workflow, FileDigests(rundir.cache_dir / "file_digests.json"),
                                 None if rundir.remote else str(rundir.local_root))
     by_name = {step.spec.name: step for step in planned}
-    purge = raw_text.Purge(workflow, planned, rundir)  # retain_raw_text: false (invalidates purged inputs)
-    if only is not None:  # after the purge's check: an input it invalidated is missing
-        _check_inputs_committed(workflow, by_name[only], by_name, rundir)
+    # retain_raw_text: purged stages that a stage which must run reads run again (purge.rerun, as plan shows)
+    purge = raw_text.Purge(workflow, planned, rundir)
+
+    def pending(step: _Planned) -> bool:
+        return step.spec.name in purge.rerun or not rundir.is_done(step.spec.name, step.fingerprint)
+
+    if only is not None:  # before anything is touched: a node that cannot run changes nothing
+        _check_inputs_committed(workflow, by_name[only], by_name, rundir, purge.rerun)
     ray_started = False
     i = 0
     while i < len(planned):
@@ -295,7 +300,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
         if only is not None and step.spec.name != only:
             i += 1
             continue
-        if rundir.is_done(step.spec.name, step.fingerprint):
+        if not pending(step):
             log.info("stage %s: already done (fingerprint %s), reusing", step.spec.name, step.fingerprint)
             rundir.discard_progress(step.spec.name, step.fingerprint)
             result.stages.append(StageOutcome(step.spec.name, "reused", rundir.marker(step.spec.name)["stats"],
@@ -309,7 +314,7 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
                 segment = [step]
                 stats = [_run_sink(workflow, step, rundir)]
             elif step.role in ("source", "map", "global"):
-                segment = [step] if only is not None else _segment_at(planned, i, rundir)
+                segment = [step] if only is not None else _segment_at(planned, i, pending)
                 stats = _run_segment(workflow, segment, rundir)
             else:
                 raise StageFailed(f"stage {step.spec.name}: role {step.role} has no runner")
@@ -326,12 +331,19 @@ def _execute(workflow: Workflow, rundir: RunDir, ray_address: str | None, only: 
     return result
 
 
-def _check_inputs_committed(workflow: Workflow, step: _Planned, by_name: dict[str, _Planned], rundir: RunDir) -> None:
+def _check_inputs_committed(workflow: Workflow, step: _Planned, by_name: dict[str, _Planned], rundir: RunDir,
+                            rerun: Mapping[str, str]) -> None:
+    """``--only``: every input committed under its current fingerprint and not due to run again (``rerun``: its
+    raw text purged), else ``InputMissing`` naming the first that is not."""
     for name in step.spec.inputs:
         if not rundir.is_done(name, by_name[name].fingerprint):
             state = "committed under another fingerprint (stale)" if rundir.marker(name) else "not committed"
-            raise InputMissing(f"{workflow.path}: stage '{step.spec.name}': input '{name}' is {state}; run "
-                               f"'--only {name}' first (mmcurate plan lists the order)")
+        elif name in rerun:
+            state = f"due to run again ({rerun[name]})"
+        else:
+            continue
+        raise InputMissing(f"{workflow.path}: stage '{step.spec.name}': input '{name}' is {state}; run "
+                           f"'--only {name}' first (mmcurate plan lists the order)")
 
 
 def _write_stats(workflow: Workflow, rundir: RunDir, result: RunResult) -> None:

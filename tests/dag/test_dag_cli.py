@@ -110,3 +110,22 @@ def test_a_change_to_one_branch_re_runs_that_branch_only_with_no_http_request(fu
     stats = json.loads((run / "stats.json").read_text())
     assert stats["audio_text"]["in"] == stats["pii"]["kept"]
     assert stats["audio"]["in"] == stats["audio_text"]["kept"] <= stats["pii"]["kept"]
+
+
+def test_on_the_purged_demo_plan_says_a_changed_align_re_crawls_and_only_align_refuses_touching_nothing(full_run):
+    """The demo purges raw text (retain_raw_text: false): a changed align must read raw text, so plan says the
+    crawls run again, and --only align, out of that order, exits 3 naming pages with every link as it was."""
+    run, _ = full_run
+    change = ["--set", "align.image_max_side=128"]
+    plan = {n["name"]: n for n in json.loads(cli("plan", WORKFLOW, "--run-dir", str(run), *SITE, *change,
+                                                 "--json").stdout)["nodes"]}
+    assert {name: n["action"] for name, n in plan.items()} == dict.fromkeys(plan, "run")
+    assert plan["pages"]["why"] == plan["list"]["why"] == \
+        "its raw text was purged (retain_raw_text: false) and 'align', which must run, reads it"
+    links = {name: os.readlink(run / name) for name in plan}
+    out = cli("run", WORKFLOW, "--run-dir", str(run), *SITE, *change, "--only", "align")
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "stage 'align': input 'pages' is due to run again (its raw text was purged" in out.stderr
+    assert {name: os.readlink(run / name) for name in plan} == links
+    assert all(json.loads((run / name / "_SUCCESS.json").read_text()).get("raw_text_purged")
+               for name in ("pages", "list", "align"))
