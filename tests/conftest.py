@@ -27,16 +27,20 @@ LONG_FIRST = ("filter_demo", "tests/e2e/test_user_path.py", "tests/s3/test_s3_ru
               "tests/train/test_driver_kill.py", "tests/models/test_train_filter.py", "tests/dedupe/test_dedupe_demo_ground_truth.py")
 
 
-def pytest_collection_modifyitems(config, items):
-    def group(item) -> str:
-        module = item.nodeid.split("::", 1)[0]
-        return SHARED_GROUPS.get(module, module)
+def _group(item) -> str:
+    module = item.nodeid.split("::", 1)[0]
+    return SHARED_GROUPS.get(module, module)
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
+
+def pytest_itemcollected(item):
+    # here, not in pytest_collection_modifyitems: xdist's worker reads the groups in that hook, ahead of a conftest's
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (rank.get(group(item), len(rank)), order[id(item)]))
+    items.sort(key=lambda item: (rank.get(_group(item), len(rank)), order[id(item)]))
 
 
 @pytest.fixture(scope="session")
