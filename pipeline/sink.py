@@ -26,7 +26,7 @@ from mmcurate.pipeline.storage import is_url, join, storage_for
 from mmcurate.schemas.record import RECORD_SCHEMA, outcome_table
 from mmcurate.stages.base import reject_rows
 from mmcurate.stages.base import SinkStage
-from mmcurate.stages.shard import PARTITION_COLUMN, partition_of
+from mmcurate.stages.shard import PARTITION_COLUMN, WRITTEN_EXTENSIONS, partition_of
 
 PARTITION_FILE = "partition.json"
 _SHUFFLE_PARTITIONS = 64  # at most this many shuffle reducers; each takes whole key ranges
@@ -34,7 +34,8 @@ _SHUFFLE_PARTITIONS = 64  # at most this many shuffle reducers; each takes whole
 
 def _with_partition(batch: pa.Table, partitions: int, skip: list[int]) -> pa.Table:
     parts = [partition_of(key, partitions) for key in batch["key"].to_pylist()]
-    table = batch.select(RECORD_SCHEMA.names).append_column(PARTITION_COLUMN, pa.array(parts, pa.int32()))
+    columns = [*RECORD_SCHEMA.names, *(name for name in WRITTEN_EXTENSIONS if name in batch.column_names)]
+    table = batch.select(columns).append_column(PARTITION_COLUMN, pa.array(parts, pa.int32()))
     if not skip:
         return table
     import pyarrow.compute as pc

@@ -42,6 +42,9 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 
+# Extension columns the writer reads (``sample_members``): the sink keeps them beside the record columns.
+WRITTEN_EXTENSIONS = ("pii",)
+
 # Metadata carried in each sample's .json member (the media and caption travel as their own members).
 JSON_FIELDS = (
     "key",
