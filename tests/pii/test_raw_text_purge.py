@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -121,6 +122,21 @@ def test_the_shards_faces_are_blurred_and_carry_no_metadata(demo_run):
                 read += 1
     print(f"{read} images and clips read back, {blurred} with faces blurred")
     assert read and blurred
+
+
+def test_every_sample_in_the_shards_carries_its_pii_counts_in_its_json(demo_run):
+    counts = Counter()
+    samples = 0
+    for tar_path in sorted((demo_run[0] / "shards").glob("*/*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    assert isinstance(meta.get("pii"), dict), member.name  # the entity counts; {} when none
+                    counts.update(meta["pii"])
+                    samples += 1
+    print(f"{samples} samples, pii counts in their .json: {dict(counts)}")
+    assert samples and counts["FACE"] >= 1 and sum(n for t, n in counts.items() if t != "FACE") >= 1
 
 
 def test_a_changed_pii_config_on_a_purged_directory_runs_again_from_the_crawl(demo_run):
