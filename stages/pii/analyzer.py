@@ -144,7 +144,9 @@ def build_engine(config: PiiConfig):  # -> presidio_analyzer.AnalyzerEngine
         if (spacy_ner and config.ner_model is None) or not wanted & set(recognizer.supported_entities):
             registry.remove_recognizer(recognizer.name)
     if "CREDIT_CARD" in wanted:
-        registry.add_recognizer(_two_series_cards(config.language))
+        registry.remove_recognizer("CreditCardRecognizer")
+        for recognizer in _card_recognizers(config.language):
+            registry.add_recognizer(recognizer)
     # phones are found after the rest, outside their spans (PiiAnalyzer.analyze)
     registry.remove_recognizer("PhoneRecognizer")
     return AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=[config.language],
@@ -287,15 +289,21 @@ def _phone_recognizer(regions: tuple[str, ...]):
     return WindowedPhoneRecognizer(supported_regions=regions)
 
 
-def _two_series_cards(language: str):
-    """Mastercard's 2-series (2221-2720, issued since 2017), which Presidio's card patterns miss; Luhn-checked by
-    the card recognizer's own validation."""
+def _card_recognizers(language: str) -> list:
+    """Presidio's card pattern and Mastercard's 2-series (2221-2720, issued since 2017, which Presidio's patterns
+    miss), Luhn-checked by the card recognizer's own validation, and written with one separator: a space and a
+    hyphen in one match (``4934 617-616-6569``, Luhn-valid by chance) are the end of one phone number and the next."""
     from presidio_analyzer import Pattern
     from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
 
-    pattern = Pattern("Mastercard 2-series", r"\b2(?:22[1-9]|2[3-9]\d|[3-6]\d{2}|7[01]\d|720)[- ]?\d{4}[- ]?\d{4}"
-                                             r"[- ]?\d{4}\b", 0.3)
-    return CreditCardRecognizer(patterns=[pattern], supported_language=language, name="MastercardTwoSeries")
+    class OneSeparatorCards(CreditCardRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return not {" ", "-"} <= set(pattern_text) and super().validate_result(pattern_text)
+
+    two_series = Pattern("Mastercard 2-series", r"\b2(?:22[1-9]|2[3-9]\d|[3-6]\d{2}|7[01]\d|720)[- ]?\d{4}[- ]?\d{4}"
+                                                r"[- ]?\d{4}\b", 0.3)
+    return [OneSeparatorCards(supported_language=language, name="CreditCardRecognizer"),
+            OneSeparatorCards(patterns=[two_series], supported_language=language, name="MastercardTwoSeries")]
 
 
 class PiiAnalyzer:

@@ -93,3 +93,15 @@ def test_look_alikes_of_phone_numbers_are_not_phones(analyzer, text):
 ])
 def test_numbers_shaped_like_look_alikes_but_failing_their_check_are_still_phones(analyzer, text, value):
     assert found(analyzer, text) == [("PHONE_NUMBER", value)]
+
+
+def test_two_phones_one_after_the_other_are_not_read_as_a_card_across_them(analyzer):
+    # 4934 617-616-6569 passes Luhn: the end of one number and the next, a space and hyphens, is not a card
+    text = "phone 808-962-4934 617-616-6569"
+    assert found(analyzer, text) == [("PHONE_NUMBER", "808-962-4934"), ("PHONE_NUMBER", "617-616-6569")]
+
+
+@pytest.mark.parametrize("card", ["4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111",
+                                  "2221 0012 3412 3450"])
+def test_a_card_written_with_one_separator_is_still_a_card(analyzer, card):
+    assert found(analyzer, f"paid with {card}") == [("CREDIT_CARD", card)]
