@@ -32,7 +32,7 @@ def _mmcurate() -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_run(filter_demo_run) -> Path:
-    """The 600-page demo (tests/e2e/conftest.py), shared with the label round trip, which runs after this file.
+    """The 400-page demo (tests/e2e/conftest.py), shared with the label round trip, which runs after this file.
     The site's 16 photos reach the filter through the trusted section's views of them
     (serve.demo_site.trusted_photo_views); a row of the table shows them."""
     return filter_demo_run.run

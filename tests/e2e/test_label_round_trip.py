@@ -6,7 +6,7 @@ at ``apply_labels``) and keeps (``clip_score_low`` fewer by the accepted), the s
 ``label report`` prints the filter's precision and recall against the people, a second export adds no task, and the
 server's token is in no file of the run directory and in no log.
 
-The demo run is the filter's ground-truth run (tests/e2e/conftest.py, 600 pages), labelled and re-run after
+The demo run is the filter's ground-truth run (tests/e2e/conftest.py, 400 pages), labelled and re-run after
 ``test_filter_ground_truth.py`` has judged it (file order): the re-run re-scores from ``apply_labels`` on, never
 retrains the filter and fetches nothing.
 """
