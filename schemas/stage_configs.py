@@ -454,10 +454,12 @@ class TextDedupeConfig(StrictModel):
 
 
 class SurvivorRule(StrictModel):
-    """Which member of a duplicate group is kept: the highest ``score`` (the largest of the record's scores whose
-    names match this fnmatch pattern: any CLIP score by default; unscored records rank below scored ones), then
-    the larger resolution (image pixels, else audio samples) when ``resolution``, then the smallest key."""
+    """Which member of a duplicate group is kept: with ``people_first``, one a person labelled "match" (the labels
+    stage's ``human_match``); then the highest ``score`` (the largest of the record's scores whose names match
+    this fnmatch pattern: any CLIP score by default; unscored records rank below scored ones), then the larger
+    resolution (image pixels, else audio samples) when ``resolution``, then the smallest key."""
 
+    people_first: bool = True
     score: str | None = "clip_score.*_text"
     resolution: bool = True
 

@@ -1,7 +1,9 @@
 """What each method compares, computed once per record in the workers (one decode of each image and clip):
 
   * ``node``: the record's place in the survivor order (``rank``), unique, and the id it has in every pair and
-    component; the smallest node of a group is its survivor, and the key is the node's tail.
+    component; the smallest node of a group is its survivor, and the key is the node's tail. A record a person
+    labelled "match" (``human_match``, the labels stage) ranks before every other: a person's word outranks a
+    model's score, and a caption they corrected reaches the shards whatever it scores against its copies.
   * ``pixels`` / ``samples``: digests of the decoded RGB pixels (with the size) and of the decoded audio samples
     (with rate and channels): a re-encoded copy of the same pixels, or a WAV of a FLAC, has the same digest.
   * ``text_norm`` and its digest ``text_digest``: NFKC, case-folded, every run of non-word characters one space.
@@ -62,15 +64,18 @@ def _descending(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.uint64(0xFFFF_FFFF_FFFF_FFFF), codes)
 
 
-def rank(keys: list[str], scores: np.ndarray, sizes: np.ndarray) -> list[str]:
-    """Survivor order as strings that sort the way the rule says: highest score, then largest size, then smallest
-    key (the key is the string's tail, after fixed-width codes, so ties fall to plain key order)."""
+def rank(keys: list[str], scores: np.ndarray, sizes: np.ndarray, people: list[bool] | None = None) -> list[str]:
+    """Survivor order as strings that sort the way the rule says: accepted by a person (``people``), then highest
+    score, then largest size, then smallest key (the key is the string's tail, after fixed-width codes, so ties fall
+    to plain key order)."""
     score_codes = _descending(scores.astype(np.float64))
     size_codes = np.uint64((1 << 48) - 1) - np.minimum(np.nan_to_num(sizes, nan=0.0), (1 << 48) - 1).astype(np.uint64)
-    return [f"{s:016x}{z:012x}{k}" for s, z, k in zip(score_codes.tolist(), size_codes.tolist(), keys)]
+    person_codes = ["0" if accepted else "1" for accepted in (people or [False] * len(keys))]
+    return [f"{p}{s:016x}{z:012x}{k}"
+            for p, s, z, k in zip(person_codes, score_codes.tolist(), size_codes.tolist(), keys)]
 
 
-NODE_PREFIX = 28  # hex digits before the key in a node
+NODE_PREFIX = 29  # hex digits before the key in a node
 
 
 def key_of(node: str) -> str:
@@ -87,6 +92,13 @@ def survivor_scores(batch: pa.Table, pattern: str | None) -> np.ndarray:
         if matching:
             out[i] = max(matching)
     return out
+
+
+def accepted_by_people(batch: pa.Table) -> list[bool]:
+    """Per record, whether a person labelled it "match" (``human_match``); False without labels."""
+    if "human_match" not in batch.column_names:
+        return [False] * batch.num_rows
+    return [value is True for value in batch["human_match"].to_pylist()]
 
 
 def sizes(batch: pa.Table) -> np.ndarray:
@@ -148,12 +160,13 @@ def samples_digest(data: bytes) -> bytes | None:
 
 
 def signatures(batch: pa.Table, *, score: str | None, resolution: bool, pixels: bool, samples: bool,
-               text: bool, phash: bool, crops: list[float] | None, embedding: bool) -> pa.Table:
+               text: bool, phash: bool, crops: list[float] | None, embedding: bool,
+               people_first: bool = True) -> pa.Table:
     """One row of ``SIGNATURE_SCHEMA`` (plus ``embedding`` when asked) per record of ``batch``."""
     n = batch.num_rows
     keys = batch["key"].to_pylist()
     size = sizes(batch) if resolution else np.full(n, np.nan)
-    nodes = rank(keys, survivor_scores(batch, score), size)
+    nodes = rank(keys, survivor_scores(batch, score), size, accepted_by_people(batch) if people_first else None)
     images = batch["image"].to_pylist() if (pixels or phash) and "image" in batch.column_names else [None] * n
     audios = batch["audio"].to_pylist() if samples and "audio" in batch.column_names else [None] * n
     texts = batch["text"].to_pylist() if text and "text" in batch.column_names else [None] * n

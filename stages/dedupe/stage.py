@@ -107,6 +107,7 @@ class DedupeStage(GlobalStage[DedupeConfig]):
         cfg, eval_set = self.config, self.config.decontaminate
         return {
             "score": cfg.survivor.score, "resolution": cfg.survivor.resolution,
+            "people_first": cfg.survivor.people_first,
             "pixels": (cfg.exact.enabled and cfg.exact.image) or (eval_set is not None and eval_set.exact),
             "samples": cfg.exact.enabled and cfg.exact.audio,
             "text": (cfg.exact.enabled and cfg.exact.text) or cfg.text.enabled

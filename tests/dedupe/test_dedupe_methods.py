@@ -123,6 +123,11 @@ def test_survivor_order_is_score_then_resolution_then_key():
     assert rank(["k"], np.array([-0.5]), np.array([1]))[0] > rank(["k"], np.array([0.5]), np.array([1]))[0]
 
 
+def test_a_person_accepted_record_survives_before_any_score():
+    nodes = rank(["a", "b", "c"], np.array([0.9, 0.1, np.nan]), np.array([10**6, 1, 1]), [False, True, False])
+    assert [key_of(n) for n in sorted(nodes)] == ["b", "a", "c"]
+
+
 def test_exact_groups_keep_the_best_ranked_record_and_name_it(originals):
     original = originals["chelsea"]
     rows = table([record("small", jpeg(decoded(original).resize((120, 90)))),
@@ -136,6 +141,14 @@ def test_exact_groups_keep_the_best_ranked_record_and_name_it(originals):
     named = {keys[k]: keys[o] for k, o in zip(drops["key"].to_pylist(), drops["other"].to_pylist())}
     assert named == {"orig": "png", "renamed": "png"}  # the highest CLIP score wins among the same pixels
     assert survivor_of(drops["detail"][0].as_py()) in keys
+    # a person's "match" outranks the score: the labels stage's human_match column
+    people = rows.append_column("human_match", pa.array([None, None, None, True, False], pa.bool_()))
+    sigs = signatures(people, score="clip_score.*_text", resolution=True, pixels=True, samples=False, text=False,
+                      phash=False, crops=None, embedding=False)
+    drops = _exact_partition(sigs.select(["node", "pixels"]), column="pixels", reason="duplicate",
+                             method="exact_pixels", measures="exact pixels")
+    named = {keys[k]: keys[o] for k, o in zip(drops["key"].to_pylist(), drops["other"].to_pylist())}
+    assert named == {"orig": "renamed", "png": "renamed"}
 
 
 def test_normalised_text_and_minhash_find_near_duplicate_captions():
