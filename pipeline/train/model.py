@@ -34,10 +34,12 @@ def register_model_config(name: str, model_cfg: dict[str, Any]) -> None:
     existing = open_clip.get_model_config(name)
     if existing is not None and name not in _registered and existing != model_cfg:
         raise ValueError(f"model.custom would shadow open_clip's built-in {name!r}: give the custom config a new name")
-    directory = Path(tempfile.mkdtemp(prefix="mmcurate-model-cfg-"))
-    path = directory / f"{name}.json"
-    path.write_text(json.dumps(model_cfg))
-    open_clip.add_model_config(path)
+    # open_clip reads the file when it is added and skips a missing path on later rescans: the file need not
+    # outlive the call (a directory per call, kept, left ~170 behind in /tmp over one test suite)
+    with tempfile.TemporaryDirectory(prefix="mmcurate-model-cfg-") as directory:
+        path = Path(directory) / f"{name}.json"
+        path.write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(path)
     _registered[name] = model_cfg
 
 

@@ -71,3 +71,19 @@ def test_audio_tower_learns_tone_captions_beside_images(tmp_path):
     for name, losses in history.items():
         first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
         assert last < 0.6 * first, (name, first, last)
+
+
+def test_a_custom_config_registers_with_open_clip_and_leaves_no_file_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    import open_clip
+
+    from mmcurate.pipeline.train.model import register_model_config
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = {**TINY_CLIP, "embed_dim": TINY_CLIP["embed_dim"] + 8}
+    register_model_config("mmcurate-test-registered", config)
+    assert open_clip.get_model_config("mmcurate-test-registered") == config
+    assert list(tmp_path.iterdir()) == []
+    open_clip.add_model_config(tmp_path)  # a later rescan keeps what the deleted file registered
+    assert open_clip.get_model_config("mmcurate-test-registered") == config
