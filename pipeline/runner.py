@@ -223,15 +223,19 @@ def _placeholder_variables(services: Mapping[str, Service]) -> dict[str, str]:
     return {name: value for service in services.values() for name, value in service.placeholders.items()}
 
 
-def _committed_files(rundir: RunDir, stage: str) -> tuple[list[str], int]:
+def _committed_files(rundir: RunDir, stage: str) -> tuple[list[str], list[int]]:
     """A committed stage's data files (through the generation's real location, whatever the link does later)
-    and their row count from the parquet footers."""
+    and each one's row count from its parquet footer."""
     import pyarrow.dataset as pads
 
     files = rundir.committed_files(stage)
+    if not files:
+        return [], []
     paths, filesystem = rundir.store.arrow(files)
-    dataset = pads.dataset(paths, format="parquet", filesystem=filesystem) if files else None
-    return files, (dataset.count_rows(use_threads=filesystem_threads(rundir.url)) if dataset else 0)
+    fragments = list(pads.dataset(paths, format="parquet", filesystem=filesystem).get_fragments())
+    if len(fragments) != len(files):
+        raise RuntimeError(f"stage {stage}: {len(files)} committed files but {len(fragments)} parquet fragments")
+    return files, [fragment.count_rows(use_threads=filesystem_threads(rundir.url)) for fragment in fragments]
 
 
 @dataclass
@@ -366,10 +370,10 @@ def _input_blocks(rundir: RunDir, inputs: tuple[str, ...]) -> tuple[list[Block],
     blocks: list[Block] = []
     rows = 0
     for name in inputs:
-        files, count = _committed_files(rundir, name)
-        rows += count
-        blocks += [Block(id=stem_of(f) if len(inputs) == 1 else f"{name}--{stem_of(f)}", path=f, kind="records")
-                   for f in files]
+        files, counts = _committed_files(rundir, name)
+        rows += sum(counts)
+        blocks += [Block(id=stem_of(f) if len(inputs) == 1 else f"{name}--{stem_of(f)}", path=f, kind="records",
+                         rows=n) for f, n in zip(files, counts)]
     return blocks, rows
 
 
@@ -418,7 +422,7 @@ def _run_segment(workflow: Workflow, segment: list[_Planned], rundir: RunDir) ->
         log.info("stage %s: in=%d out=%d kept=%d rejected=%s", step.spec.name, stats["in"], stats["out"],
                  stats["kept"], stats["rejected"])
         all_stats.append(stats)
-        upstream_rows = _committed_files(rundir, step.spec.name)[1]
+        upstream_rows = sum(_committed_files(rundir, step.spec.name)[1])
     return all_stats
 
 

@@ -278,13 +278,20 @@ def shared_blocks(blocks: list[Block], scratch: Path, inputs: str) -> list[Block
 # --- the driver's side: schedule the blocks, then gather each stage's block files for its commit
 
 
+def pending_blocks(blocks: list[Block], done: set[str]) -> list[Block]:
+    """The blocks not yet done, largest first (known for committed upstream files; a source's blocks keep their
+    order): the pool's last block is then a small one, not a 500-record block one actor works through while the
+    others idle."""
+    return sorted((b for b in blocks if b.id not in done), key=lambda b: -(b.rows or 0))
+
+
 def run_blocks(runs: list[StageRun], blocks: list[Block], *, source: bool, log: Any) -> None:
     """Run every block not yet done by the segment's last stage on one pool of actors. The driver receives one
     small counts row per block and stage; the data never passes through it."""
     import ray
 
     done = set(storage_for(runs[-1].blocks_dir).published_children(runs[-1].blocks_dir))  # one listing
-    pending = [b for b in blocks if b.id not in done]
+    pending = pending_blocks(blocks, done)
     log.info("segment %s: %d blocks, %d done by an earlier run", "+".join(r.name for r in runs), len(blocks),
              len(blocks) - len(pending))
     if not pending:

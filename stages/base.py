@@ -99,11 +99,13 @@ def registered_kind(cls: type) -> str | None:
 class Block:
     """A unit of streamed work and of resume (``mmcurate.pipeline.stream``). ``id`` names the block's outputs in
     every stage and must be the same on every run for the same input; ``path`` is a local parquet file of
-    records, or whatever the source reads for this kind of block (a WARC file)."""
+    records, or whatever the source reads for this kind of block (a WARC file). ``rows``: its record count where
+    known (a committed upstream file's footer), which orders the work largest first."""
 
     id: str
     path: str
     kind: str
+    rows: int | None = None
 
 
 class SourceStage(Stage[ConfigT]):

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmcurate.pipeline.stream import COUNTS, SegmentWorker, StageRun, block_counts, block_dir, link_blocks
+from mmcurate.pipeline.stream import (COUNTS, SegmentWorker, StageRun, block_counts, block_dir, link_blocks,
+                                      pending_blocks)
 from mmcurate.schemas.record import RECORD_SCHEMA, empty_record
 from mmcurate.schemas.stage_configs import AlignConfig
 from mmcurate.stages.align import AlignStage
@@ -130,3 +131,10 @@ def test_a_worker_does_not_publish_a_block_once_its_run_is_gone(tmp_path):
             SegmentWorker(runs, source=False, threads=2).run_block(Block(id="block0", path=str(path), kind="records"))
         assert not block_dir(runs[0], "block0").exists()
         assert not list(block_dir(runs[0], "block0").parent.glob(".block0.tmp-*"))
+
+
+def test_pending_blocks_run_largest_first_and_a_source_keeps_its_order():
+    committed = [Block(f"b{i}", f"/x/b{i}.parquet", "records", rows=n) for i, n in enumerate([3, 500, 62, 498, 358])]
+    assert [b.id for b in pending_blocks(committed, {"b3"})] == ["b1", "b4", "b2", "b0"]
+    planned = [Block(f"c{i}", f"/x/c{i}", "urls") for i in range(4)]
+    assert [b.id for b in pending_blocks(planned, set())] == ["c0", "c1", "c2", "c3"]
