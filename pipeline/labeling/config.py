@@ -13,6 +13,8 @@ import hashlib
 from typing import Literal
 from xml.sax.saxutils import quoteattr
 
+from mmcurate.pipeline.labeling.select import LabelingError
+
 Modality = Literal["image", "audio"]
 MODALITIES: tuple[Modality, ...] = ("image", "audio")
 
@@ -20,10 +22,26 @@ MODALITIES: tuple[Modality, ...] = ("image", "audio")
 MATCH_FIELD, TEXT_FIELD, PERSONAL_FIELD = "match", "corrected_text", "personal_data"
 MATCH_CHOICES = {"match": "match", "no match": "no_match"}  # the UI's word -> the verdict stored
 PERSONAL_CHOICE = "contains personal data"
+TITLE_LIMIT = 50  # characters: Label Studio refuses a longer project title
 
 
 def project_title(name: str, modality: Modality) -> str:
     return name if modality == "image" else f"{name} (audio)"
+
+
+def project_name(name: str) -> str:
+    """``--project`` as the titles will be: Label Studio strips a title's spaces (compared unstripped, the project
+    would be made again on every export) and refuses one over ``TITLE_LIMIT`` characters (checked here, before
+    anything is written: else the image project and its tasks are made, then the audio one fails)."""
+    stripped = name.strip()
+    if not stripped:
+        raise LabelingError("the project name is empty")
+    longest = max((project_title(stripped, m) for m in MODALITIES), key=len)
+    if len(longest) > TITLE_LIMIT:
+        raise LabelingError(f"the project name is too long: {longest[:60]!r}{'...' if len(longest) > 60 else ''} "
+                            f"has {len(longest)} characters, Label Studio takes at most {TITLE_LIMIT} "
+                            f"(so a name of at most {TITLE_LIMIT - len(longest) + len(stripped)})")
+    return stripped
 
 
 def labeling_config(modality: Modality) -> str:

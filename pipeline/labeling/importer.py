@@ -1,12 +1,18 @@
 """``mmcurate label import DIR --project NAME``: the project's annotations into ``DIR/labels/``.
 
 Read incrementally through the SDK's paged task list, never a full export: each import asks only for the tasks
-updated since the newest update the last import saw (``state.json``; Label Studio bumps a task's ``updated_at``
-when an annotation is made or edited), a page of ``PAGE`` at a time, media left out. A big project's first import
-still pages through every annotated task, but no request waits on the server to build an export file (the
-``exports`` endpoints build a snapshot of the whole project first: the time-outs users meet). Annotations are kept by
-id, so reading one again (the overlap second below) replaces it. Per key, the latest annotation with an answer is
-its label (``labels.parquet``).
+updated since where the last import left off (``state.json``; Label Studio bumps a task's ``updated_at`` when an
+annotation is made, edited or deleted), a page of ``PAGE`` at a time. The tasks come whole, media included (an
+``include`` list would trim the annotations to their ids). A big project's first import still pages through every
+task, but no request waits on the server to build an export file (the ``exports`` endpoints build a snapshot of the
+whole project first: the time-outs users meet). A task read again is idempotent: its annotations become exactly
+those the server now has (a deleted one goes). Per key, the latest annotation with an answer is its label
+(``labels.parquet``).
+
+Where the next import resumes (``since``) is the earlier of the newest ``updated_at`` read and the time this import
+started, less ``CLOCK_MARGIN_S``: a task read on an early page and edited while later pages were read has an
+``updated_at`` after the start, and is read again next time, not lost. The margin covers a server clock behind
+ours; the cost is re-reading the tasks updated in the margin before each import.
 """
 
 from __future__ import annotations
@@ -16,37 +22,61 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from label_studio_sdk.core.api_error import ApiError
+
 from mmcurate.pipeline.labeling.config import (MATCH_CHOICES, MATCH_FIELD, MODALITIES, PERSONAL_CHOICE,
-                                               PERSONAL_FIELD, TEXT_FIELD, config_version, project_title)
+                                               PERSONAL_FIELD, TEXT_FIELD, config_version, project_name,
+                                               project_title)
 from mmcurate.pipeline.labeling.select import LabelingError
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.labeling.server import PAGE, client, find_project
-from mmcurate.pipeline.labeling.store import merge_annotations, read_state, write_json, write_labels
+from mmcurate.pipeline.labeling.store import (merge_annotations, read_state, require_run, write_json,
+                                              write_labels)
 
 log = logging.getLogger("mmcurate.label")
+CLOCK_MARGIN_S = 5.0  # how far the server's clock may run behind ours without an edit being missed
+
+
+def _text(value: Any) -> str | None:
+    """A TextArea's answer: Label Studio gives a list of strings; a plain string is one text (not its characters);
+    an item that is not a string is ignored. Nothing usable: no corrected text."""
+    parts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip()) or None
+
+
+def _choices(value: dict[str, Any]) -> list[str]:
+    found = value.get("choices")
+    return [c for c in found if isinstance(c, str)] if isinstance(found, list) else []
 
 
 def parse_result(result: list[dict[str, Any]]) -> tuple[str | None, str | None, bool]:
     """(verdict, corrected text, personal data) from one annotation's result list."""
     verdict, text, personal = None, None, False
-    for item in result or []:
-        value = item.get("value") or {}
-        if item.get("from_name") == MATCH_FIELD and value.get("choices"):
-            verdict = MATCH_CHOICES.get(value["choices"][0].strip().lower())
-        elif item.get("from_name") == TEXT_FIELD and value.get("text"):
-            joined = " ".join(t.strip() for t in value["text"] if t and t.strip())
-            text = joined or None
+    for item in result if isinstance(result, list) else []:
+        value = item.get("value") if isinstance(item, dict) else None
+        if not isinstance(value, dict):
+            continue
+        if item.get("from_name") == MATCH_FIELD and _choices(value):
+            verdict = MATCH_CHOICES.get(_choices(value)[0].strip().lower())
+        elif item.get("from_name") == TEXT_FIELD:
+            text = _text(value.get("text"))
         elif item.get("from_name") == PERSONAL_FIELD:
-            personal = PERSONAL_CHOICE in (value.get("choices") or [])
+            personal = PERSONAL_CHOICE in _choices(value)
     return verdict, text, personal
 
 
-def _iso(value: Any) -> str | None:
-    """A time as ISO 8601 in UTC (the SDK gives datetimes or strings, by field)."""
+def _when(value: Any) -> datetime | None:
+    """A time, aware in UTC (the SDK gives datetimes or strings, by field)."""
     if value is None or value == "":
         return None
     when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return when.astimezone(timezone.utc).isoformat()
+    return when.astimezone(timezone.utc)
+
+
+def _iso(value: Any) -> str | None:
+    """A time as ISO 8601 in UTC."""
+    when = _when(value)
+    return when.isoformat() if when else None
 
 
 def _since_filter(since: str | None) -> str | None:
@@ -60,57 +90,72 @@ def _since_filter(since: str | None) -> str | None:
 
 
 def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict[str, Any]:
+    project = project_name(project)
+    require_run(run_dir)  # a mistyped DIR is an error, not a new directory holding labels
     ls = client(url)
-    state = read_state(run_dir)
     users: dict[int, str] = {}
 
     def annotator(user_id: int | None) -> str:
         if user_id is None:
             return "unknown"
         if user_id not in users:
-            user = ls.users.get(id=user_id)
-            users[user_id] = user.email or user.username or f"user {user_id}"
+            try:
+                user = ls.users.get(id=user_id)
+                users[user_id] = user.email or user.username or f"user {user_id}"
+            except ApiError as err:  # a deleted user, or a token not allowed to see others: the label still counts
+                log.warning("label import: user %d not found (%s): annotations name the user id", user_id,
+                            err.status_code)
+                users[user_id] = f"user {user_id}"
         return users[user_id]
 
-    now = datetime.now(timezone.utc).isoformat()
-    read_rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"projects": {}}
-    found_any = False
-    for modality in MODALITIES:
-        title = project_title(project, modality)
-        remote = find_project(ls, title)
-        if remote is None:
-            continue
-        found_any = True
-        version = config_version(remote.label_config or "")
-        since = state.get(title, {}).get("since")
-        newest, tasks_read = since, 0
-        # fields="all" whole: an ``include`` list also trims the annotations to their ids
-        for task in ls.tasks.list(project=remote.id, fields="all", query=_since_filter(since), page_size=PAGE):
-            tasks_read += 1
-            raw = task.dict()
-            updated = _iso(raw.get("updated_at"))
-            if updated and (newest is None or updated > newest):
-                newest = updated
-            key = (raw.get("data") or {}).get("key")
-            for annotation in raw.get("annotations") or []:
-                if key is None or annotation.get("was_cancelled"):
-                    continue
-                verdict, text, personal = parse_result(annotation.get("result"))
-                read_rows.append({
-                    "annotation_id": annotation["id"], "task_id": raw["id"], "project": title, "project_id": remote.id,
-                    "key": key, "verdict": verdict, "text": text, "personal_data": personal,
-                    "annotator": annotator(annotation.get("completed_by")),
-                    "annotated_at": _iso(annotation.get("updated_at") or annotation.get("created_at")),
-                    "label_config_version": version, "lead_time_s": annotation.get("lead_time"), "imported_at": now,
-                })
-        state[title] = {"since": newest, "project_id": remote.id}
-        summary["projects"][title] = {"tasks_read": tasks_read, "incremental": since is not None}
-    if not found_any:
-        raise LabelingError(f"no project titled {project!r} (or {project_title(project, 'audio')!r}) on the server")
-    # a run reading the labels table while it changed would commit a stage whose fingerprint names other bytes
+    # the lock before the server is read: a run must not start between our reading and our writing, and two
+    # imports into one DIR would each write what they read
     with RunDir(run_dir).locked():
-        annotations = merge_annotations(run_dir, read_rows)
+        state = read_state(run_dir)
+        started = datetime.now(timezone.utc)
+        now = started.isoformat()
+        resume_by = started - timedelta(seconds=CLOCK_MARGIN_S)
+        read_rows: list[dict[str, Any]] = []
+        reread: set[tuple[str, int]] = set()
+        summary: dict[str, Any] = {"projects": {}}
+        found_any = False
+        for modality in MODALITIES:
+            title = project_title(project, modality)
+            remote = find_project(ls, title)
+            if remote is None:
+                continue
+            found_any = True
+            version = config_version(remote.label_config or "")
+            since = state.get(title, {}).get("since")
+            newest, tasks_read = _when(since), 0
+            # fields="all" whole: an ``include`` list also trims the annotations to their ids
+            for task in ls.tasks.list(project=remote.id, fields="all", query=_since_filter(since), page_size=PAGE):
+                tasks_read += 1
+                raw = task.dict()
+                updated = _when(raw.get("updated_at"))
+                if updated and (newest is None or updated > newest):
+                    newest = updated
+                reread.add((title, raw["id"]))
+                key = (raw.get("data") or {}).get("key")
+                for annotation in raw.get("annotations") or []:
+                    if key is None or annotation.get("was_cancelled"):
+                        continue
+                    verdict, text, personal = parse_result(annotation.get("result"))
+                    read_rows.append({
+                        "annotation_id": annotation["id"], "task_id": raw["id"], "project": title,
+                        "project_id": remote.id, "key": key, "verdict": verdict, "text": text,
+                        "personal_data": personal, "annotator": annotator(annotation.get("completed_by")),
+                        "annotated_at": _iso(annotation.get("updated_at") or annotation.get("created_at")),
+                        "label_config_version": version, "lead_time_s": annotation.get("lead_time"),
+                        "imported_at": now,
+                    })
+            # a task edited while the pages were read may sit on a page read before: resume no later than we began
+            resume = min(newest, resume_by) if newest is not None else None
+            state[title] = {"since": resume.isoformat() if resume else None, "project_id": remote.id}
+            summary["projects"][title] = {"tasks_read": tasks_read, "incremental": since is not None}
+        if not found_any:
+            raise LabelingError(f"no project titled {project!r} (or {project_title(project, 'audio')!r}) on the server")
+        annotations = merge_annotations(run_dir, read_rows, reread)
         labels = write_labels(run_dir, annotations)
         write_json(run_dir, "state.json", state)
     summary.update(annotations_read=len(read_rows), annotations=annotations.num_rows, labels=labels.num_rows)

@@ -2,11 +2,12 @@
 
   exported.parquet     one row per (project, key) exported: task id, the score, threshold and model the task's
                        prediction showed, the filter's verdict, the text shown, the labeling config's version
-  annotations.parquet  every annotation read so far, by annotation id (an edited one replaced): task id, key,
-                       annotator, time, verdict, corrected text, personal-data flag, the config's version
+  annotations.parquet  every annotation read so far, by annotation id (an edited one replaced; a task read again
+                       keeps exactly the annotations the server now has for it): task id, key, annotator, time,
+                       verdict, corrected text, personal-data flag, the config's version
   labels.parquet       one row per key, its latest annotation: what the ``labels`` stage applies (its bytes are
                        in that stage's fingerprint)
-  state.json           per project, the newest task update read: where the next import resumes
+  state.json           per project, where the next import resumes (importer: ``since``)
   report.json          ``mmcurate label report``
 Every file is written whole under a temporary name and renamed. No file holds the server's token.
 """
@@ -46,6 +47,14 @@ def labels_dir(run_dir: str) -> Path:
     return Path(rundir.local_root) / "labels"
 
 
+def require_run(run_dir: str) -> None:
+    """A run directory the workflow wrote (its ``manifest.json``): a mistyped DIR is an error before anything is
+    read or written (taking the lock would create it)."""
+    labels_dir(run_dir)
+    if RunDir(run_dir).read_json("manifest.json") is None:
+        raise LabelingError(f"{run_dir}: no manifest.json (not a run directory, or the run has not finished)")
+
+
 def read(path: Path) -> pa.Table | None:
     return pq.read_table(path) if path.exists() else None
 
@@ -63,10 +72,13 @@ def merge_exported(run_dir: str, rows: pa.Table) -> None:
     atomic_write_parquet(rows, path)
 
 
-def merge_annotations(run_dir: str, new: list[dict[str, Any]]) -> pa.Table:
-    """Every annotation read so far (a newer read of one annotation id replaces the older), written back."""
+def merge_annotations(run_dir: str, new: list[dict[str, Any]], reread: set[tuple[str, int]]) -> pa.Table:
+    """Every annotation read so far, written back. ``reread`` holds the (project, task id) of every task this import
+    read: such a task's annotations become exactly those in ``new`` (an annotation deleted in Label Studio goes, a
+    task with none left has no label); tasks not read keep what earlier imports found."""
     path = labels_dir(run_dir) / "annotations.parquet"
-    by_id = {row["annotation_id"]: row for row in (read(path).to_pylist() if path.exists() else [])}
+    old = read(path).to_pylist() if path.exists() else []
+    by_id = {row["annotation_id"]: row for row in old if (row["project"], row["task_id"]) not in reread}
     by_id.update({row["annotation_id"]: row for row in new})
     table = pa.Table.from_pylist(sorted(by_id.values(), key=lambda r: r["annotation_id"]), schema=ANNOTATION_SCHEMA)
     atomic_write_parquet(table, path)

@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from labeling_helpers import committed_run, record
 
+from mmcurate.pipeline.labeling import importer
 from mmcurate.pipeline.labeling.config import labeling_config
 from mmcurate.pipeline.labeling.export import export
-from mmcurate.pipeline.labeling.importer import import_labels
+from mmcurate.pipeline.labeling.importer import CLOCK_MARGIN_S, import_labels
 from mmcurate.schemas.record import empty_record
 
 
@@ -32,7 +33,11 @@ def _annotate(ls, task_id: int, verdict: str, text: str | None = None, to: str =
     if text:
         result.append({"from_name": "corrected_text", "to_name": "caption" if to == "image" else "transcript",
                        "type": "textarea", "value": {"text": [text]}})
-    ls.annotations.create(id=task_id, result=result)
+    return ls.annotations.create(id=task_id, result=result).id
+
+
+def _labels(run) -> dict[str, dict]:
+    return {r["key"]: r for r in pq.read_table(run / "labels" / "labels.parquet").to_pylist()}
 
 
 def test_the_generated_configs_are_valid_label_studio_configs(server):
@@ -56,9 +61,10 @@ def test_export_twice_then_import_incrementally(server, tmp_path):
     exported = pq.read_table(run / "labels" / "exported.parquet").to_pylist()
     assert len(exported) == 7 and all(r["task_id"] for r in exported)
     ids = {r["key"]: r["task_id"] for r in exported}
-    # the import after next re-reads tasks updated within a second of the newest it saw: annotate later than that,
-    # so the tasks left unannotated fall outside the overlap (on a fast machine all were created in the same second)
-    time.sleep(1.5)
+    # the import after next resumes from the earlier of the newest update it saw and its own start less the clock
+    # margin, with a second of overlap: annotate later than both, so the tasks left unannotated fall outside them
+    # (on a fast machine all were created in the same second; a slow one only widens the gap)
+    time.sleep(CLOCK_MARGIN_S + 1.5)
 
     _annotate(server, ids["k0"], "no match")
     _annotate(server, ids["k1"], "match", "a corrected caption")
@@ -83,3 +89,91 @@ def test_export_twice_then_import_incrementally(server, tmp_path):
     labels = {r["key"]: r for r in pq.read_table(run / "labels" / "labels.parquet").to_pylist()}
     assert labels["k0"]["verdict"] == "match" and len(labels) == 3
     assert pq.read_table(run / "labels" / "annotations.parquet").num_rows == 4
+
+
+def _exported_run(server, tmp_path, n: int) -> tuple:
+    run = committed_run(tmp_path / "run", [record(f"k{i}", f"caption {i}", score=0.5 + 0.01 * i) for i in range(n)],
+                        low={})
+    project = f"reread {uuid.uuid4().hex[:6]}"
+    export(str(run), project, select="all", n=None, progress=False)
+    ids = {r["key"]: r["task_id"] for r in pq.read_table(run / "labels" / "exported.parquet").to_pylist()}
+    return run, project, ids
+
+
+def test_an_annotation_deleted_in_label_studio_is_gone_after_the_next_import(server, tmp_path):
+    run, project, ids = _exported_run(server, tmp_path, 3)
+    gone = _annotate(server, ids["k0"], "no match")
+    first = _annotate(server, ids["k1"], "no match")
+    _annotate(server, ids["k1"], "match")  # a second opinion, later
+    import_labels(str(run), project)
+    assert _labels(run)["k0"]["verdict"] == "no_match" and _labels(run)["k1"]["verdict"] == "match"
+
+    server.annotations.delete(id=gone)  # k0 has no annotation left: no label
+    later = [a["id"] for a in server.tasks.get(id=ids["k1"]).annotations if a["id"] != first]
+    server.annotations.delete(id=later[0])  # k1's latest goes: its first annotation is its label again
+    import_labels(str(run), project)
+    labels = _labels(run)
+    assert "k0" not in labels and labels["k1"]["verdict"] == "no_match"
+    kept = pq.read_table(run / "labels" / "annotations.parquet").to_pylist()
+    assert [(r["key"], r["annotation_id"]) for r in kept] == [("k1", first)]
+
+
+def test_an_edit_made_while_an_import_pages_is_read_by_the_next_import(server, tmp_path, monkeypatch):
+    run, project, ids = _exported_run(server, tmp_path, 4)
+    annotation = {k: _annotate(server, task_id, "match") for k, task_id in ids.items()}
+    no_match = [{"from_name": "match", "to_name": "image", "type": "choices", "value": {"choices": ["no match"]}}]
+    real = importer.client
+    read: list[str] = []
+    edited: dict[str, str] = {}
+
+    def paging_client(url=None):
+        ls = real(url)
+        listing = ls.tasks.list
+
+        def list_and_edit(**kwargs):
+            for task in listing(**kwargs):
+                read.append(task.data["key"])
+                yield task
+                if len(read) == 2:  # the first page read, the second not yet asked for
+                    edited["read"] = read[0]  # edited after it was read
+                    server.annotations.update(id=annotation[read[0]], result=no_match)
+                    # the task on a later page is edited more than the overlap second later: the newest update the
+                    # import sees is then past the first edit
+                    time.sleep(1.5)
+                    edited["unread"] = next(k for k in ids if k not in read)
+                    server.annotations.update(id=annotation[edited["unread"]], result=no_match)
+        ls.tasks.list = list_and_edit
+        return ls
+
+    monkeypatch.setattr(importer, "PAGE", 2)
+    monkeypatch.setattr(importer, "client", paging_client)
+    import_labels(str(run), project)
+    labels = _labels(run)
+    assert labels[edited["read"]]["verdict"] == "match" and labels[edited["unread"]]["verdict"] == "no_match"
+    monkeypatch.setattr(importer, "client", real)
+    again = import_labels(str(run), project)
+    assert again["projects"][project]["incremental"]
+    labels = _labels(run)
+    assert sorted(k for k, r in labels.items() if r["verdict"] == "no_match") == sorted(edited.values())
+
+
+def test_an_annotator_whose_user_lookup_fails_is_named_by_id_and_the_import_goes_on(server, tmp_path, monkeypatch):
+    from label_studio_sdk.core.api_error import ApiError
+
+    run, project, ids = _exported_run(server, tmp_path, 2)
+    for task_id in ids.values():
+        _annotate(server, task_id, "no match")
+    real = importer.client
+
+    def no_users(url=None):
+        ls = real(url)
+
+        def refused(**kwargs):
+            raise ApiError(status_code=404, body={"detail": "Not found."})
+        ls.users.get = refused
+        return ls
+
+    monkeypatch.setattr(importer, "client", no_users)
+    got = import_labels(str(run), project)
+    me = server.users.whoami().id
+    assert got["labels"] == 2 and {r["annotator"] for r in _labels(run).values()} == {f"user {me}"}

@@ -81,6 +81,40 @@ def test_an_annotation_made_in_the_ui_reads_as_verdict_text_and_flag():
     assert parse_result([]) == (None, None, False)
 
 
+def _textarea(text) -> list[dict]:
+    return [{"from_name": "corrected_text", "to_name": "caption", "type": "textarea", "value": {"text": text}}]
+
+
+def test_a_textarea_answer_in_any_shape_reads_as_one_text_or_none():
+    # a plain string is one text, not its characters
+    assert parse_result(_textarea("a dog on a beach")) == (None, "a dog on a beach", False)
+    # items that are not strings are ignored; nothing usable corrects nothing
+    assert parse_result(_textarea([None, 7])) == (None, None, False)
+    assert parse_result(_textarea([None, " a dog ", 7, "  "])) == (None, "a dog", False)
+    assert parse_result(_textarea({"x": 1})) == (None, None, False)
+    assert parse_result([{"from_name": "match", "value": {"choices": [None]}}, {"from_name": "match"}]) == \
+        (None, None, False)
+
+
+def test_import_into_a_missing_run_directory_is_an_error_and_creates_nothing(tmp_path):
+    env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": "t" * 40}
+    missing = tmp_path / "typo"
+    out = _mmcurate("label", "import", str(missing), "--project", "p", "--url", "http://127.0.0.1:9", env=env)
+    assert out.returncode == 2 and "no manifest.json" in out.stderr and "Traceback" not in out.stderr
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("command", ["import"])
+@pytest.mark.parametrize("name, says", [("   ", "project name is empty"), ("x" * 43, "at most 50")])
+def test_a_project_name_label_studio_would_change_or_refuse_is_refused_before_anything_is_written(
+        run, command, name, says):
+    env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": "t" * 40}
+    out = _mmcurate("label", command, str(run), "--project", name, "--url", "http://127.0.0.1:9", env=env)
+    # refused before the server is asked (none answers on port 9) and before DIR/labels/ is written
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (run / "labels").exists()
+
+
 def test_chunks_stay_under_both_limits():
     tasks = [{"data": {"key": str(i), "blob": "x" * 1000}} for i in range(25)]
     parts = list(chunks(tasks, max_tasks=10, max_bytes=5_000))
