@@ -61,7 +61,7 @@ def _guarded(func):
             print(f"error: {err}", file=sys.stderr)
             return 2
         except RunDirBusy as err:
-            print(f"error: {err}; import the labels when it has finished", file=sys.stderr)
+            print(f"error: {err}; try again when it has finished", file=sys.stderr)
             return 1
         except ApiError as err:
             print(f"error: Label Studio answered {err.status_code}: {str(err.body)[:500]}", file=sys.stderr)

@@ -3,24 +3,35 @@
 Idempotent by sample key: the project's tasks are listed first (``task_keys``) and a key already there is not
 imported again, so re-running an export (or one interrupted halfway) adds only what is missing. Tasks go in
 requests of at most ``max_tasks`` tasks and ``max_mb`` MB (Label Studio refuses imports past 250K tasks or 200 MB
-per request); a progress bar counts them. What was exported is recorded in ``DIR/labels/exported.parquet`` (key,
-project, task id, the score, threshold and model shown): the report judges the filter by these scores.
+per request); a progress bar counts them. The export holds the run directory's lock (one export or import or run
+of a DIR at a time); two run directories exporting into one project at once can still both add a key, so after
+importing the project is listed again and the duplicates nobody has touched are deleted (``drop_duplicates``).
+
+Every selected sample whose task is on the server (added now or already there) is recorded in
+``DIR/labels/exported.parquet`` (key, project, task id, the score, threshold and model shown), after each request,
+so a killed export loses no row; ``--format json`` records its tasks too (no task id: they are imported by hand).
+The report judges the filter by these scores.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from mmcurate.pipeline.labeling.config import MODALITIES, config_version, labeling_config, project_title
+from mmcurate.pipeline.labeling.config import (MODALITIES, config_version, labeling_config, project_name,
+                                               project_title)
 from mmcurate.pipeline.labeling.select import Candidate, Selection, candidates, choose, media
-from mmcurate.pipeline.labeling.store import EXPORTED_SCHEMA, labels_dir, merge_exported, read
+from mmcurate.pipeline.labeling.store import EXPORTED_SCHEMA, labels_dir, merge_exported, read, require_run
+from mmcurate.pipeline.rundir import RunDir
+from mmcurate.pipeline.labeling.server import client
 from mmcurate.pipeline.labeling.tasks import chunks, task
 from mmcurate.stages.files import atomic_write_bytes
 
@@ -59,52 +70,95 @@ def _ranked_as_shown(run_dir: str, project: str, found: list[Candidate]) -> list
     return list(by_key.values())
 
 
+def _file_stem(title: str) -> str:
+    """A project title as a file name: no path separators, no leading dot (the title is at most 50 characters)."""
+    return re.sub(r"[^\w .()-]", "_", title).strip(" .") or "project"
+
+
+def _record(run_dir: str, title: str, project_id: int | None, modality: str, version: str,
+            rows: list[tuple[Candidate, int | None, str | None]]) -> None:
+    """(candidate, task id, text shown) as rows of ``exported.parquet``."""
+    if not rows:
+        return
+    when = datetime.now(timezone.utc).isoformat()
+    merge_exported(run_dir, pa.Table.from_pylist([
+        {"key": c.key, "project": title, "project_id": project_id, "task_id": task_id, "modality": modality,
+         "score": c.score, "threshold": c.threshold, "model": c.model, "auto_verdict": c.auto_verdict, "text": text,
+         "label_config_version": version, "exported_at": when} for c, task_id, text in rows
+    ], schema=EXPORTED_SCHEMA))
+
+
 def export(run_dir: str, project: str, *, select: Selection = "near-threshold", n: int | None = 100,
            seed: int = 0, fmt: str = "server", out: str | None = None, url: str | None = None,
            max_tasks: int = 1000, max_mb: float = 50.0, progress: bool = True) -> ExportResult:
-    chosen = choose(_ranked_as_shown(run_dir, project, candidates(run_dir)), select, n, seed)
-    result = ExportResult(selected=len(chosen))
-    if fmt == "json":
-        folder = Path(out) if out else labels_dir(run_dir) / "export"
-        for modality in MODALITIES:
-            tasks = _tasks(run_dir, [c for c in chosen if c.modality == modality])
-            if tasks:
-                stem = folder / project_title(project, modality).replace("/", "_")
-                atomic_write_bytes(stem.with_suffix(".json"), json.dumps(tasks).encode())
-                atomic_write_bytes(stem.with_suffix(".xml"), labeling_config(modality).encode())
-                result.files += [str(stem.with_suffix(".json")), str(stem.with_suffix(".xml"))]
-                result.added[project_title(project, modality)] = len(tasks)
-        return result
+    project = project_name(project)
+    require_run(run_dir)
+    ls = client(url) if fmt != "json" else None  # no token or URL: an error before the lock is taken
+    # one export of a DIR at a time, and none while a run rewrites the stages it reads
+    with RunDir(run_dir).locked():
+        chosen = choose(_ranked_as_shown(run_dir, project, candidates(run_dir)), select, n, seed)
+        result = ExportResult(selected=len(chosen))
+        if ls is None:
+            _to_json(run_dir, project, chosen, Path(out) if out else labels_dir(run_dir) / "export", result)
+        else:
+            _to_server(ls, run_dir, project, chosen, max_tasks, max_mb, progress, result)
+    return result
 
+
+def _to_json(run_dir: str, project: str, chosen: list[Candidate], folder: Path, result: ExportResult) -> None:
+    for modality in MODALITIES:
+        mine = [c for c in chosen if c.modality == modality]
+        tasks = _tasks(run_dir, mine)
+        if not tasks:
+            continue
+        title, xml = project_title(project, modality), labeling_config(modality)
+        stem = folder / _file_stem(title)
+        atomic_write_bytes(stem.with_suffix(".json"), json.dumps(tasks).encode())
+        atomic_write_bytes(stem.with_suffix(".xml"), xml.encode())
+        result.files += [str(stem.with_suffix(".json")), str(stem.with_suffix(".xml"))]
+        result.added[title] = len(tasks)
+        # imported by hand into a project of this title: the report judges its labels by these scores
+        by_key = {c.key: c for c in mine}
+        _record(run_dir, title, None, modality, config_version(xml),
+                [(by_key[t["data"]["key"]], None, t["data"]["text"]) for t in tasks])
+
+
+def _to_server(ls: Any, run_dir: str, project: str, chosen: list[Candidate], max_tasks: int, max_mb: float,
+               progress: bool, result: ExportResult) -> None:
     from tqdm import tqdm
 
-    from mmcurate.pipeline.labeling.server import client, ensure_project, task_keys
+    from mmcurate.pipeline.labeling.server import drop_duplicates, ensure_project, task_keys
 
-    ls = client(url)
     for modality in MODALITIES:
         mine = [c for c in chosen if c.modality == modality]
         if not mine:
             continue
         title, xml = project_title(project, modality), labeling_config(modality)
+        version = config_version(xml)
         remote = ensure_project(ls, title, xml)
         there = task_keys(ls, remote.id)
+        # a task already there (an earlier export of this DIR or another, one killed before it recorded) is
+        # recorded too: its labels are judged like the ones added now
+        _record(run_dir, title, remote.id, modality, version,
+                [(c, there[c.key].id, there[c.key].text) for c in mine if c.key in there])
         new = _tasks(run_dir, [c for c in mine if c.key not in there])
         by_key = {c.key: c for c in mine}
         result.already[title] = sum(1 for c in mine if c.key in there)
         bar = tqdm(total=len(new), desc=f"export to {title!r}", unit="task", file=sys.stderr, disable=not progress)
         for chunk in chunks(new, max_tasks, int(max_mb * 1e6)):
             answer = ls.projects.import_tasks(id=remote.id, request=chunk, return_task_ids=True)
-            there.update(zip((t["data"]["key"] for t in chunk), answer.task_ids or []))
+            ids = list(answer.task_ids or [])
+            # recorded per request: a kill after it loses no row (and a re-run finds these tasks there)
+            _record(run_dir, title, remote.id, modality, version,
+                    [(by_key[t["data"]["key"]], ids[i] if i < len(ids) else None, t["data"]["text"])
+                     for i, t in enumerate(chunk)])
             bar.update(len(chunk))
         bar.close()
-        when = datetime.now(timezone.utc).isoformat()
-        merge_exported(run_dir, pa.Table.from_pylist([
-            {"key": t["data"]["key"], "project": title, "project_id": remote.id, "task_id": there.get(t["data"]["key"]),
-             "modality": modality, "score": c.score, "threshold": c.threshold, "model": c.model,
-             "auto_verdict": c.auto_verdict, "text": t["data"]["text"], "label_config_version": config_version(xml),
-             "exported_at": when} for t, c in ((t, by_key[t["data"]["key"]]) for t in new)
-        ], schema=EXPORTED_SCHEMA))
+        if new:
+            kept = drop_duplicates(ls, remote.id)
+            # the task kept for a key may be another exporter's: the row names it
+            _record(run_dir, title, remote.id, modality, version,
+                    [(c, kept[c.key].id, kept[c.key].text) for c in mine if c.key in kept])
         result.added[title] = len(new)
         log.info("label export: %d task(s) added to %r (project %d), %d already there", len(new), title, remote.id,
                  result.already[title])
-    return result

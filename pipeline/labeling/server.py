@@ -8,6 +8,7 @@ client logs request lines, never headers, at DEBUG; our messages name the URL an
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from mmcurate.pipeline.labeling.select import LabelingError
@@ -28,28 +29,75 @@ def client(url: str | None = None) -> Any:
     return LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=120)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One task of a project as the export sees it."""
+    id: int
+    text: str | None  # the text it shows
+    annotated: bool  # a person has answered or skipped it: never deleted
+
+
 def find_project(ls: Any, title: str) -> Any | None:
-    return next((p for p in ls.projects.list(title=title) if p.title == title), None)
+    """The project titled ``title``; of two (made by two first exports at once), the older, as every exporter
+    picks."""
+    return min((p for p in ls.projects.list(title=title) if p.title == title), key=lambda p: p.id, default=None)
 
 
 def ensure_project(ls: Any, title: str, label_config: str) -> Any:
     """The project titled ``title`` with ``label_config``: created, or its config updated when it changed (Label
-    Studio refuses a config that drops a field existing annotations use, and says why)."""
+    Studio refuses a config that drops a field existing annotations use, and says why). Two exports creating it at
+    once each make one: the newer, still empty, is deleted and the older used."""
     project = find_project(ls, title)
     if project is None:
-        return ls.projects.create(title=title, label_config=label_config,
+        made = ls.projects.create(title=title, label_config=label_config,
                                   description="exported by mmcurate label export")
+        project = find_project(ls, title)
+        if project is not None and project.id != made.id:
+            _delete(ls.projects.delete, made.id)
+        return project or made
     if (project.label_config or "").strip() != label_config.strip():
         ls.projects.update(id=project.id, label_config=label_config)
         project = ls.projects.get(id=project.id)
     return project
 
 
-def task_keys(ls: Any, project_id: int) -> dict[str, int]:
-    """Sample key -> task id of every task in the project, page by page."""
-    found: dict[str, int] = {}
-    for task in ls.tasks.list(project=project_id, include="id,data", page_size=PAGE):
-        key = (task.data or {}).get("key")
+def project_tasks(ls: Any, project_id: int) -> dict[str, list[Listed]]:
+    """Sample key -> the project's tasks with that key, oldest (lowest id) first, page by page. The listing holds
+    each task's ``data`` whole, media included: the server has no way to list one field of it."""
+    found: dict[str, list[Listed]] = {}
+    for task in ls.tasks.list(project=project_id, include="id,data,total_annotations,cancelled_annotations",
+                              page_size=PAGE):
+        data = task.data or {}
+        key = data.get("key")
         if key is not None:
-            found.setdefault(key, task.id)
+            touched = bool(getattr(task, "total_annotations", 0) or getattr(task, "cancelled_annotations", 0))
+            found.setdefault(key, []).append(Listed(int(task.id), data.get("text"), touched))
+    for tasks in found.values():
+        tasks.sort(key=lambda t: t.id)
     return found
+
+
+def task_keys(ls: Any, project_id: int) -> dict[str, Listed]:
+    """Sample key -> its oldest task in the project."""
+    return {key: tasks[0] for key, tasks in project_tasks(ls, project_id).items()}
+
+
+def drop_duplicates(ls: Any, project_id: int) -> dict[str, Listed]:
+    """Two exports at once (of two run directories into one project) each import a key the other had not yet: the
+    project is listed again and a key's tasks past its oldest are deleted unless a person has touched them. Every
+    exporter keeps the same one (ids only grow), and whichever lists last sees every duplicate. Key -> the kept."""
+    for tasks in project_tasks(ls, project_id).values():
+        for extra in tasks[1:]:
+            if not extra.annotated:
+                _delete(ls.tasks.delete, str(extra.id))
+    return task_keys(ls, project_id)
+
+
+def _delete(delete: Any, id: Any) -> None:
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        delete(id=id)
+    except ApiError as err:
+        if err.status_code != 404:  # 404: the other exporter deleted it first
+            raise

@@ -60,16 +60,18 @@ def read(path: Path) -> pa.Table | None:
 
 
 def merge_exported(run_dir: str, rows: pa.Table) -> None:
-    """Add newly exported (project, key) rows; a row already there keeps what its task first showed."""
+    """Add exported (project, key) rows. A row already there keeps what its task first showed (score, threshold,
+    model, text, time) but takes a new row's project and task id: a JSON export's row gets them when the export
+    to the server finds its task, a duplicate's row the task kept for its key."""
     path = labels_dir(run_dir) / "exported.parquet"
     rows = rows.cast(EXPORTED_SCHEMA)
     old = read(path)
-    if old is not None:
-        seen = {(p, k) for p, k in zip(old["project"].to_pylist(), old["key"].to_pylist())}
-        rows = rows.filter(pa.array([(p, k) not in seen for p, k in
-                                     zip(rows["project"].to_pylist(), rows["key"].to_pylist())], pa.bool_()))
-        rows = pa.concat_tables([old, rows.cast(old.schema)]) if rows.num_rows else old
-    atomic_write_parquet(rows, path)
+    merged = {(r["project"], r["key"]): r for r in (old.cast(EXPORTED_SCHEMA).to_pylist() if old is not None else [])}
+    for row in rows.to_pylist():
+        first = merged.setdefault((row["project"], row["key"]), row)
+        if row["task_id"] is not None:
+            first.update(project_id=row["project_id"], task_id=row["task_id"])
+    atomic_write_parquet(pa.Table.from_pylist(list(merged.values()), schema=EXPORTED_SCHEMA), path)
 
 
 def merge_annotations(run_dir: str, new: list[dict[str, Any]], reread: set[tuple[str, int]]) -> pa.Table:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from labeling_helpers import committed_run, record
 
-from mmcurate.pipeline.labeling import importer
+from mmcurate.pipeline.labeling import export as exporter, importer, server as remote
 from mmcurate.pipeline.labeling.config import labeling_config
 from mmcurate.pipeline.labeling.export import export
 from mmcurate.pipeline.labeling.importer import CLOCK_MARGIN_S, import_labels
@@ -177,3 +177,110 @@ def test_an_annotator_whose_user_lookup_fails_is_named_by_id_and_the_import_goes
     got = import_labels(str(run), project)
     me = server.users.whoami().id
     assert got["labels"] == 2 and {r["annotator"] for r in _labels(run).values()} == {f"user {me}"}
+
+
+def _tasks_by_key(ls, title: str) -> dict[str, list[int]]:
+    project = next(p for p in ls.projects.list() if p.title == title)
+    found: dict[str, list[int]] = {}
+    for task in ls.tasks.list(project=project.id, include="id,data", page_size=500):
+        found.setdefault(task.data["key"], []).append(task.id)
+    return found
+
+
+def _exported(run) -> dict[str, int]:
+    return {r["key"]: r["task_id"] for r in pq.read_table(run / "labels" / "exported.parquet").to_pylist()}
+
+
+def test_an_export_killed_after_a_request_recorded_it_and_its_rerun_records_every_task(server, tmp_path, monkeypatch):
+    run = committed_run(tmp_path / "run", [record(f"k{i}", f"caption {i}", score=0.5 + 0.01 * i) for i in range(5)],
+                        low={})
+    project = f"killed {uuid.uuid4().hex[:6]}"
+    real = exporter.client
+
+    def dies_on_the_second_request(url=None):
+        ls = real(url)
+        send, sent = ls.projects.import_tasks, []
+
+        def import_tasks(**kwargs):
+            if sent:
+                raise KeyboardInterrupt  # the user's ^C, or a kill, between two requests
+            sent.append(1)
+            return send(**kwargs)
+        ls.projects.import_tasks = import_tasks
+        return ls
+
+    monkeypatch.setattr(exporter, "client", dies_on_the_second_request)
+    with pytest.raises(KeyboardInterrupt):
+        export(str(run), project, select="all", n=None, max_tasks=2, progress=False)
+    on_server = _tasks_by_key(server, project)
+    assert len(on_server) == 2 and _exported(run) == {k: ids[0] for k, ids in on_server.items()}
+    monkeypatch.setattr(exporter, "client", real)
+    again = export(str(run), project, select="all", n=None, max_tasks=2, progress=False)
+    assert again.added == {project: 3} and again.already == {project: 2}
+    on_server = _tasks_by_key(server, project)
+    assert _exported(run) == {k: ids[0] for k, ids in on_server.items()} and len(on_server) == 5
+
+
+def test_a_second_run_directory_exporting_to_the_project_records_its_tasks_and_reports(server, tmp_path):
+    records = [record(f"k{i}", f"caption {i}", score=0.3 + 0.1 * i) for i in range(5)]
+    first = committed_run(tmp_path / "a", records, low={})
+    second = committed_run(tmp_path / "b", records, low={})
+    project = f"second dir {uuid.uuid4().hex[:6]}"
+    export(str(first), project, select="all", n=None, progress=False)
+    got = export(str(second), project, select="all", n=None, progress=False)
+    assert got.added == {project: 0} and got.already == {project: 5}
+    assert _exported(second) == _exported(first)
+    for key, task_id in _exported(second).items():
+        _annotate(server, task_id, "no match" if key in ("k0", "k1") else "match")
+    import_labels(str(second), project)
+    from mmcurate.pipeline.labeling.report import report
+
+    figures = report(str(second))["by_modality"]["image"]
+    assert (figures["tp"], figures["fp"], figures["fn"], figures["tn"]) == (2, 0, 0, 3)  # k0, k1 below 0.5
+
+
+def test_two_run_directories_exporting_into_one_project_at_once_leave_one_task_per_key(server, tmp_path,
+                                                                                      monkeypatch):
+    records = [record(f"k{i}", f"caption {i}", score=0.5 + 0.01 * i) for i in range(4)]
+    first = committed_run(tmp_path / "a", records, low={})
+    second = committed_run(tmp_path / "b", records, low={})
+    project = f"at once {uuid.uuid4().hex[:6]}"
+    export(str(first), project, select="all", n=None, progress=False)
+    # the second listed the project before the first's tasks arrived: it imports every key again
+    listing = remote.task_keys
+    calls: list[int] = []
+
+    def listed_too_early(ls, project_id):
+        calls.append(project_id)
+        return {} if len(calls) == 1 else listing(ls, project_id)
+    monkeypatch.setattr(remote, "task_keys", listed_too_early)
+    got = export(str(second), project, select="all", n=None, progress=False)
+    assert got.added == {project: 4}
+    on_server = _tasks_by_key(server, project)
+    assert all(len(ids) == 1 for ids in on_server.values()) and len(on_server) == 4
+    # both name the task kept: the oldest, the first's
+    assert _exported(second) == _exported(first) == {k: ids[0] for k, ids in on_server.items()}
+
+
+def test_a_duplicate_a_person_touched_is_kept(server, tmp_path):
+    run, project, ids = _exported_run(server, tmp_path, 1)
+    pid = next(p for p in server.projects.list() if p.title == project).id
+    task = {"data": {"key": "k0", "text": "caption 0", "image": "data:image/jpeg;base64,AA=="}}
+    touched, untouched = server.projects.import_tasks(id=pid, request=[task, task], return_task_ids=True).task_ids
+    _annotate(server, touched, "match")
+    kept = remote.drop_duplicates(server, pid)
+    assert kept["k0"].id == ids["k0"] and sorted(_tasks_by_key(server, project)["k0"]) == [ids["k0"], touched]
+
+
+def test_a_project_name_with_spaces_is_the_stripped_title_and_one_too_long_makes_nothing(server, tmp_path):
+    from mmcurate.pipeline.labeling.select import LabelingError
+
+    run = committed_run(tmp_path / "run", [record("k0", "caption 0", score=0.5)], low={})
+    project = f"spaced {uuid.uuid4().hex[:6]}"
+    export(str(run), f"  {project} ", select="all", n=None, progress=False)
+    again = export(str(run), f"{project}  ", select="all", n=None, progress=False)
+    assert again.added == {project: 0} and [p.title for p in server.projects.list()].count(project) == 1
+    long = f"long {uuid.uuid4().hex} {'x' * 10}"[:43]  # its audio title: 51 characters
+    with pytest.raises(LabelingError, match="at most 50"):
+        export(str(run), long, select="all", n=None, progress=False)
+    assert not [p for p in server.projects.list() if p.title.startswith(long)]

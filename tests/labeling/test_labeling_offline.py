@@ -49,6 +49,36 @@ def test_export_json_writes_label_studios_import_format_with_the_filters_predict
     assert (tmp_path / "x" / "demo.xml").read_text() == labeling_config("image")
 
 
+def test_a_json_export_records_its_tasks_so_their_labels_are_judged(run, tmp_path):
+    out = _mmcurate("label", "export", str(run), "--project", "demo", "--format", "json", "--n", "4",
+                    "--out", str(tmp_path / "x"))
+    assert out.returncode == 0, out.stderr
+    exported = {r["key"]: r for r in pq.read_table(run / "labels" / "exported.parquet").to_pylist()}
+    assert sorted(exported) == ["k1", "k2", "k3", "k4"]
+    assert exported["k2"]["score"] == pytest.approx(0.49) and exported["k2"]["task_id"] is None
+    # imported by hand into Label Studio, annotated, then `label import`-ed: the report judges them
+    pq.write_table(labels_table([{"key": "k1", "verdict": "no_match"}, {"key": "k4", "verdict": "match"}]),
+                   run / "labels" / "labels.parquet")
+    got = report(str(run))["by_modality"]["image"]
+    assert (got["tp"], got["fp"], got["fn"], got["tn"]) == (1, 0, 0, 1)
+
+
+def test_an_export_of_a_run_directory_in_use_is_refused(run, tmp_path):
+    from mmcurate.pipeline.labeling.export import export
+    from mmcurate.pipeline.rundir import RunDir, RunDirBusy
+
+    with RunDir(str(run)).locked(), pytest.raises(RunDirBusy):
+        export(str(run), "demo", fmt="json", out=str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_json_export_names_its_files_safely(run, tmp_path):
+    out = _mmcurate("label", "export", str(run), "--project", "../a/b .", "--format", "json",
+                    "--out", str(tmp_path / "x"))
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["_a_b.json", "_a_b.xml"]
+
+
 def test_export_rejected_and_all_select_what_they_say(run, tmp_path):
     _mmcurate("label", "export", str(run), "--project", "p", "--format", "json", "--select", "rejected",
               "--out", str(tmp_path / "r"))
@@ -104,7 +134,7 @@ def test_import_into_a_missing_run_directory_is_an_error_and_creates_nothing(tmp
     assert not missing.exists()
 
 
-@pytest.mark.parametrize("command", ["import"])
+@pytest.mark.parametrize("command", ["export", "import"])
 @pytest.mark.parametrize("name, says", [("   ", "project name is empty"), ("x" * 43, "at most 50")])
 def test_a_project_name_label_studio_would_change_or_refuse_is_refused_before_anything_is_written(
         run, command, name, says):
