@@ -174,3 +174,42 @@ def test_report_gives_precision_recall_and_the_threshold_that_matches_the_people
     assert got["best_threshold"] == pytest.approx(0.545)
     text = format_report(report(str(run)))
     assert "precision: 0.667" in text and "recall: 0.667" in text and "best threshold: 0.5450" in text
+
+
+def _shown_and_labelled(run, scores: dict[str, float], verdicts: dict[str, str]) -> None:
+    import pyarrow as pa
+
+    (run / "labels").mkdir(exist_ok=True)
+    shown = [{"key": k, "project": "p", "project_id": 1, "task_id": i, "modality": "image", "score": s,
+              "threshold": 0.5, "model": "m-1", "auto_verdict": "match" if s >= 0.5 else "no_match",
+              "text": "t", "label_config_version": "v", "exported_at": "now"} for i, (k, s) in enumerate(scores.items())]
+    pq.write_table(pa.Table.from_pylist(shown), run / "labels" / "exported.parquet")
+    pq.write_table(labels_table([{"key": k, "verdict": v} for k, v in verdicts.items()]),
+                   run / "labels" / "labels.parquet")
+
+
+def test_the_best_threshold_is_the_current_one_when_no_cut_does_better(run):
+    # the filter agrees with every label: a midpoint (0.465 or 0.5) has the same figures, the current cut is kept
+    _shown_and_labelled(run, {"k0": 0.43, "k1": 0.60}, {"k0": "no_match", "k1": "match"})
+    got = report(str(run))["by_modality"]["image"]
+    assert got["best_threshold"] == 0.5 and got["at_best"]["agreement"] == 1.0
+    assert "best threshold: 0.5000" in format_report(report(str(run)))
+
+
+def test_labels_of_one_class_suggest_no_threshold_and_say_why(run):
+    _shown_and_labelled(run, {"k0": 0.43, "k1": 0.60, "k2": 0.7}, {k: "match" for k in ("k0", "k1", "k2")})
+    got = report(str(run))["by_modality"]["image"]
+    assert got["one_class"] and got["best_threshold"] == 0.5 and got["precision"] == 0.0 and got["recall"] is None
+    text = format_report(report(str(run)))
+    assert "all 'match'" in text and "none suggested: the labels hold one class only" in text
+
+
+def test_labels_of_samples_not_exported_from_this_run_directory_are_counted_as_left_out(run):
+    _shown_and_labelled(run, {"k0": 0.43, "k1": 0.60}, {"k0": "no_match", "k1": "match", "x1": "match",
+                                                         "x2": "no_match"})
+    got = report(str(run))
+    assert got["not_exported"] == 2 and got["by_modality"]["image"]["judged"] == 2
+    assert "2 label(s) with a verdict left out: their samples are not in exported.parquet" in format_report(got)
+    _shown_and_labelled(run, {"k0": 0.43}, {"x1": "match"})
+    out = _mmcurate("label", "report", str(run))
+    assert out.returncode == 2 and "1 label(s) with a verdict left out" in out.stderr and "Traceback" not in out.stderr
