@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmcurate.schemas.stage_configs import STAGE_KINDS, StageConfig
+from mmcurate.schemas.yaml_files import load_yaml
 
 
 class WorkflowError(ValueError):
@@ -98,9 +99,10 @@ def _set_dotted(path: str, doc: dict[str, Any], dotted: str, text: str) -> None:
     value as YAML. Every mistake is a ``WorkflowError`` naming the file, the override and the stage."""
     where = f"{path}: --set {dotted}={text}"
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as err:
-        raise WorkflowError(f"{where}: the value is not valid YAML: {str(err).splitlines()[0]}") from err
+        raise WorkflowError(f"{where}: the value is not valid YAML: "
+                            f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}") from err
     head, _, rest = dotted.partition(".")
     if head in ("max_error_fraction", "retain_raw_text") and not rest:
         doc[head] = value
@@ -145,7 +147,7 @@ def load_workflow(
     except OSError as err:
         raise WorkflowError(f"{path}: cannot read: {err}") from err
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as err:
         raise WorkflowError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(doc, dict):

@@ -35,6 +35,7 @@ import yaml
 
 from mmcurate.schemas.record import RECORD_SCHEMA
 from mmcurate.schemas.stage_configs import TrainFilterConfig
+from mmcurate.schemas.yaml_files import load_yaml
 from mmcurate.stages.base import Decisions, GlobalStage, InputError, StageContext
 
 log = logging.getLogger("mmcurate.stage.train_filter")
@@ -126,7 +127,10 @@ def trainer_config(path: str, train: list[str], val: list[str]) -> Any:
     """The ``mmcurate train`` config of ``path`` with its data shards set to the trusted splits."""
     from mmcurate.pipeline.train import TrainConfig
 
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        raw = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a training config is a mapping, got {type(raw).__name__}")
     data = dict(raw.get("data") or {})

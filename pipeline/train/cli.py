@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     try:
         config = TrainConfig.from_yaml(args.config, args.overrides)
-    except (OSError, ValueError, ValidationError) as exc:
+    except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
         log.error("invalid training config %s: %s", args.config, exc)
         return 2
     run_dir = args.run_dir or config.run_dir

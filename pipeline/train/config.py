@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmcurate.schemas.yaml_files import load_yaml
+
 ShardSpec = str | list[str]
 
 
@@ -131,7 +133,7 @@ class TrainConfig(StrictModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = load_yaml(Path(path).read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a training config is a mapping, got {type(raw).__name__}")
         return cls.model_validate(apply_overrides(raw, overrides))

@@ -34,6 +34,18 @@ def test_good_workflow_types_and_defaults(tmp_path):
     assert wf.stages[2].config.max_shard_bytes == 1 << 30
 
 
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    path = write(tmp_path, GOOD.replace("image_max_side: 128", "image_max_side: 128\n    image_max_side: 64"))
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(path)
+    assert str(path) in str(err.value) and "found key 'image_max_side' twice (lines 8 and 9)" in str(err.value)
+    with pytest.raises(WorkflowError, match="found key 'x' twice"):
+        load_workflow(write(tmp_path, GOOD), overrides=["align.fetch={x: 1, x: 2}"])
+    merged = "base: &b {samples_per_shard: 5}\n" + GOOD.replace("samples_per_shard: 10", "<<: *b\n    samples_per_shard: 7")
+    with pytest.raises(WorkflowError, match="base"):  # an anchor is fine; an unknown top-level key is not
+        load_workflow(write(tmp_path, merged))
+
+
 def test_unknown_stage_names_file_and_position(tmp_path):
     path = write(tmp_path, GOOD.replace("stage: align", "stage: allign"))
     with pytest.raises(WorkflowError) as err:
