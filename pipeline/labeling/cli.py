@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 import sys
+import traceback
 
 from mmcurate.pipeline.labeling.select import SELECTIONS, LabelingError
+from mmcurate.pipeline.labeling.server import TOKEN_VARIABLE
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -43,32 +48,69 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+_AUTH = re.compile(r"""(authorization['"]?\s*[:=]\s*['"]?)[^'",}\r\n]*""", re.IGNORECASE)
+_SCHEME = re.compile(r"\b(Token|Bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+BODY_CHARS = 200  # of a server's answer in an error line: enough to say what went wrong, not a page
+
+
+def redact(text: str) -> str:
+    """``text`` without the token: its value wherever it appears (a proxy echoing the request's headers), any
+    Authorization header's value, and anything after ``Token``/``Bearer``."""
+    token = os.environ.get(TOKEN_VARIABLE)
+    if token:
+        text = text.replace(token, "***")
+    return _SCHEME.sub(r"\1 ***", _AUTH.sub(r"\1***", text))
+
+
+def _answer(err: "ApiError") -> str:
+    body = err.body if isinstance(err.body, str) else json.dumps(err.body, default=str)
+    if re.search(r"<(!doctype|html)", body or "", re.IGNORECASE):
+        # the web UI answered, not the API: a URL ending in /api (the SDK adds it) or another server
+        return (f"Label Studio answered {err.status_code} with an HTML page, not its API: pass the server's root "
+                f"URL (without /api)")
+    text = redact(" ".join(str(body).split()))  # before it is cut: a cut token would no longer match
+    text = text if len(text) <= BODY_CHARS else text[:BODY_CHARS] + "..."
+    return f"Label Studio answered {err.status_code}: {text}"
+
+
+def _from_sdk(err: BaseException) -> bool:
+    """Raised inside the SDK (parsing an answer it did not expect), not in our code (a bug: its traceback)."""
+    return any("label_studio_sdk" in frame.filename for frame in traceback.extract_tb(err.__traceback__))
+
+
 def _guarded(func):
     """The command's errors as one line: the workflow's (a run without clip_score, no token), the server's (an
-    answer with its status and what it said; no answer). Neither names the token: the SDK's errors carry the
-    response, never the request's headers."""
+    answer with its status and the start of what it said; an answer the SDK cannot read; no answer). No line names
+    the token: every one is redacted (``redact``), for a proxy or server may echo the request's headers."""
     def run(args: argparse.Namespace) -> int:
         import httpx
+        import pydantic
         from label_studio_sdk.core.api_error import ApiError
 
         from mmcurate.pipeline.rundir import RunDirBusy
+
+        def fail(message: str, code: int) -> int:
+            print(redact(f"error: {message}"), file=sys.stderr)
+            return code
 
         if not getattr(args, "verbose", False):
             logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
         try:
             return func(args)
         except LabelingError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return fail(str(err), 2)
         except RunDirBusy as err:
-            print(f"error: {err}; try again when it has finished", file=sys.stderr)
-            return 1
+            return fail(f"{err}; try again when it has finished", 1)
         except ApiError as err:
-            print(f"error: Label Studio answered {err.status_code}: {str(err.body)[:500]}", file=sys.stderr)
-            return 1
+            return fail(_answer(err), 1)
         except httpx.HTTPError as err:
-            print(f"error: cannot reach Label Studio ({type(err).__name__}: {err})", file=sys.stderr)
-            return 1
+            return fail(f"cannot reach Label Studio ({type(err).__name__}: {err})", 1)
+        except (TypeError, ValueError, KeyError, AttributeError, pydantic.ValidationError) as err:
+            if not _from_sdk(err):
+                raise
+            text = redact(" ".join(str(err).split()))[:BODY_CHARS]
+            return fail(f"Label Studio's answer is not what its SDK expects ({type(err).__name__}: {text}); is "
+                        f"the URL a Label Studio server's root?", 1)
     return run
 
 

@@ -213,3 +213,69 @@ def test_labels_of_samples_not_exported_from_this_run_directory_are_counted_as_l
     _shown_and_labelled(run, {"k0": 0.43}, {"x1": "match"})
     out = _mmcurate("label", "report", str(run))
     assert out.returncode == 2 and "1 label(s) with a verdict left out" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.fixture
+def fake_server():
+    """An HTTP server answering every request as ``answer(headers)`` says: (status, content type, body)."""
+    import http.server
+    import threading
+
+    how: dict = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, kind, body = how["answer"](dict(self.headers))
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.end_headers()
+            self.wfile.write(body.encode())
+        do_POST = do_PATCH = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield how, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+TOKEN = "f00dfeed" * 5
+
+
+def _against(run, url: str) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": TOKEN}
+    return _mmcurate("label", "import", str(run), "--project", "p", "--url", url, env=env)
+
+
+def test_a_proxy_echoing_the_request_headers_never_shows_the_token(run, fake_server):
+    how, url = fake_server
+    # the headers first (inside the part of the body an error line shows), then the token bare
+    how["answer"] = lambda headers: (502, "application/json", json.dumps(
+        {"request_headers": {k: v for k, v in headers.items() if k.lower() == "authorization"},
+         "seen": f"token={TOKEN}", "padding": "x" * 1000}))
+    out = _against(run, url)
+    assert out.returncode == 1 and out.stderr.startswith("error: Label Studio answered 502: ")
+    assert TOKEN not in out.stderr and TOKEN[:8] not in out.stderr and "***" in out.stderr
+    assert len(out.stderr) < 400 and "Traceback" not in out.stderr
+
+
+def test_an_answer_the_sdk_cannot_read_or_a_web_page_is_one_error_line(run, fake_server):
+    how, url = fake_server
+    how["answer"] = lambda headers: (200, "application/json", '{"count": "x", "results": 5}')
+    out = _against(run, url)
+    assert out.returncode == 1 and "not what its SDK expects" in out.stderr and "Traceback" not in out.stderr
+    how["answer"] = lambda headers: (404, "text/html", "<!DOCTYPE html><html>" + "<p>page</p>" * 100 + "</html>")
+    out = _against(run, url + "/api")
+    assert out.returncode == 1 and "an HTML page, not its API" in out.stderr and "<p>" not in out.stderr
+
+
+def test_redact_takes_out_the_token_and_authorization_values(monkeypatch):
+    from mmcurate.pipeline.labeling.cli import redact
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    assert redact(f"x {TOKEN} y") == "x *** y"
+    assert redact("{'Authorization': 'Bearer abcdefghijkl'}") == "{'Authorization': '***'}"
+    assert redact("authorization: Token abcdefghijkl\n") == "authorization: ***\n"
+    assert redact("sent Token abcdefghijkl") == "sent Token ***"
