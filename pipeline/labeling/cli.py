@@ -128,7 +128,8 @@ def add_label_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
     export = commands.add_parser("export", help="export samples as Label Studio tasks with the filter's predictions")
     export.add_argument("run_dir")
-    export.add_argument("--project", required=True, help="project title (audio tasks go to '<title> (audio)')")
+    export.add_argument("--project", required=True, help="project title, stripped, at most 42 characters (audio tasks go to '<title> (audio)'; Label "
+                        "Studio takes titles of at most 50)")
     export.add_argument("--select", choices=SELECTIONS, default="near-threshold")
     export.add_argument("--n", type=_positive, default=100, help="samples at most")
     export.add_argument("--seed", type=int, default=0, help="for --select random")

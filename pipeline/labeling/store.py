@@ -1,7 +1,8 @@
 """``DIR/labels/``: what the round trip keeps in the run directory (local run directories only).
 
-  exported.parquet     one row per (project, key) exported: task id, the score, threshold and model the task's
-                       prediction showed, the filter's verdict, the text shown, the labeling config's version
+  exported.parquet     one row per (project, key) selected whose task is on the server (or in a ``--format json``
+                       file: no task id): task id, the score, threshold and model the task's prediction showed,
+                       the filter's verdict, the text shown, the labeling config's version
   annotations.parquet  every annotation read so far, by annotation id (an edited one replaced; a task read again
                        keeps exactly the annotations the server now has for it): task id, key, annotator, time,
                        verdict, corrected text, personal-data flag, the config's version
