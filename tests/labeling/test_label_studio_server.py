@@ -284,3 +284,18 @@ def test_a_project_name_with_spaces_is_the_stripped_title_and_one_too_long_makes
     with pytest.raises(LabelingError, match="at most 50"):
         export(str(run), long, select="all", n=None, progress=False)
     assert not [p for p in server.projects.list() if p.title.startswith(long)]
+
+
+def test_two_first_exports_that_both_create_the_project_keep_the_older(server, monkeypatch):
+    title = f"made twice {uuid.uuid4().hex[:6]}"
+    older = server.projects.create(title=title, label_config=labeling_config("image"))
+    looked: list[str] = []
+    real = remote.find_project
+
+    def created_meanwhile(ls, wanted):  # the other export created it after this one looked
+        looked.append(wanted)
+        return None if len(looked) == 1 else real(ls, wanted)
+
+    monkeypatch.setattr(remote, "find_project", created_meanwhile)
+    got = remote.ensure_project(server, title, labeling_config("image"))
+    assert got.id == older.id and [p.id for p in server.projects.list() if p.title == title] == [older.id]
