@@ -6,7 +6,8 @@ annotation is made, edited or deleted), a page of ``PAGE`` at a time. The tasks 
 ``include`` list would trim the annotations to their ids). A big project's first import still pages through every
 task, but no request waits on the server to build an export file (the ``exports`` endpoints build a snapshot of the
 whole project first: the time-outs users meet). A task read again is idempotent: its annotations become exactly
-those the server now has (a deleted one goes). Per key, the latest annotation with an answer is its label
+those the server now has (a deleted one goes); a task deleted outright is found by listing the project's task ids
+(ids only), and its annotations go too. Per key, the latest annotation with an answer is its label
 (``labels.parquet``).
 
 Where the next import resumes (``since``) is the earlier of the newest ``updated_at`` read and the time this import
@@ -30,10 +31,11 @@ from mmcurate.pipeline.labeling.config import (MATCH_CHOICES, MATCH_FIELD, MODAL
 from mmcurate.pipeline.labeling.select import LabelingError
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.labeling.server import PAGE, client, find_project
-from mmcurate.pipeline.labeling.store import (merge_annotations, read_state, require_run, write_json,
-                                              write_labels)
+from mmcurate.pipeline.labeling.store import (annotated_tasks, merge_annotations, read_state, require_run,
+                                              write_json, write_labels)
 
 log = logging.getLogger("mmcurate.label")
+ID_PAGE = 5000  # task ids per page when listing which tasks still exist
 CLOCK_MARGIN_S = 5.0  # how far the server's clock may run behind ours without an edit being missed
 
 
@@ -149,10 +151,16 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
                         "label_config_version": version, "lead_time_s": annotation.get("lead_time"),
                         "imported_at": now,
                     })
+            # a task deleted in Label Studio is never listed as updated: the ids alone (no data, no media) say
+            # which annotated tasks are gone, and their labels go with them
+            present = {task.id for task in ls.tasks.list(project=remote.id, include="id", page_size=ID_PAGE)}
+            gone = {task_id for task_id in annotated_tasks(run_dir, title) if task_id not in present}
+            reread |= {(title, task_id) for task_id in gone}
             # a task edited while the pages were read may sit on a page read before: resume no later than we began
             resume = min(newest, resume_by) if newest is not None else None
             state[title] = {"since": resume.isoformat() if resume else None, "project_id": remote.id}
-            summary["projects"][title] = {"tasks_read": tasks_read, "incremental": since is not None}
+            summary["projects"][title] = {"tasks_read": tasks_read, "incremental": since is not None,
+                                          "tasks_deleted": len(gone)}
         if not found_any:
             raise LabelingError(f"no project titled {project!r} (or {project_title(project, 'audio')!r}) on the server")
         annotations = merge_annotations(run_dir, read_rows, reread)

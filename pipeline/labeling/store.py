@@ -88,6 +88,15 @@ def merge_annotations(run_dir: str, new: list[dict[str, Any]], reread: set[tuple
     return table
 
 
+def annotated_tasks(run_dir: str, project: str) -> set[int]:
+    """The ids of the tasks of ``project`` (a title) that earlier imports found annotations on."""
+    path = labels_dir(run_dir) / "annotations.parquet"
+    if not path.exists():
+        return set()
+    table = read(path).select(["project", "task_id"]).to_pylist()
+    return {row["task_id"] for row in table if row["project"] == project}
+
+
 def write_labels(run_dir: str, annotations: pa.Table) -> pa.Table:
     """One label per key: its latest annotation (by time, then id) with a verdict; what the labels stage reads."""
     latest: dict[str, dict[str, Any]] = {}

@@ -118,6 +118,20 @@ def test_an_annotation_deleted_in_label_studio_is_gone_after_the_next_import(ser
     assert [(r["key"], r["annotation_id"]) for r in kept] == [("k1", first)]
 
 
+def test_a_task_deleted_in_label_studio_takes_its_label_with_it(server, tmp_path):
+    run, project, ids = _exported_run(server, tmp_path, 3)
+    _annotate(server, ids["k0"], "no match")
+    _annotate(server, ids["k1"], "match")
+    import_labels(str(run), project)
+    assert set(_labels(run)) == {"k0", "k1"}
+    server.tasks.delete(id=ids["k0"])  # the task itself, not only its annotation: never listed as updated
+    summary = import_labels(str(run), project)
+    assert set(_labels(run)) == {"k1"}
+    assert summary["projects"][project]["tasks_deleted"] == 1
+    kept = pq.read_table(run / "labels" / "annotations.parquet").to_pylist()
+    assert [r["key"] for r in kept] == ["k1"]
+
+
 def test_an_edit_made_while_an_import_pages_is_read_by_the_next_import(server, tmp_path, monkeypatch):
     run, project, ids = _exported_run(server, tmp_path, 4)
     annotation = {k: _annotate(server, task_id, "match") for k, task_id in ids.items()}
