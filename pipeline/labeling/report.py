@@ -1,13 +1,14 @@
 """``mmcurate label report DIR``: the automatic filter judged by the people.
 
 A labelled sample is a positive when a person said "no match" (it should go). The filter dropped it when its score
-(the one its task showed, ``exported.parquet``) was below the threshold. Precision: of the labelled samples the
-filter dropped, the share people also rejected; recall: of those people rejected, the share the filter dropped.
-The best threshold is the cut that agrees with the most labels (ties: the higher F1, then the nearest to the
-current threshold), searched over the current threshold and the midpoints between the labelled scores: a cut with
-the current one's figures is the current one. Labels of a single class leave precision or recall undefined: the
-report says so, and suggests no other cut. A label whose sample is not in ``exported.parquet`` (no score shown) is
-left out, and counted.
+(the one its task showed, ``exported.parquet``) was below the threshold clip_score applied to it (also as its task
+showed: exports before and after a re-run at a new threshold hold samples judged at each). Precision: of the
+labelled samples the filter dropped, the share people also rejected; recall: of those people rejected, the share
+the filter dropped. The best threshold is the one cut for every sample that agrees with the most labels (ties: the
+higher F1, then the nearest to the current threshold, the latest export's), searched over the current threshold
+and the midpoints between the labelled scores: a cut with the current one's figures is the current one. Labels of a
+single class leave precision or recall undefined: the report says so, and suggests no other cut. A label whose
+sample is not in ``exported.parquet`` (no score shown) is left out, and counted.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ from mmcurate.pipeline.labeling.select import LabelingError
 from mmcurate.pipeline.labeling.store import labels_dir, read, write_json
 
 
-def _counts(pairs: list[tuple[float, bool]], threshold: float) -> dict[str, int]:
-    tp = sum(1 for s, bad in pairs if s < threshold and bad)
-    fp = sum(1 for s, bad in pairs if s < threshold and not bad)
-    fn = sum(1 for s, bad in pairs if s >= threshold and bad)
+# (score shown, the threshold clip_score applied to that sample, people said "no match")
+Pair = tuple[float, float, bool]
+
+
+def _counts(pairs: list[Pair], cut: float | None = None) -> dict[str, int]:
+    """The filter against the people: each sample judged by its own threshold (exports made before and after a
+    re-run at a new threshold show samples at both), or every one by ``cut`` (a threshold the report weighs)."""
+    def dropped(score: float, threshold: float) -> bool:
+        return score < (threshold if cut is None else cut)
+
+    tp = sum(1 for s, t, bad in pairs if dropped(s, t) and bad)
+    fp = sum(1 for s, t, bad in pairs if dropped(s, t) and not bad)
+    fn = sum(1 for s, t, bad in pairs if not dropped(s, t) and bad)
     return {"tp": tp, "fp": fp, "fn": fn, "tn": len(pairs) - tp - fp - fn}
 
 
@@ -33,14 +43,14 @@ def _rates(c: dict[str, int]) -> dict[str, float | None]:
     return {"precision": precision, "recall": recall, "f1": f1, "agreement": agree}
 
 
-def one_class(pairs: list[tuple[float, bool]]) -> bool:
-    return len({bad for _, bad in pairs}) < 2
+def one_class(pairs: list[Pair]) -> bool:
+    return len({bad for _, _, bad in pairs}) < 2
 
 
-def best_threshold(pairs: list[tuple[float, bool]], current: float) -> float:
+def best_threshold(pairs: list[Pair], current: float) -> float:
     if one_class(pairs):  # any cut past all the scores "agrees"; the labels say nothing about where to cut
         return current
-    scores = sorted({s for s, _ in pairs})
+    scores = sorted({s for s, _, _ in pairs})
     cuts = [current, scores[0] - 1e-6, *[(a + b) / 2 for a, b in zip(scores, scores[1:])], scores[-1] + 1e-6]
 
     def rank(cut: float) -> tuple:
@@ -63,14 +73,17 @@ def report(run_dir: str) -> dict[str, Any]:
         rows = [(shown[l["key"]], l) for l in judged if l["key"] in shown and shown[l["key"]]["modality"] == modality]
         if not rows:
             continue
-        current = rows[0][0]["threshold"]
-        pairs = [(s["score"], l["verdict"] == "no_match") for s, l in rows]
-        counts = _counts(pairs, current)
+        # the latest export's threshold: the one a suggested cut replaces (and keeps on a tie)
+        current = max(enumerate(rows), key=lambda i_row: (i_row[1][0]["exported_at"] or "", i_row[0]))[1][0][
+            "threshold"]
+        pairs = [(s["score"], s["threshold"], l["verdict"] == "no_match") for s, l in rows]
+        counts = _counts(pairs)
         best = best_threshold(pairs, current)
         out["by_modality"][modality] = {
-            "judged": len(pairs), "human_rejected": sum(bad for _, bad in pairs), "threshold": current,
-            "model": rows[0][0]["model"], **counts, **_rates(counts),
-            "best_threshold": round(best, 6), "at_best": {**_counts(pairs, best), **_rates(_counts(pairs, best))},
+            "judged": len(pairs), "human_rejected": sum(bad for _, _, bad in pairs), "threshold": current,
+            "thresholds": sorted({t for _, t, _ in pairs}), "model": rows[0][0]["model"], **counts,
+            **_rates(counts), "best_threshold": round(best, 6),
+            "at_best": {**_counts(pairs, best), **_rates(_counts(pairs, best))},
             "corrected_texts": sum(1 for _, l in rows if l["text"]), "one_class": one_class(pairs),
         }
     if not out["by_modality"]:
@@ -89,6 +102,15 @@ def _left_out(n: int) -> str:
             f"known for them (exported from another run directory? export them from this one to record them)")
 
 
+def _filter(modality: str, r: dict[str, Any]) -> str:
+    thresholds = r.get("thresholds") or [r["threshold"]]
+    if len(thresholds) < 2:
+        return f"{modality}-text filter (model {r['model']}, threshold {r['threshold']:g})"
+    # exports before and after a re-run at a new threshold: each sample is judged at the one applied to it
+    return (f"{modality}-text filter (model {r['model']}, thresholds {', '.join(f'{t:g}' for t in thresholds)}, "
+            f"each sample judged at its own; now {r['threshold']:g})")
+
+
 def format_report(out: dict[str, Any]) -> str:
     lines = []
     for modality, r in out["by_modality"].items():
@@ -96,7 +118,7 @@ def format_report(out: dict[str, Any]) -> str:
         if r.get("one_class"):
             word = "no match" if r["human_rejected"] else "match"
             lines += [
-                f"{modality}-text filter (model {r['model']}, threshold {r['threshold']:g}) against {r['judged']} "
+                f"{_filter(modality, r)} against {r['judged']} "
                 f"human labels, all {word!r} ({r['corrected_texts']} corrected texts):",
                 f"  precision: {_fmt(r['precision'])}  ({r['tp']} of the {r['tp'] + r['fp']} it dropped were no match)",
                 f"  recall: {_fmt(r['recall'])}  ({r['tp']} of the {r['tp'] + r['fn']} no-match samples dropped)",
@@ -106,7 +128,7 @@ def format_report(out: dict[str, Any]) -> str:
             ]
             continue
         lines += [
-            f"{modality}-text filter (model {r['model']}, threshold {r['threshold']:g}) against {r['judged']} "
+            f"{_filter(modality, r)} against {r['judged']} "
             f"human labels ({r['human_rejected']} no match, {r['corrected_texts']} corrected texts):",
             f"  precision: {_fmt(r['precision'])}  ({r['tp']} of the {r['tp'] + r['fp']} it dropped were no match)",
             f"  recall: {_fmt(r['recall'])}  ({r['tp']} of the {r['tp'] + r['fn']} no-match samples dropped)",

@@ -188,6 +188,29 @@ def _shown_and_labelled(run, scores: dict[str, float], verdicts: dict[str, str])
                    run / "labels" / "labels.parquet")
 
 
+def test_each_sample_is_judged_at_the_threshold_applied_to_it(run):
+    import pyarrow as pa
+
+    (run / "labels").mkdir()
+    # exported at threshold 0.3, then (after a re-run at 0.5) more: each drop agrees with the people at its own cut
+    shown = [{"key": k, "project": "p", "project_id": 1, "task_id": i, "modality": "image", "score": s,
+              "threshold": t, "model": "m-1", "auto_verdict": "match" if s >= t else "no_match", "text": "t",
+              "label_config_version": "v", "exported_at": when}
+             for i, (k, s, t, when) in enumerate([("a", 0.35, 0.3, "2026-01-01"), ("b", 0.25, 0.3, "2026-01-01"),
+                                                  ("c", 0.45, 0.5, "2026-02-01"), ("d", 0.55, 0.5, "2026-02-01")])]
+    pq.write_table(pa.Table.from_pylist(shown), run / "labels" / "exported.parquet")
+    verdicts = {"a": "match", "b": "no_match", "c": "no_match", "d": "match"}
+    pq.write_table(labels_table([{"key": k, "verdict": v} for k, v in verdicts.items()]),
+                   run / "labels" / "labels.parquet")
+    got = report(str(run))["by_modality"]["image"]
+    assert (got["tp"], got["fp"], got["fn"], got["tn"]) == (2, 0, 0, 2) and got["recall"] == 1.0
+    assert got["threshold"] == 0.5 and got["thresholds"] == [0.3, 0.5]  # the latest export's is the current
+    # one cut for all: 0.5 would also drop a (a match), 0.3 keep c (no match)
+    assert got["at_best"]["agreement"] == 0.75
+    text = format_report(report(str(run)))
+    assert "thresholds 0.3, 0.5, each sample judged at its own; now 0.5" in text and "recall: 1.000" in text
+
+
 def test_the_best_threshold_is_the_current_one_when_no_cut_does_better(run):
     # the filter agrees with every label: a midpoint (0.465 or 0.5) has the same figures, the current cut is kept
     _shown_and_labelled(run, {"k0": 0.43, "k1": 0.60}, {"k0": "no_match", "k1": "match"})
