@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
 from typing import Any
 
 from label_studio_sdk.core.api_error import ApiError
@@ -68,11 +69,15 @@ def parse_result(result: list[dict[str, Any]]) -> tuple[str | None, str | None, 
 
 
 def _when(value: Any) -> datetime | None:
-    """A time, aware in UTC (the SDK gives datetimes or strings, by field)."""
+    """A time, aware in UTC (the SDK gives datetimes or strings, by field); None for none or one that does not
+    parse (a server's junk is not ours to crash on)."""
     if value is None or value == "":
         return None
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return when.astimezone(timezone.utc)
+    try:
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return when.astimezone(timezone.utc)
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def _iso(value: Any) -> str | None:
@@ -81,14 +86,31 @@ def _iso(value: Any) -> str | None:
     return when.isoformat() if when else None
 
 
-def _since_filter(since: str | None) -> str | None:
+def _since_filter(since: str | None) -> list[dict[str, Any]]:
     if since is None:
-        return None
+        return []
     # one second of overlap: a task updated in the same instant as the last one read is read again, not missed
     start = datetime.fromisoformat(since) - timedelta(seconds=1)
-    return json.dumps({"filters": {"conjunction": "and", "items": [
-        {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
-         "value": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}]}})
+    return [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+             "value": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}]
+
+
+def tasks_by_id(ls: Any, project_id: int, *, since: str | None = None, page_size: int = PAGE,
+                **fields: Any) -> Iterator[Any]:
+    """The project's tasks (updated since ``since``) in ascending id, a page at a time, each page asking for ids
+    above the last one read. Page numbers would shift under a deletion made while we read (every later task moves
+    one page back, and one is never read: its labels lost for good, since it is not updated again)."""
+    last = 0
+    while True:
+        items = [*_since_filter(since), {"filter": "filter:tasks:id", "operator": "greater", "type": "Number",
+                                         "value": last}]
+        query = json.dumps({"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]})
+        page = ls.tasks.list(project=project_id, query=query, page=1, page_size=page_size, **fields).items or []
+        yield from page
+        ids = [task.id for task in page if isinstance(getattr(task, "id", None), int)]
+        if len(page) < page_size or not ids or max(ids) <= last:
+            return
+        last = max(ids)
 
 
 def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict[str, Any]:
@@ -97,8 +119,8 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
     ls = client(url)
     users: dict[int, str] = {}
 
-    def annotator(user_id: int | None) -> str:
-        if user_id is None:
+    def annotator(user_id: Any) -> str:
+        if not isinstance(user_id, int):
             return "unknown"
         if user_id not in users:
             try:
@@ -120,7 +142,7 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
         read_rows: list[dict[str, Any]] = []
         reread: set[tuple[str, int]] = set()
         summary: dict[str, Any] = {"projects": {}}
-        found_any = False
+        found_any, unreadable = False, 0
         for modality in MODALITIES:
             title = project_title(project, modality)
             remote = find_project(ls, title)
@@ -131,29 +153,37 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
             since = state.get(title, {}).get("since")
             newest, tasks_read = _when(since), 0
             # fields="all" whole: an ``include`` list also trims the annotations to their ids
-            for task in ls.tasks.list(project=remote.id, fields="all", query=_since_filter(since), page_size=PAGE):
+            for task in tasks_by_id(ls, remote.id, since=since, fields="all"):
                 tasks_read += 1
                 raw = task.dict()
                 updated = _when(raw.get("updated_at"))
                 if updated and (newest is None or updated > newest):
                     newest = updated
+                if not isinstance(raw.get("id"), int):
+                    unreadable += 1
+                    continue
                 reread.add((title, raw["id"]))
-                key = (raw.get("data") or {}).get("key")
+                data = raw.get("data")
+                key = data.get("key") if isinstance(data, dict) else None
                 for annotation in raw.get("annotations") or []:
-                    if key is None or annotation.get("was_cancelled"):
+                    if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+                        continue
+                    annotated_at = _iso(annotation.get("updated_at")) or _iso(annotation.get("created_at"))
+                    if not isinstance(key, str) or not isinstance(annotation.get("id"), int) or annotated_at is None:
+                        unreadable += 1
                         continue
                     verdict, text, personal = parse_result(annotation.get("result"))
+                    lead = annotation.get("lead_time")
                     read_rows.append({
                         "annotation_id": annotation["id"], "task_id": raw["id"], "project": title,
                         "project_id": remote.id, "key": key, "verdict": verdict, "text": text,
                         "personal_data": personal, "annotator": annotator(annotation.get("completed_by")),
-                        "annotated_at": _iso(annotation.get("updated_at") or annotation.get("created_at")),
-                        "label_config_version": version, "lead_time_s": annotation.get("lead_time"),
-                        "imported_at": now,
+                        "annotated_at": annotated_at, "label_config_version": version,
+                        "lead_time_s": float(lead) if isinstance(lead, (int, float)) else None, "imported_at": now,
                     })
             # a task deleted in Label Studio is never listed as updated: the ids alone (no data, no media) say
             # which annotated tasks are gone, and their labels go with them
-            present = {task.id for task in ls.tasks.list(project=remote.id, include="id", page_size=ID_PAGE)}
+            present = {task.id for task in tasks_by_id(ls, remote.id, include="id", page_size=ID_PAGE)}
             gone = {task_id for task_id in annotated_tasks(run_dir, title) if task_id not in present}
             reread |= {(title, task_id) for task_id in gone}
             # a task edited while the pages were read may sit on a page read before: resume no later than we began
@@ -166,6 +196,10 @@ def import_labels(run_dir: str, project: str, *, url: str | None = None) -> dict
         annotations = merge_annotations(run_dir, read_rows, reread)
         labels = write_labels(run_dir, annotations)
         write_json(run_dir, "state.json", state)
-    summary.update(annotations_read=len(read_rows), annotations=annotations.num_rows, labels=labels.num_rows)
+    if unreadable:  # a task or annotation without an id, a key or a time: nothing to file it under
+        log.warning("label import: %d task(s) or annotation(s) the server gave without a usable id, key or time "
+                    "were left out", unreadable)
+    summary.update(annotations_read=len(read_rows), annotations=annotations.num_rows, labels=labels.num_rows,
+                   unreadable=unreadable)
     log.info("label import: %d annotation(s) read, %d label(s) in the run directory", len(read_rows), labels.num_rows)
     return summary
