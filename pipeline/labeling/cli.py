@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -107,17 +108,44 @@ def _guarded(func):
             return fail(f"cannot reach Label Studio ({type(err).__name__}: {err})", 1)
         except (TypeError, ValueError, KeyError, AttributeError, pydantic.ValidationError) as err:
             if not _from_sdk(err):
-                raise
+                return _traceback(err, 1)
             text = redact(" ".join(str(err).split()))[:BODY_CHARS]
             return fail(f"Label Studio's answer is not what its SDK expects ({type(err).__name__}: {text}); is "
                         f"the URL a Label Studio server's root?", 1)
+        except Exception as err:
+            return _traceback(err, 1)
+        except KeyboardInterrupt as err:
+            return _traceback(err, 130)
     return run
 
 
+def _traceback(err: BaseException, code: int) -> int:
+    """A bug (ours, or an answer our code did not expect) stays visible as its traceback, but redacted: its message
+    may quote what the server sent, and a server or proxy may echo the request's Authorization header into any
+    field (an annotation's time, say)."""
+    print(redact("".join(traceback.format_exception(err))), end="", file=sys.stderr)
+    return code
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    """``--max-mb``: a positive finite size (nan, inf or a negative one would send every task in one request, or
+    none), refused before a project is made."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive size in MB")
     return value
 
 
@@ -138,7 +166,7 @@ def add_label_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     export.add_argument("--out", help="folder for --format json (default DIR/labels/export)")
     export.add_argument("--url", help=url_help)
     export.add_argument("--max-tasks", type=_positive, default=1000, help="tasks per import request")
-    export.add_argument("--max-mb", type=float, default=50.0, help="MB per import request (the server takes <= 200)")
+    export.add_argument("--max-mb", type=_megabytes, default=50.0, help="MB per import request (the server takes <= 200)")
     export.set_defaults(func=_guarded(_export))
 
     imp = commands.add_parser("import", help="read the project's annotations into DIR/labels/ (incrementally)")

@@ -23,6 +23,7 @@ MATCH_FIELD, TEXT_FIELD, PERSONAL_FIELD = "match", "corrected_text", "personal_d
 MATCH_CHOICES = {"match": "match", "no match": "no_match"}  # the UI's word -> the verdict stored
 PERSONAL_CHOICE = "contains personal data"
 TITLE_LIMIT = 50  # characters: Label Studio refuses a longer project title
+TITLE_MIN = 3  # and a shorter one (its answer says why, past the 200 characters of it an error line shows)
 
 
 def project_title(name: str, modality: Modality) -> str:
@@ -31,11 +32,14 @@ def project_title(name: str, modality: Modality) -> str:
 
 def project_name(name: str) -> str:
     """``--project`` as the titles will be: Label Studio strips a title's spaces (compared unstripped, the project
-    would be made again on every export) and refuses one over ``TITLE_LIMIT`` characters (checked here, before
+    would be made again on every export) and refuses one under ``TITLE_MIN`` or over ``TITLE_LIMIT`` characters (checked here, before
     anything is written: else the image project and its tasks are made, then the audio one fails)."""
     stripped = name.strip()
     if not stripped:
         raise LabelingError("the project name is empty")
+    if len(stripped) < TITLE_MIN:
+        raise LabelingError(f"the project name is too short: {stripped!r} has {len(stripped)} character(s), Label "
+                            f"Studio takes titles of at least {TITLE_MIN}")
     longest = max((project_title(stripped, m) for m in MODALITIES), key=len)
     if len(longest) > TITLE_LIMIT:
         raise LabelingError(f"the project name is too long: {longest[:60]!r}{'...' if len(longest) > 60 else ''} "

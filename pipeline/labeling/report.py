@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmcurate.pipeline.labeling.select import LabelingError
-from mmcurate.pipeline.labeling.store import labels_dir, read, write_json
+from mmcurate.pipeline.labeling.store import read, require_directory, write_json
 
 
 # (score shown, the threshold clip_score applied to that sample, people said "no match")
@@ -61,7 +61,7 @@ def best_threshold(pairs: list[Pair], current: float) -> float:
 
 
 def report(run_dir: str) -> dict[str, Any]:
-    folder = labels_dir(run_dir)
+    folder = require_directory(run_dir)
     labels, exported = read(folder / "labels.parquet"), read(folder / "exported.parquet")
     if labels is None or exported is None:
         raise LabelingError(f"{folder}: no labels yet (mmcurate label export, then mmcurate label import)")

@@ -48,10 +48,18 @@ def labels_dir(run_dir: str) -> Path:
     return Path(rundir.local_root) / "labels"
 
 
+def require_directory(run_dir: str) -> Path:
+    """``DIR/labels/``, where ``DIR`` is no file (reading under it would be a NotADirectoryError traceback)."""
+    folder = labels_dir(run_dir)
+    if folder.parent.exists() and not folder.parent.is_dir():
+        raise LabelingError(f"{run_dir}: not a directory (a run directory is one)")
+    return folder
+
+
 def require_run(run_dir: str) -> None:
     """A run directory the workflow wrote (its ``manifest.json``): a mistyped DIR is an error before anything is
     read or written (taking the lock would create it)."""
-    labels_dir(run_dir)
+    require_directory(run_dir)
     if RunDir(run_dir).read_json("manifest.json") is None:
         raise LabelingError(f"{run_dir}: no manifest.json (not a run directory, or the run has not finished)")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import subprocess
@@ -80,23 +81,23 @@ def test_a_json_export_names_its_files_safely(run, tmp_path):
 
 
 def test_export_rejected_and_all_select_what_they_say(run, tmp_path):
-    _mmcurate("label", "export", str(run), "--project", "p", "--format", "json", "--select", "rejected",
+    _mmcurate("label", "export", str(run), "--project", "demo", "--format", "json", "--select", "rejected",
               "--out", str(tmp_path / "r"))
-    assert sorted(t["data"]["key"] for t in json.loads((tmp_path / "r" / "p.json").read_text())) == ["k0", "k1", "k2"]
-    _mmcurate("label", "export", str(run), "--project", "p", "--format", "json", "--select", "all",
+    assert sorted(t["data"]["key"] for t in json.loads((tmp_path / "r" / "demo.json").read_text())) == ["k0", "k1", "k2"]
+    _mmcurate("label", "export", str(run), "--project", "demo", "--format", "json", "--select", "all",
               "--out", str(tmp_path / "a"))
-    assert len(json.loads((tmp_path / "a" / "p.json").read_text())) == 6  # k6 has no text
+    assert len(json.loads((tmp_path / "a" / "demo.json").read_text())) == 6  # k6 has no text
 
 
 def test_export_without_a_token_says_where_it_is_read_from(run):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LABEL_STUDIO")}
-    out = _mmcurate("label", "export", str(run), "--project", "p", "--url", "http://127.0.0.1:9", env=env)
+    out = _mmcurate("label", "export", str(run), "--project", "demo", "--url", "http://127.0.0.1:9", env=env)
     assert out.returncode == 2 and "LABEL_STUDIO_API_KEY" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_export_of_a_run_without_clip_score_is_an_error_not_a_traceback(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": [{"name": "crawl", "kind": "crawl"}]}))
-    out = _mmcurate("label", "export", str(tmp_path), "--project", "p", "--format", "json")
+    out = _mmcurate("label", "export", str(tmp_path), "--project", "demo", "--format", "json")
     assert out.returncode == 2 and "no clip_score stage" in out.stderr
 
 
@@ -129,13 +130,14 @@ def test_a_textarea_answer_in_any_shape_reads_as_one_text_or_none():
 def test_import_into_a_missing_run_directory_is_an_error_and_creates_nothing(tmp_path):
     env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": "t" * 40}
     missing = tmp_path / "typo"
-    out = _mmcurate("label", "import", str(missing), "--project", "p", "--url", "http://127.0.0.1:9", env=env)
+    out = _mmcurate("label", "import", str(missing), "--project", "demo", "--url", "http://127.0.0.1:9", env=env)
     assert out.returncode == 2 and "no manifest.json" in out.stderr and "Traceback" not in out.stderr
     assert not missing.exists()
 
 
 @pytest.mark.parametrize("command", ["export", "import"])
-@pytest.mark.parametrize("name, says", [("   ", "project name is empty"), ("x" * 43, "at most 50")])
+@pytest.mark.parametrize("name, says", [("   ", "project name is empty"), ("x" * 43, "at most 50"),
+                                        (" ab ", "'ab' has 2 character(s), Label Studio takes titles of at least 3")])
 def test_a_project_name_label_studio_would_change_or_refuse_is_refused_before_anything_is_written(
         run, command, name, says):
     env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": "t" * 40}
@@ -143,6 +145,46 @@ def test_a_project_name_label_studio_would_change_or_refuse_is_refused_before_an
     # refused before the server is asked (none answers on port 9) and before DIR/labels/ is written
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (run / "labels").exists()
+
+
+def _label_parser():
+    from mmcurate.pipeline.labeling.cli import add_label_parser
+
+    parser = argparse.ArgumentParser(prog="mmcurate")
+    add_label_parser(parser.add_subparsers())
+    return parser
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--max-mb", "nan", "nan is not a positive size in MB"), ("--max-mb", "inf", "inf is not a positive size"),
+    ("--max-mb", "-1", "-1 is not a positive size"), ("--max-mb", "0", "0 is not a positive size"),
+    ("--max-mb", "lots", "'lots' is not a number"), ("--max-tasks", "0", "0 is not a positive count"),
+    ("--max-tasks", "1.5", "'1.5' is not a whole number")])
+def test_a_request_limit_that_is_not_positive_and_finite_is_a_usage_error(run, capsys, option, value, says):
+    with pytest.raises(SystemExit) as stopped:
+        _label_parser().parse_args(["label", "export", str(run), "--project", "demo", option, value])
+    assert stopped.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err
+    assert _label_parser().parse_args(["label", "export", str(run), "--project", "demo", "--max-mb", "0.5"]).max_mb == 0.5
+
+
+@pytest.mark.parametrize("max_tasks, max_mb", [(0, 50.0), (10, float("nan")), (10, float("inf")), (10, -1.0)])
+def test_export_refuses_request_limits_before_anything_is_made(run, max_tasks, max_mb):
+    from mmcurate.pipeline.labeling.export import export
+    from mmcurate.pipeline.labeling.select import LabelingError
+
+    with pytest.raises(LabelingError, match="must be a positive"):
+        export(str(run), "demo", fmt="json", max_tasks=max_tasks, max_mb=max_mb)
+    assert not (run / "labels").exists()
+
+
+def test_a_run_directory_that_is_a_file_is_an_error_line(tmp_path):
+    env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": "t" * 40}
+    (tmp_path / "file").write_text("not a run")
+    for command in (["export", "--format", "json"], ["import", "--url", "http://127.0.0.1:9"], ["report"]):
+        project = ["--project", "demo"] if command[0] != "report" else []
+        out = _mmcurate("label", command[0], str(tmp_path / "file"), *project, *command[1:], env=env)
+        assert out.returncode == 2 and out.stderr == f"error: {tmp_path / 'file'}: not a directory (a run directory " \
+            f"is one)\n", (command, out.stderr)
 
 
 def test_chunks_stay_under_both_limits():
@@ -269,7 +311,7 @@ TOKEN = "f00dfeed" * 5
 
 def _against(run, url: str) -> subprocess.CompletedProcess:
     env = {**__import__("os").environ, "LABEL_STUDIO_API_KEY": TOKEN}
-    return _mmcurate("label", "import", str(run), "--project", "p", "--url", url, env=env)
+    return _mmcurate("label", "import", str(run), "--project", "demo", "--url", url, env=env)
 
 
 def test_a_proxy_echoing_the_request_headers_never_shows_the_token(run, fake_server):
@@ -302,3 +344,33 @@ def test_redact_takes_out_the_token_and_authorization_values(monkeypatch):
     assert redact("{'Authorization': 'Bearer abcdefghijkl'}") == "{'Authorization': '***'}"
     assert redact("authorization: Token abcdefghijkl\n") == "authorization: ***\n"
     assert redact("sent Token abcdefghijkl") == "sent Token ***"
+
+
+def _escaping(err: BaseException):
+    from mmcurate.pipeline.labeling.cli import _guarded
+
+    def command(args):
+        try:
+            raise RuntimeError(f"while reading {{'Authorization': 'Token {TOKEN}'}}")
+        except RuntimeError as cause:
+            raise err from cause
+    return _guarded(command)
+
+
+@pytest.mark.parametrize("err", [ValueError(f"Invalid isoformat string: 'Token {TOKEN}'"),  # our code's parse
+                                 KeyError(f"Bearer {TOKEN}"), OSError(f"sent {TOKEN}")])
+def test_a_bug_in_a_label_command_is_its_traceback_without_the_token(monkeypatch, capsys, err):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    assert _escaping(err)(argparse.Namespace()) == 1
+    shown = capsys.readouterr().err
+    # the bug stays visible (both exceptions, where they were raised), the secret does not
+    assert shown.startswith("Traceback (most recent call last):") and "The above exception" in shown
+    assert f"{type(err).__name__}: " in shown and "RuntimeError: while reading" in shown and "***" in shown
+    assert TOKEN not in shown and TOKEN[:8] not in shown
+
+
+def test_an_interrupted_label_command_shows_no_token_either(monkeypatch, capsys):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    assert _escaping(KeyboardInterrupt())(argparse.Namespace()) == 130
+    shown = capsys.readouterr().err
+    assert "KeyboardInterrupt" in shown and TOKEN[:8] not in shown
