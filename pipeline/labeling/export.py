@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import pyarrow as pa
 
 from mmcurate.pipeline.labeling.config import (MODALITIES, config_version, labeling_config, project_name,
                                                project_title)
-from mmcurate.pipeline.labeling.select import Candidate, Selection, candidates, choose, media
+from mmcurate.pipeline.labeling.select import Candidate, LabelingError, Selection, candidates, choose, media
 from mmcurate.pipeline.labeling.store import EXPORTED_SCHEMA, labels_dir, merge_exported, read, require_run
 from mmcurate.pipeline.rundir import RunDir
 from mmcurate.pipeline.labeling.server import client
@@ -92,6 +93,7 @@ def export(run_dir: str, project: str, *, select: Selection = "near-threshold", 
            seed: int = 0, fmt: str = "server", out: str | None = None, url: str | None = None,
            max_tasks: int = 1000, max_mb: float = 50.0, progress: bool = True) -> ExportResult:
     project = project_name(project)
+    _check_limits(max_tasks, max_mb)
     require_run(run_dir)
     ls = client(url) if fmt != "json" else None  # no token or URL: an error before the lock is taken
     # one export of a DIR at a time, and none while a run rewrites the stages it reads
@@ -103,6 +105,15 @@ def export(run_dir: str, project: str, *, select: Selection = "near-threshold", 
         else:
             _to_server(ls, run_dir, project, chosen, max_tasks, max_mb, progress, result)
     return result
+
+
+def _check_limits(max_tasks: int, max_mb: float) -> None:
+    """Before anything is made (the CLI's parser checks them too): nan or inf MB, or none, would put every task in
+    one request or fail halfway, after the project was created."""
+    if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1:
+        raise LabelingError(f"max_tasks must be a positive whole number, not {max_tasks!r}")
+    if not math.isfinite(max_mb) or max_mb <= 0:
+        raise LabelingError(f"max_mb must be a positive finite size in MB, not {max_mb!r}")
 
 
 def _to_json(run_dir: str, project: str, chosen: list[Candidate], folder: Path, result: ExportResult) -> None:
