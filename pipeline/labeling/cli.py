@@ -23,8 +23,9 @@ def _export(args: argparse.Namespace) -> int:
     print(f"selected {result.selected} sample(s) ({args.select})")
     for title, added in result.added.items():
         verb = "wrote" if args.format == "json" else "added"
-        print(f"{title}: {verb} {added} task(s)" + (f", {result.already[title]} already there"
-                                                   if title in result.already else ""))
+        print(f"{title}: {verb} {added} task(s)"
+              + (f", {result.already[title]} already there" if title in result.already else "")
+              + (f", {result.removed[title]} duplicate(s) removed" if result.removed.get(title) else ""))
     for path in result.files:
         print(f"  {path}")
     return 0

@@ -1,11 +1,13 @@
 """``mmcurate label export DIR --project NAME``: the chosen samples as Label Studio tasks, with predictions.
 
-Idempotent by sample key: the project's tasks are listed first (``task_keys``) and a key already there is not
+Idempotent by sample key: the project's tasks are listed first (``project_tasks``) and a key already there is not
 imported again, so re-running an export (or one interrupted halfway) adds only what is missing. Tasks go in
 requests of at most ``max_tasks`` tasks and ``max_mb`` MB (Label Studio refuses imports past 250K tasks or 200 MB
 per request); a progress bar counts them. The export holds the run directory's lock (one export or import or run
-of a DIR at a time); two run directories exporting into one project at once can still both add a key, so after
-importing the project is listed again and the duplicates nobody has touched are deleted (``drop_duplicates``).
+of a DIR at a time); two run directories exporting into one project at once can still both add a key, so every
+export ends by deleting the duplicates nobody has touched (``drop_duplicates``; after importing, the project is
+listed again): a killed export's are deleted by the next one. What an export counts as added is what it made
+and kept.
 
 Every selected sample whose task is on the server (added now or already there) is recorded in
 ``DIR/labels/exported.parquet`` (key, project, task id, the score, threshold and model shown), after each request,
@@ -42,8 +44,9 @@ log = logging.getLogger("mmcurate.label")
 @dataclass
 class ExportResult:
     selected: int = 0
-    added: dict[str, int] = field(default_factory=dict)  # project title -> tasks added
+    added: dict[str, int] = field(default_factory=dict)  # project title -> tasks added (that outlived the cleanup)
     already: dict[str, int] = field(default_factory=dict)  # project title -> selected tasks already there
+    removed: dict[str, int] = field(default_factory=dict)  # project title -> duplicate tasks this export deleted
     files: list[str] = field(default_factory=list)  # --format json
 
 
@@ -138,7 +141,7 @@ def _to_server(ls: Any, run_dir: str, project: str, chosen: list[Candidate], max
                progress: bool, result: ExportResult) -> None:
     from tqdm import tqdm
 
-    from mmcurate.pipeline.labeling.server import drop_duplicates, ensure_project, task_keys
+    from mmcurate.pipeline.labeling.server import drop_duplicates, ensure_project, oldest, project_tasks
 
     for modality in MODALITIES:
         mine = [c for c in chosen if c.modality == modality]
@@ -147,29 +150,38 @@ def _to_server(ls: Any, run_dir: str, project: str, chosen: list[Candidate], max
         title, xml = project_title(project, modality), labeling_config(modality)
         version = config_version(xml)
         remote = ensure_project(ls, title, xml)
-        there = task_keys(ls, remote.id)
+        listing = project_tasks(ls, remote.id)
+        there = oldest(listing)
         # a task already there (an earlier export of this DIR or another, one killed before it recorded) is
         # recorded too: its labels are judged like the ones added now
         _record(run_dir, title, remote.id, modality, version,
                 [(c, there[c.key].id, there[c.key].text) for c in mine if c.key in there])
         new = _tasks(run_dir, [c for c in mine if c.key not in there])
         by_key = {c.key: c for c in mine}
-        result.already[title] = sum(1 for c in mine if c.key in there)
+        ours: set[int] = set()  # the ids of the tasks this export made
         bar = tqdm(total=len(new), desc=f"export to {title!r}", unit="task", file=sys.stderr, disable=not progress)
         for chunk in chunks(new, max_tasks, int(max_mb * 1e6)):
             answer = ls.projects.import_tasks(id=remote.id, request=chunk, return_task_ids=True)
             ids = list(answer.task_ids or [])
+            ours.update(ids)
             # recorded per request: a kill after it loses no row (and a re-run finds these tasks there)
             _record(run_dir, title, remote.id, modality, version,
                     [(by_key[t["data"]["key"]], ids[i] if i < len(ids) else None, t["data"]["text"])
                      for i, t in enumerate(chunk)])
             bar.update(len(chunk))
         bar.close()
+        # on every export, not only one that added: duplicates a killed export left go on the next. Nothing
+        # imported: the listing above is still the project as this export sees it (each duplicate is fetched
+        # again before it goes); else it is listed again, for another exporter's tasks
+        cleaned = drop_duplicates(ls, remote.id, None if new else listing)
         if new:
-            kept = drop_duplicates(ls, remote.id)
             # the task kept for a key may be another exporter's: the row names it
             _record(run_dir, title, remote.id, modality, version,
-                    [(c, kept[c.key].id, kept[c.key].text) for c in mine if c.key in kept])
-        result.added[title] = len(new)
-        log.info("label export: %d task(s) added to %r (project %d), %d already there", len(new), title, remote.id,
-                 result.already[title])
+                    [(c, cleaned.kept[c.key].id, cleaned.kept[c.key].text) for c in mine if c.key in cleaned.kept])
+        kept = [cleaned.kept[c.key].id for c in mine if c.key in cleaned.kept]
+        # what this export added is what survived: a task another exporter made first is kept instead of ours
+        result.added[title] = sum(1 for task_id in kept if task_id in ours)
+        result.already[title] = len(kept) - result.added[title]
+        result.removed[title] = cleaned.removed
+        log.info("label export: %d task(s) added to %r (project %d), %d already there, %d duplicate(s) removed",
+                 result.added[title], title, remote.id, result.already[title], cleaned.removed)

@@ -261,29 +261,71 @@ def test_two_run_directories_exporting_into_one_project_at_once_leave_one_task_p
     project = f"at once {uuid.uuid4().hex[:6]}"
     export(str(first), project, select="all", n=None, progress=False)
     # the second listed the project before the first's tasks arrived: it imports every key again
-    listing = remote.task_keys
+    listing = remote.project_tasks
     calls: list[int] = []
 
     def listed_too_early(ls, project_id):
         calls.append(project_id)
         return {} if len(calls) == 1 else listing(ls, project_id)
-    monkeypatch.setattr(remote, "task_keys", listed_too_early)
+    monkeypatch.setattr(remote, "project_tasks", listed_too_early)
     got = export(str(second), project, select="all", n=None, progress=False)
-    assert got.added == {project: 4}
+    # it imported all four, and deleted them again: none of its own was kept, so it added none
+    assert got.added == {project: 0} and got.already == {project: 4} and got.removed == {project: 4}
     on_server = _tasks_by_key(server, project)
     assert all(len(ids) == 1 for ids in on_server.values()) and len(on_server) == 4
     # both name the task kept: the oldest, the first's
     assert _exported(second) == _exported(first) == {k: ids[0] for k, ids in on_server.items()}
 
 
-def test_a_duplicate_a_person_touched_is_kept(server, tmp_path):
-    run, project, ids = _exported_run(server, tmp_path, 1)
+def _draft(task_id: int) -> None:
+    """A person's unsaved work: Label Studio keeps it as a draft (the SDK has no call that makes one)."""
+    import os
+
+    import httpx
+
+    answer = httpx.post(f"{os.environ['LABEL_STUDIO_URL']}/api/tasks/{task_id}/drafts",
+                        json={"result": [], "lead_time": 5},
+                        headers={"Authorization": f"Token {os.environ['LABEL_STUDIO_API_KEY']}"})
+    assert answer.status_code == 201, answer.text
+
+
+def _duplicates(server, project: str, n: int) -> list[int]:
     pid = next(p for p in server.projects.list() if p.title == project).id
     task = {"data": {"key": "k0", "text": "caption 0", "image": "data:image/jpeg;base64,AA=="}}
-    touched, untouched = server.projects.import_tasks(id=pid, request=[task, task], return_task_ids=True).task_ids
-    _annotate(server, touched, "match")
-    kept = remote.drop_duplicates(server, pid)
-    assert kept["k0"].id == ids["k0"] and sorted(_tasks_by_key(server, project)["k0"]) == [ids["k0"], touched]
+    return server.projects.import_tasks(id=pid, request=[task] * n, return_task_ids=True).task_ids
+
+
+def test_a_duplicate_a_person_annotated_skipped_or_began_is_kept(server, tmp_path):
+    run, project, ids = _exported_run(server, tmp_path, 1)
+    annotated, skipped, drafted, untouched = _duplicates(server, project, 4)
+    _annotate(server, annotated, "match")
+    server.annotations.create(id=skipped, result=[], was_cancelled=True)
+    _draft(drafted)
+    pid = next(p for p in server.projects.list() if p.title == project).id
+    cleaned = remote.drop_duplicates(server, pid)
+    assert cleaned.kept["k0"].id == ids["k0"] and cleaned.removed == 1
+    assert sorted(_tasks_by_key(server, project)["k0"]) == [ids["k0"], annotated, skipped, drafted]
+
+
+def test_a_duplicate_annotated_after_the_listing_is_fetched_again_and_kept(server, tmp_path, monkeypatch):
+    run, project, ids = _exported_run(server, tmp_path, 1)
+    late, draft_late = _duplicates(server, project, 2)
+    pid = next(p for p in server.projects.list() if p.title == project).id
+    listing = remote.project_tasks(server, pid)
+    assert not any(t.touched for t in listing["k0"])
+    # a person submits (and another begins) while the rest of the project is listed: the listing says untouched
+    _annotate(server, late, "no match")
+    _draft(draft_late)
+    cleaned = remote.drop_duplicates(server, pid, listing)
+    assert cleaned.removed == 0 and sorted(_tasks_by_key(server, project)["k0"]) == [ids["k0"], late, draft_late]
+
+
+def test_an_export_that_adds_nothing_removes_the_duplicates_a_killed_one_left(server, tmp_path):
+    run, project, ids = _exported_run(server, tmp_path, 2)
+    _duplicates(server, project, 2)  # what a concurrent export killed before its cleanup leaves
+    got = export(str(run), project, select="all", n=None, progress=False)
+    assert got.added == {project: 0} and got.already == {project: 2} and got.removed == {project: 2}
+    assert _tasks_by_key(server, project) == {k: [i] for k, i in ids.items()}
 
 
 def test_a_project_name_with_spaces_is_the_stripped_title_and_one_too_long_makes_nothing(server, tmp_path):
