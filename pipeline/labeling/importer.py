@@ -95,12 +95,12 @@ def _since_filter(since: str | None) -> list[dict[str, Any]]:
              "value": start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}]
 
 
-def tasks_by_id(ls: Any, project_id: int, *, since: str | None = None, page_size: int = PAGE,
+def tasks_by_id(ls: Any, project_id: int, *, since: str | None = None, page_size: int | None = None,
                 **fields: Any) -> Iterator[Any]:
     """The project's tasks (updated since ``since``) in ascending id, a page at a time, each page asking for ids
     above the last one read. Page numbers would shift under a deletion made while we read (every later task moves
     one page back, and one is never read: its labels lost for good, since it is not updated again)."""
-    last = 0
+    last, page_size = 0, page_size or PAGE
     while True:
         items = [*_since_filter(since), {"filter": "filter:tasks:id", "operator": "greater", "type": "Number",
                                          "value": last}]
