@@ -7,22 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pyarrow.parquet as pq
-import pytest
 from labeling_helpers import committed_run, record
 
 from mmcurate.pipeline.labeling import importer
 from mmcurate.pipeline.labeling.export import export
 from mmcurate.pipeline.labeling.importer import import_labels, tasks_by_id
-
-
-@pytest.fixture
-def server(label_studio, monkeypatch):
-    from label_studio_sdk import LabelStudio
-
-    url, token = label_studio
-    monkeypatch.setenv("LABEL_STUDIO_URL", url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
-    return LabelStudio(base_url=url, api_key=token)
 
 
 def _run(server, tmp_path, n: int) -> tuple:

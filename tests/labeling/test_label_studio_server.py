@@ -18,16 +18,6 @@ from mmcurate.pipeline.labeling.importer import CLOCK_MARGIN_S, import_labels
 from mmcurate.schemas.record import empty_record
 
 
-@pytest.fixture
-def server(label_studio, monkeypatch):
-    from label_studio_sdk import LabelStudio
-
-    url, token = label_studio
-    monkeypatch.setenv("LABEL_STUDIO_URL", url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
-    return LabelStudio(base_url=url, api_key=token)
-
-
 def _annotate(ls, task_id: int, verdict: str, text: str | None = None, to: str = "image") -> None:
     result = [{"from_name": "match", "to_name": to, "type": "choices", "value": {"choices": [verdict]}}]
     if text:
