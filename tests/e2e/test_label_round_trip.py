@@ -41,10 +41,21 @@ def _clip_low(run: Path) -> set[str]:
 
 
 def _duplicate_group_of(run: Path) -> dict[str, str]:
-    """Every key in a group of copies → the group's survivor (a key in no group is its own)."""
+    """Every key in a group of copies → one key standing for the group. Transitively: a drop names its survivor at
+    that method, and the survivor of an exact group may itself be dropped by the perceptual method after it."""
     drops = pq.read_table(run / "dedupe" / "artifacts" / "drops.parquet", columns=["key", "other"])
-    group = dict(zip(drops["key"].to_pylist(), drops["other"].to_pylist()))
-    return {**{s: s for s in group.values()}, **group}
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for key, other in zip(drops["key"].to_pylist(), drops["other"].to_pylist()):
+        parent[root(key)] = root(other)
+    return {key: root(key) for key in list(parent)}
 
 
 @pytest.fixture(scope="module")
