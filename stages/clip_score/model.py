@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcurate.schemas.stage_configs import ClipModelSpec, ClipScoreConfig
+from mmcurate.stages.clip_score.text import encode_tokens
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +105,6 @@ class Scorer:
     def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return F.normalize(self.audio(waves.to(self.device)).float(), dim=-1).cpu()
-
-
-def encode_tokens(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """``clip.encode_text(tokens, normalize=True)``, with the padding after the batch's last end-of-text token cut
-    off first when that cannot change the result: an ``open_clip.CLIP`` text tower is causal (a position sees only
-    the ones before it) and pools at the end-of-text token, so the 77 - n padding positions only cost time (the
-    text tower of ViT-B-32 costs more than its image tower at 77 tokens; captions are mostly 10-20).
-    Other text towers (Hugging Face, non-causal) run as open_clip runs them."""
-    import open_clip
-    from open_clip.transformer import text_global_pool
-
-    pool = getattr(clip, "text_pool_type", None)
-    if type(clip) is not open_clip.CLIP or clip.attn_mask is None or pool not in ("argmax", "eos"):
-        return clip.encode_text(tokens, normalize=True)
-    eos = getattr(clip, "text_eos_id", None)
-    ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos).int().argmax(dim=-1)
-    n = int(ends.max()) + 1
-    tokens = tokens[:, :n]
-    cast = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:n].to(cast)
-    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
-    x = text_global_pool(x, tokens, pool, eos_token_id=eos)
-    if clip.text_projection is not None:
-        x = clip.text_projection(x) if isinstance(clip.text_projection, torch.nn.Linear) else x @ clip.text_projection
-    return F.normalize(x, dim=-1)
 
 
 def load(spec: ClipModelSpec, device: torch.device) -> Scorer:
