@@ -55,6 +55,16 @@ class StageConfig(StrictModel):
         """Extension columns this config writes, of those the registration declares; None: all of them."""
         return None
 
+    def column_origins(self) -> dict[str, str]:
+        """What makes the values of extension columns this config writes, where a later stage must agree with it
+        (the model behind an ``embedding``): column -> an identity string."""
+        return {}
+
+    def origins_needed(self) -> dict[str, str]:
+        """Extension columns this config reads whose values must come from one origin (``column_origins``) on
+        every path into the stage: column -> that identity."""
+        return {}
+
 
 class FetchConfig(StrictModel):
     """The fetch guard's whole policy: every page, robots.txt, media and URL-list download meets these limits on
@@ -226,6 +236,27 @@ class ClipModelSpec(StrictModel):
             raise ValueError("model.pretrained goes with model.name; a checkpoint directory holds its own weights")
         return self
 
+    def weight_files(self) -> tuple[str, ...]:
+        """The local files holding the weights (their bytes belong in the fingerprint of a stage using them)."""
+        import os
+
+        if self.checkpoint is not None:
+            names = ("open_clip_config.json", "open_clip_pytorch_model.bin", "audio_tower.pt")
+            paths = [os.path.join(self.checkpoint, name) for name in names]
+            return tuple(p for p in paths if not p.endswith("audio_tower.pt") or os.path.exists(p))
+        if self.pretrained and os.path.isfile(self.pretrained):
+            return (self.pretrained,)
+        return ()
+
+    def identity(self) -> str:
+        """Which weights, as written in the workflow: two specs naming the same weights embed alike. Precision is
+        left out on purpose: bf16 and fp32 embeddings of one model differ by far less than any eps."""
+        import os
+
+        if self.checkpoint is not None:
+            return f"checkpoint:{os.path.normpath(self.checkpoint)}"
+        return f"{self.name}:{self.pretrained}"
+
 
 class ClipScoreConfig(StageConfig):
     """Image–text (and audio–text, with an audio tower) cosine similarity of each sample under a CLIP model,
@@ -239,18 +270,13 @@ class ClipScoreConfig(StageConfig):
     def columns_added(self) -> frozenset[str]:
         return frozenset({"embedding"}) if self.embedding else frozenset()
 
+    def column_origins(self) -> dict[str, str]:
+        return {"embedding": self.model.identity()} if self.embedding else {}
+
     def input_files(self) -> tuple[str, ...]:
         """The model's weights: a checkpoint rewritten in place must re-score (a checkpoint another stage of the
         run publishes is covered by that stage's fingerprint instead)."""
-        import os
-
-        if self.model.checkpoint is not None:
-            names = ("open_clip_config.json", "open_clip_pytorch_model.bin", "audio_tower.pt")
-            paths = [os.path.join(self.model.checkpoint, name) for name in names]
-            return tuple(p for p in paths if not p.endswith("audio_tower.pt") or os.path.exists(p))
-        if self.model.pretrained and os.path.isfile(self.model.pretrained):
-            return (self.model.pretrained,)
-        return ()
+        return self.model.weight_files()
     batch_size: int = Field(64, ge=1, description="samples per forward pass")
     threads: int = Field(4, ge=1, le=512, description="threads decoding and resizing a batch's images")
 
@@ -464,11 +490,32 @@ class SurvivorRule(StrictModel):
     resolution: bool = True
 
 
+class SemanticEvalConfig(StrictModel):
+    """Eval images embedded once, on the driver, by ``model``, which must be the model whose image embeddings the
+    records carry (the ``clip_score`` stage with ``embedding: true`` before the dedupe; the workflow check refuses
+    any other); a sample whose embedding has cosine similarity >= ``1 - eps`` with an eval image's copies it
+    semantically (a flipped, cropped, recoloured copy that pHash misses)."""
+
+    model: ClipModelSpec
+    # SemDeDup's eps, as semantic dedupe's default: a tighter cut than dedupe's needs would drop fewer copies
+    eps: float = Field(0.05, gt=0, lt=1, description="cosine similarity >= 1 - eps is a match")
+    batch_size: int = Field(64, ge=1, description="eval images per forward pass")
+
+    @model_validator(mode="after")
+    def _runs_on_a_cpu(self) -> SemanticEvalConfig:
+        # the driver embeds on its CPU, where autocast runs bf16, never fp16
+        if self.model.precision == "fp16":
+            raise ValueError("decontaminate.semantic.model.precision fp16 needs a GPU; the eval set is embedded on "
+                             "the driver's CPU: use fp32 or bf16")
+        return self
+
+
 class EvalSetConfig(StrictModel):
     """An evaluation set no sample may copy: WebDataset ``shards`` (paths or globs; their images), a folder of
     ``images`` (searched recursively), a ``texts`` file (one item per line). A sample matching an eval item
-    exactly (pixels, or normalised text), perceptually (pHash within ``radius``) or, for texts, by MinHash
-    Jaccard >= ``text_threshold`` is ``eval_contamination``, naming the item."""
+    exactly (pixels, or normalised text), perceptually (pHash within ``radius``), semantically (with ``semantic``:
+    its embedding against the eval images' under the same model) or, for texts, by MinHash Jaccard >=
+    ``text_threshold`` is ``eval_contamination``, naming the item."""
 
     shards: tuple[str, ...] = ()
     images: str | None = None
@@ -477,6 +524,7 @@ class EvalSetConfig(StrictModel):
     perceptual: bool = True
     radius: int = Field(8, ge=0, le=31)
     text_threshold: float | None = Field(0.8, gt=0, le=1, description="None: exact text only")
+    semantic: SemanticEvalConfig | None = None  # off by default: it needs the records' embeddings
 
     @field_validator("shards")
     @classmethod
@@ -492,6 +540,8 @@ class EvalSetConfig(StrictModel):
     def _has_items(self) -> EvalSetConfig:
         if not (self.shards or self.images or self.texts):
             raise ValueError("decontaminate needs at least one of shards, images, texts")
+        if self.semantic is not None and not (self.shards or self.images):
+            raise ValueError("decontaminate.semantic embeds eval images: give shards or images")
         return self
 
     def files(self) -> tuple[str, ...]:
@@ -521,10 +571,22 @@ class DedupeConfig(StageConfig):
     partitions: int = Field(64, ge=1, le=4096, description="groups of the candidate-pair and component shuffles")
 
     def input_files(self) -> tuple[str, ...]:
-        return self.decontaminate.files() if self.decontaminate is not None else ()
+        if self.decontaminate is None:
+            return ()
+        semantic = self.decontaminate.semantic
+        # the eval embeddings are the model's: new weights, new embeddings, a new fingerprint
+        return self.decontaminate.files() + (semantic.model.weight_files() if semantic is not None else ())
+
+    def _eval_semantic(self) -> SemanticEvalConfig | None:
+        return self.decontaminate.semantic if self.decontaminate is not None else None
 
     def columns_needed(self) -> frozenset[str]:
-        return frozenset({"embedding"}) if self.semantic.enabled else frozenset()
+        wanted = self.semantic.enabled or self._eval_semantic() is not None
+        return frozenset({"embedding"}) if wanted else frozenset()
+
+    def origins_needed(self) -> dict[str, str]:
+        semantic = self._eval_semantic()
+        return {"embedding": semantic.model.identity()} if semantic is not None else {}
 
 
 register("dedupe", config=DedupeConfig, role="global", implementation="mmcurate.stages.dedupe.stage:DedupeStage",
@@ -587,16 +649,29 @@ def _default_pii_entities() -> dict[str, PiiEntityConfig]:
     }
 
 
+FrontalCascade = Literal["haarcascade_frontalface_alt.xml", "haarcascade_frontalface_alt2.xml",
+                         "haarcascade_frontalface_default.xml"]
+
+
 class FacesConfig(StrictModel):
     """Faces blurred in every image (OpenCV's shipped Haar cascades, ``cv2.data``): each box grown by ``margin``
-    of its size on every side, then blurred until the same detector finds nothing there."""
+    of its size on every side, then blurred until the same detector finds nothing there. Each cascade has its own
+    scale step: the frontal ``alt2`` one finds the demo's astronaut at 1.1 down to 128 px and fires on none of its
+    other photos at 256 px (``default`` at 1.05 found a second face in the astronaut's photo and two on the coins,
+    and took 1.7x as long); the profile one finds the cameraman only at 1.05."""
 
     enabled: bool = True
     margin: float = Field(0.25, ge=0, le=2)
     min_size: int = Field(20, ge=8, description="smallest face side searched, pixels")
-    scale_factor: float = Field(1.05, gt=1, le=2)  # 1.1 missed the cameraman at 256 px
+    frontal: FrontalCascade = "haarcascade_frontalface_alt2.xml"
+    frontal_scale_factor: float = Field(1.1, gt=1, le=2)
     min_neighbors: int = Field(5, ge=1)
     profile: bool = True  # also the profile cascade (both directions)
+    profile_scale_factor: float = Field(1.05, gt=1, le=2)  # 1.06 missed the cameraman at 256 px
+    # what the detector found in an image (by the image's SHA-256, this detector's settings and OpenCV's version)
+    # is kept in MMCURATE_CACHE_DIR/faces.sqlite3: a re-run (a label changed a caption upstream) re-blurs from the
+    # kept boxes instead of searching again; the output bytes are the same either way
+    cache: bool = True
 
 
 class PiiConfig(StageConfig):

@@ -6,11 +6,20 @@ chin; hair and ears identify too) and blurred with a Gaussian whose kernel is th
 image is searched again with the same detector: a box it still finds is blurred again, harder, up to
 ``MAX_PASSES`` times. An image is re-encoded only when a face was found, in its own format, by OpenCV (which writes
 no metadata block).
+
+With ``cache`` on, what the search found in an image (the boxes of every pass) is kept by the image's SHA-256 in
+``FaceCache``; an image seen before is blurred again from its boxes, with no search, to the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +27,9 @@ from mmcurate.schemas.stage_configs import FacesConfig
 
 MAX_PASSES = 4
 JPEG_QUALITY = 90  # align's default image_quality
+
+log = logging.getLogger("mmcurate.pii")
+Box = tuple[int, int, int, int]
 
 
 @dataclass
@@ -35,26 +47,31 @@ class FaceBlurrer:
 
         self.config = config
         root = cv2.data.haarcascades
-        names = ["haarcascade_frontalface_default.xml"]
+        # (file, scale step, also on the mirror image): the profile cascade knows one direction only
+        plan = [(config.frontal, config.frontal_scale_factor, False)]
         if config.profile:
-            names.append("haarcascade_profileface.xml")
-        self.cascades = [(name, cv2.CascadeClassifier(root + name)) for name in names]
-        for name, cascade in self.cascades:
+            plan.append(("haarcascade_profileface.xml", config.profile_scale_factor, True))
+        self.cascades = [(cv2.CascadeClassifier(root + name), factor, mirror) for name, factor, mirror in plan]
+        for (cascade, _, _), (name, _, _) in zip(self.cascades, plan):
             if cascade.empty():
                 raise RuntimeError(f"OpenCV could not load its cascade {root + name}")
+        settings = config.model_dump(exclude={"enabled", "cache"})
+        self.detector_id = json.dumps({**settings, "opencv": cv2.__version__, "passes": MAX_PASSES,
+                                       "jpeg_quality": JPEG_QUALITY}, sort_keys=True)
+        self.cache = FaceCache.open() if config.cache else None
 
-    def detect(self, pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
+    def detect(self, pixels: np.ndarray) -> list[Box]:
         """Face boxes (x, y, w, h) in a BGR or grey image: every cascade, the profile one on the mirror too."""
         import cv2
 
         grey = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
         grey = cv2.equalizeHist(grey)
         size = (self.config.min_size, self.config.min_size)
-        boxes: list[tuple[int, int, int, int]] = []
-        for name, cascade in self.cascades:
-            views = [(grey, False)] + ([(cv2.flip(grey, 1), True)] if "profile" in name else [])
+        boxes: list[Box] = []
+        for cascade, factor, mirror in self.cascades:
+            views = [(grey, False)] + ([(cv2.flip(grey, 1), True)] if mirror else [])
             for view, mirrored in views:
-                found = cascade.detectMultiScale(view, scaleFactor=self.config.scale_factor,
+                found = cascade.detectMultiScale(view, scaleFactor=factor,
                                                  minNeighbors=self.config.min_neighbors, minSize=size)
                 for x, y, w, h in (found if len(found) else []):
                     boxes.append((int(grey.shape[1] - x - w) if mirrored else int(x), int(y), int(w), int(h)))
@@ -79,24 +96,89 @@ class FaceBlurrer:
         """Blur every face in encoded image ``data`` (``jpg`` or ``png``)."""
         import cv2
 
+        key = hashlib.sha256(self.detector_id.encode() + b"\0" + data).digest() if self.cache else None
+        known = self.cache.get(key) if key is not None else None
+        if known is not None and not known[0]:
+            return BlurResult(0, 0, None)
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if pixels is None:
             raise ValueError("image does not decode")
         colour = pixels if pixels.ndim == 2 or pixels.shape[2] == 3 else pixels[:, :, :3].copy()
-        boxes = self.detect(colour)
-        if not boxes:
+        if known is not None:
+            passes, remaining = known
+            for strength, boxes in enumerate(passes, start=1):
+                for box in boxes:
+                    self._blur(colour, box, strength)
+        else:
+            passes, remaining = self._search_and_blur(colour)
+            if key is not None:
+                self.cache.put(key, passes, remaining)
+        if not passes:
             return BlurResult(0, 0, None)
-        blurred, remaining = 0, boxes
-        for strength in range(1, MAX_PASSES + 1):
-            for box in remaining:
-                self._blur(colour, box, strength)
-            blurred += len(remaining)
-            remaining = self.detect(colour)
-            if not remaining:
-                break
         if colour is not pixels:
             pixels[:, :, :3] = colour
-        return BlurResult(len(boxes), len(remaining), encode(pixels, fmt))
+        return BlurResult(len(passes[0]), len(remaining), encode(pixels, fmt))
+
+    def _search_and_blur(self, colour: np.ndarray) -> tuple[list[list[Box]], list[Box]]:
+        """The boxes blurred at each strength (none: no face), and what the detector still finds after the last."""
+        remaining = self.detect(colour)
+        passes: list[list[Box]] = []
+        for strength in range(1, MAX_PASSES + 1):
+            if not remaining:
+                break
+            for box in remaining:
+                self._blur(colour, box, strength)
+            passes.append(remaining)
+            remaining = self.detect(colour)
+        return passes, remaining
+
+
+class FaceCache:
+    """Detector results by image digest, in one SQLite file shared by every worker on the machine (WAL: readers do
+    not wait for a writer). A cache: a file that cannot be opened or written is logged once and the search runs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.db: sqlite3.Connection | None = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS faces (key BLOB PRIMARY KEY, passes TEXT NOT NULL, "
+                        "remaining TEXT NOT NULL)")
+
+    @classmethod
+    def open(cls) -> FaceCache | None:
+        root = Path(os.environ.get("MMCURATE_CACHE_DIR") or Path.home() / ".cache" / "mmcurate")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return cls(root / "faces.sqlite3")
+        except (OSError, sqlite3.Error) as err:
+            log.warning("pii: face cache %s unusable (%s): every image is searched", root, err)
+            return None
+
+    def get(self, key: bytes) -> tuple[list[list[Box]], list[Box]] | None:
+        if self.db is None:
+            return None
+        try:
+            row = self.db.execute("SELECT passes, remaining FROM faces WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as err:
+            self._give_up(err)
+            return None
+        if row is None:
+            return None
+        return [[tuple(b) for b in boxes] for boxes in json.loads(row[0])], [tuple(b) for b in json.loads(row[1])]
+
+    def put(self, key: bytes, passes: list[list[Box]], remaining: list[Box]) -> None:
+        if self.db is None:
+            return
+        try:
+            self.db.execute("INSERT OR IGNORE INTO faces VALUES (?, ?, ?)",
+                            (key, json.dumps(passes), json.dumps(remaining)))
+        except sqlite3.Error as err:
+            self._give_up(err)
+
+    def _give_up(self, err: sqlite3.Error) -> None:
+        log.warning("pii: face cache %s failed (%s): searching every image from here", self.path, err)
+        self.db = None
 
 
 def encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -110,10 +192,10 @@ def encode(pixels: np.ndarray, fmt: str) -> bytes:
     return out.tobytes()
 
 
-def _merged(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+def _merged(boxes: list[Box]) -> list[Box]:
     """One box per face: a box mostly inside a bigger one is dropped (two cascades find the same face)."""
     ordered = sorted(boxes, key=lambda b: -(b[2] * b[3]))
-    kept: list[tuple[int, int, int, int]] = []
+    kept: list[Box] = []
     for x, y, w, h in ordered:
         inside = False
         for X, Y, W, H in kept:

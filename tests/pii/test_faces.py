@@ -51,3 +51,53 @@ def test_an_image_without_a_face_keeps_its_bytes():
         [empty_record(key="p", image=plain, image_format="jpg", caption="grey", text="grey")], schema=RECORD_SCHEMA,
     )).to_pylist()[0]
     assert row["image"] == plain and dict(row["scores"])["pii.faces"] == 0.0
+
+
+def test_a_second_blur_of_an_image_comes_from_the_cache_with_the_same_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCURATE_CACHE_DIR", str(tmp_path))
+    image = _at("astronaut", 256)
+    first = FaceBlurrer(FacesConfig()).blur(image, "jpg")
+    assert first.faces >= 1 and first.image is not None
+    again = FaceBlurrer(FacesConfig())  # a new worker: the search must not run
+    again.detect = lambda pixels: pytest.fail("searched an image the cache knows")
+    second = again.blur(image, "jpg")
+    assert (second.faces, second.remaining, second.image) == (first.faces, first.remaining, first.image)
+    assert (tmp_path / "faces.sqlite3").is_file()
+
+
+def test_other_detector_settings_do_not_read_the_cache_of_these(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCURATE_CACHE_DIR", str(tmp_path))
+    image = _at("camera", 256)
+    assert FaceBlurrer(FacesConfig()).blur(image, "jpg").faces >= 1
+    without_profile = FaceBlurrer(FacesConfig(profile=False))
+    searched = []
+    search = without_profile.detect
+    without_profile.detect = lambda pixels: searched.append(1) or search(pixels)
+    assert without_profile.blur(image, "jpg").faces == 0 and searched  # the cameraman is a profile
+
+
+def test_an_unusable_cache_directory_means_every_image_is_searched(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("MMCURATE_CACHE_DIR", str(blocker / "cache"))
+    blurrer = FaceBlurrer(FacesConfig())
+    assert blurrer.cache is None
+    assert blurrer.blur(_at("astronaut", 256), "jpg").faces >= 1
+
+
+def test_cache_off_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCURATE_CACHE_DIR", str(tmp_path))
+    assert FaceBlurrer(FacesConfig(cache=False)).blur(_at("astronaut", 256), "jpg").faces >= 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("side", [192, 256])
+def test_the_demo_photos_without_a_person_get_no_face(side, tmp_path, monkeypatch):
+    from mmcurate.pipeline.demo.site.images import PHOTOS
+
+    monkeypatch.setenv("MMCURATE_CACHE_DIR", str(tmp_path))
+    blurrer = FaceBlurrer(FacesConfig())
+    found = {name: blurrer.blur(_at(name, side), "jpg").faces for name in PHOTOS}
+    print(f"at {side} px: {found}")
+    assert {name for name, n in found.items() if n} == set(PEOPLE)
+    assert all(found[name] == 1 for name in PEOPLE)
