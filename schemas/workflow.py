@@ -264,6 +264,8 @@ def _check_graph(path: str, specs: list[StageSpec]) -> list[StageSpec]:
     order = _topological(path, specs)
     provided: dict[str, frozenset[str]] = {}
     columns: dict[str, frozenset[str]] = {}  # extension columns (schemas.record.EXTENSION_COLUMNS) on every path
+    # column -> every origin (``column_origins``: the model behind an embedding) its values may have on some path
+    origins: dict[str, dict[str, frozenset[str]]] = {}
     for spec in order:
         kind = STAGE_KINDS[spec.kind]
         upstream_caps = frozenset.intersection(*(provided[n] for n in spec.inputs)) if spec.inputs else frozenset()
@@ -282,6 +284,18 @@ def _check_graph(path: str, specs: list[StageSpec]) -> list[StageSpec]:
                 f"{path}: stage '{spec.name}' reads column(s) {sorted(needed - upstream_cols)} that not every path "
                 f"into it writes (written on every path: {sorted(upstream_cols) or 'none'})"
             )
+        reaching: dict[str, frozenset[str]] = {}
+        for name in spec.inputs:
+            for column, found in origins[name].items():
+                reaching[column] = reaching.get(column, frozenset()) | found
+        for column, wanted in spec.config.origins_needed().items():
+            found = reaching.get(column, frozenset())
+            if found != {wanted}:
+                raise WorkflowError(
+                    f"{path}: stage '{spec.name}' needs the {column} column made by {wanted}, and the stages before "
+                    f"it write it with {', '.join(sorted(found)) or 'nothing it can tell'}: name the same model in both"
+                )
+        origins[spec.name] = reaching | {c: frozenset({o}) for c, o in spec.config.column_origins().items()}
         provided[spec.name] = upstream_caps | kind.provides
         added = spec.config.columns_added()
         columns[spec.name] = upstream_cols | (kind.adds_columns if added is None else (added & kind.adds_columns))

@@ -3,8 +3,9 @@
 
 The eval set is small next to the run: its items are read and signed on the driver (``EvalIndex``), and the index
 travels to the workers, where each record is looked up in it: exact pixels, then pHash within the radius (the
-same pigeonhole bands as dedupe, as dictionaries; the same tiny-image check), then exact normalised text, then
-MinHash Jaccard through datasketch's ``MinHashLSH``. Being small, an eval image is indexed under the pHash of each
+same pigeonhole bands as dedupe, as dictionaries; the same tiny-image check), then, with ``semantic``, the
+record's image embedding against the eval images' (``eval_semantic.py``: cosine >= ``1 - eps``), then exact
+normalised text, then MinHash Jaccard through datasketch's ``MinHashLSH``. Being small, an eval image is indexed under the pHash of each
 of its centre crops too (every 1 % per side up to ``perceptual.max_crop``): a copy cropped by 5 % moves a pHash
 by up to 24 bits, but lands within a few bits of its original's 5 % crop. Item names: ``<shard>.tar:<member>``, the image's path
 under the folder, ``<text file>:<line>``.
@@ -23,6 +24,7 @@ import pyarrow as pa
 from mmcurate.schemas.stage_configs import EvalSetConfig, TextDedupeConfig
 from mmcurate.stages.base import InputError
 from mmcurate.stages.dedupe.drops import DROP_SCHEMA, detail
+from mmcurate.stages.dedupe.eval_semantic import embed_eval_images, nearest, unit
 from mmcurate.stages.dedupe.perceptual import _band_value, band_masks, thumbnail_rms
 from mmcurate.stages.dedupe.signatures import (
     digest,
@@ -54,6 +56,10 @@ class EvalIndex:
     minhash: np.ndarray | None = None
     lsh: Any = None
     size: int = 0  # items read: images and text lines
+    semantic_items: list[str] = field(default_factory=list)
+    embeddings: np.ndarray | None = None  # (eval images x width) unit-norm float32, with ``semantic``
+    min_cosine: float | None = None
+    model_id: str | None = None  # the model that embedded them, for the summary
 
 
 def _eval_images(cfg: EvalSetConfig) -> list[tuple[str, bytes]]:
@@ -84,7 +90,12 @@ def load_eval_set(cfg: EvalSetConfig, text: TextDedupeConfig, max_rms: float | N
     index = EvalIndex(cfg.radius, max_rms, cfg.text_threshold, text)
     masks = band_masks(cfg.radius)
     crop_hashes = thumbnail_crops(max_crop)
-    for item, data in _eval_images(cfg):
+    images = _eval_images(cfg)
+    if cfg.semantic is not None and images:
+        index.embeddings, index.model_id = embed_eval_images(images, cfg.semantic)
+        index.semantic_items = [item for item, _ in images]
+        index.min_cosine = 1.0 - cfg.semantic.eps
+    for item, data in images:
         index.size += 1
         image = decode_image(data)
         if image is None:
@@ -164,18 +175,41 @@ def _text_match(index: EvalIndex, norm: str) -> tuple[str, float, str] | None:
     return item, similarity, f"minhash jaccard {similarity:.3f}"
 
 
+def _semantic_matches(table: pa.Table, index: EvalIndex) -> list[tuple[str, float, str] | None]:
+    """Per signature row, its best eval image at or above ``min_cosine``: only rows of records with an image,
+    whose embedding is the image's (``clip_score`` embeds the audio of a record without one)."""
+    found: list[tuple[str, float, str] | None] = [None] * table.num_rows
+    if index.embeddings is None:
+        return found
+    column = table["embedding"].combine_chunks()
+    rows = [i for i, (ok, image) in enumerate(zip(column.is_valid().to_pylist(), table["has_image"].to_pylist()))
+            if ok and image]
+    if not rows:
+        return found
+    picked = column.take(pa.array(rows, pa.int64()))
+    x = unit(picked.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), picked.type.list_size))
+    best, cosine = nearest(x, index.embeddings)
+    for row, position, value in zip(rows, best.tolist(), cosine.tolist()):
+        if value >= index.min_cosine:
+            found[row] = (index.semantic_items[position], value, f"embedding cosine {value:.4f}")
+    return found
+
+
 def contaminated(table: pa.Table, index: EvalIndex) -> pa.Table:
     """Drop rows (``DROP_SCHEMA``) of the signature rows in ``table`` that match an eval item."""
     out: dict[str, list] = {name: [] for name in DROP_SCHEMA.names}
     columns = {name: table[name].to_pylist() for name in ("key", "pixels", "phash", "thumbs", "text_digest",
                                                           "text_norm")}
-    for key, pixels, phash, thumbs, text_digest, norm in zip(*columns.values()):
+    semantic = _semantic_matches(table, index)
+    for key, pixels, phash, thumbs, text_digest, norm, by_meaning in zip(*columns.values(), semantic):
         match = None
         if pixels is not None and pixels in index.pixels:
             match = (index.pixels[pixels], 0.0, "exact pixels", "exact_pixels")
         if match is None and phash is not None and index.hashes:
             found = _image_match(index, phash, thumbs)
             match = None if found is None else (*found, "phash")
+        if match is None and by_meaning is not None:
+            match = (*by_meaning, "semantic")
         if match is None and text_digest is not None and text_digest in index.texts:
             match = (index.texts[text_digest], 0.0, "exact normalised text", "exact_text")
         if match is None and norm and index.lsh is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 THUMB = 16  # thumbnail side
 THUMB_BYTES = THUMB * THUMB * 3
@@ -162,7 +163,7 @@ def samples_digest(data: bytes) -> bytes | None:
 def signatures(batch: pa.Table, *, score: str | None, resolution: bool, pixels: bool, samples: bool,
                text: bool, phash: bool, crops: list[float] | None, embedding: bool,
                people_first: bool = True) -> pa.Table:
-    """One row of ``SIGNATURE_SCHEMA`` (plus ``embedding`` when asked) per record of ``batch``."""
+    """One row of ``SIGNATURE_SCHEMA`` (plus ``embedding`` and ``has_image`` when asked) per record of ``batch``."""
     n = batch.num_rows
     keys = batch["key"].to_pylist()
     size = sizes(batch) if resolution else np.full(n, np.nan)
@@ -186,4 +187,7 @@ def signatures(batch: pa.Table, *, score: str | None, resolution: bool, pixels: 
     table = pa.Table.from_pydict(cols, schema=SIGNATURE_SCHEMA)
     if embedding:
         table = table.append_column("embedding", batch["embedding"])
+        # an image record's embedding is its image's; eval images match only those (not an audio embedding)
+        has_image = pc.is_valid(batch["image"]) if "image" in batch.column_names else pa.array([False] * n)
+        table = table.append_column("has_image", has_image)
     return table

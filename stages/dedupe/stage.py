@@ -3,7 +3,8 @@ group and saying, on every dropped sample, which method matched it, to what, and
 
 ``summarize`` (on the driver, over Ray Data; the records never reach it):
   1. signatures of every record in the workers (``signatures.py``): survivor rank, digests, pHash, thumbnails;
-  2. ``decontaminate``: records matching the eval set are dropped first (``decontaminate.py``);
+  2. ``decontaminate``: records matching the eval set are dropped first (``decontaminate.py``; the semantic
+     match, ``eval_semantic.py``, embeds the eval images on the driver);
   3. ``exact`` (pixels, then audio samples, then text), ``perceptual``, ``semantic``, ``text``, in this order,
      each over the records the ones before kept (``groups.py``, ``perceptual.py``, ``semantic.py``,
      ``text.py``);
@@ -24,6 +25,7 @@ from mmcurate.schemas.stage_configs import DedupeConfig
 from mmcurate.stages.base import Decisions, GlobalStage, InputError, StageContext
 from mmcurate.stages.dedupe.decontaminate import EvalIndex, decontaminate, load_eval_set
 from mmcurate.stages.dedupe.drops import DROPS_FILE, read_drops, write_drops
+from mmcurate.stages.dedupe.eval_semantic import check_width
 from mmcurate.stages.dedupe.groups import exact, remaining
 from mmcurate.stages.dedupe.perceptual import near_duplicates
 from mmcurate.stages.dedupe.semantic import semantic_duplicates
@@ -50,8 +52,15 @@ class DedupeStage(GlobalStage[DedupeConfig]):
         if cfg.semantic.enabled and "embedding" not in columns:
             raise InputError(f"stage {self.name}: semantic dedupe reads the embedding column, which the records do "
                              "not have: run clip_score with embedding: true before it, or set semantic.enabled: false")
+        if self._eval_semantic() and "embedding" not in columns:
+            raise InputError(f"stage {self.name}: decontaminate.semantic reads the embedding column, which the "
+                             "records do not have: run clip_score with embedding: true before it, or remove "
+                             "decontaminate.semantic")
         path = ctx.progress_dir / "artifacts" / DROPS_FILE
         index = self._eval_index()
+        if index is not None and index.embeddings is not None:
+            width = getattr(arrow_schema(dataset).field("embedding").type, "list_size", None)
+            check_width(width, index.embeddings, index.model_id)
         with sort_shuffle(dataset):
             clock = _Clock(self.name)
             sigs = dataset.map_batches(signatures, batch_format="pyarrow", fn_kwargs=self._signature_args()) \
@@ -87,7 +96,12 @@ class DedupeStage(GlobalStage[DedupeConfig]):
         summary = {"records": records, "dropped": counts, "drops": str(path)}
         if index is not None:
             summary["eval_items"] = index.size
+            if index.model_id is not None:
+                summary["eval_model"] = index.model_id
         return summary
+
+    def _eval_semantic(self) -> bool:
+        return self.config.decontaminate is not None and self.config.decontaminate.semantic is not None
 
     def _eval_index(self) -> EvalIndex | None:
         cfg = self.config
@@ -114,7 +128,7 @@ class DedupeStage(GlobalStage[DedupeConfig]):
                     or (eval_set is not None and eval_set.texts is not None),
             "phash": cfg.perceptual.enabled or (eval_set is not None and eval_set.perceptual),
             "crops": self._crops(),
-            "embedding": cfg.semantic.enabled,
+            "embedding": cfg.semantic.enabled or self._eval_semantic(),
         }
 
     def decide(self, batch: pa.Table, summary: dict[str, Any]) -> pa.Table:

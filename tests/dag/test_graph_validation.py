@@ -85,6 +85,24 @@ def test_an_extension_column_must_be_written_on_every_path(tmp_path):
                         "{stage: dedupe, input: scored, semantic: {enabled: true}}", "{stage: shard}"))
 
 
+def test_semantic_decontamination_must_name_the_model_that_wrote_the_embeddings(tmp_path):
+    score = "{stage: clip_score, id: %s, input: align, embedding: true, model: {checkpoint: /models/%s}}"
+    dedupe = ("{stage: dedupe, input: %s, decontaminate: {images: /eval, semantic: {model: {checkpoint: /models/%s}}}}")
+    path = write(tmp_path, CRAWL % "web", "{stage: align}", score % ("scored", "a"), dedupe % ("scored", "b"),
+                 "{stage: shard}")
+    with pytest.raises(WorkflowError, match=r"graph.yaml: stage 'dedupe' needs the embedding column made by "
+                                            r"checkpoint:/models/b, and the stages before it write it with "
+                                            r"checkpoint:/models/a"):
+        load_workflow(path)
+    # two paths, two models: the embeddings of one record are not the eval model's
+    path = write(tmp_path, CRAWL % "web", "{stage: align}", score % ("one", "a"), score % ("two", "b"),
+                 dedupe % ("[one, two]", "a"), "{stage: shard}")
+    with pytest.raises(WorkflowError, match=r"write it with checkpoint:/models/a, checkpoint:/models/b"):
+        load_workflow(path)
+    load_workflow(write(tmp_path, CRAWL % "web", "{stage: align}", score % ("scored", "a"),
+                        dedupe % ("scored", "a/"), "{stage: shard}"))
+
+
 def test_a_select_reading_an_extension_column_no_path_writes_fails_at_load(tmp_path, capsys):
     from mmcurate.pipeline.cli import main
 
