@@ -64,6 +64,16 @@ def _write_group(group: pa.Table, cls: type[SinkStage], config: Any, name: str, 
     return pa.table({"partition": [partition]})
 
 
+def _write_whole(paths: list[str], filesystem: Any, **task_args: Any) -> bool:
+    """The only key range, in one worker: every input file read, then written as ``_write_group`` writes one."""
+    tables = [pq.read_table(path, filesystem=filesystem) for path in paths]
+    table = _with_partition(pa.concat_tables(tables, promote_options="default"), 1, [])
+    if not table.num_rows:
+        return False
+    _write_group(table, **task_args)
+    return True
+
+
 def run_sink(stage: SinkStage, config_hash: str, files: list[str], rows: int, work: Path | str,
              progress: Path | str, log: Any) -> dict[str, Any]:
     import ray
@@ -82,13 +92,23 @@ def run_sink(stage: SinkStage, config_hash: str, files: list[str], rows: int, wo
         # the sort-based shuffle runs as plain tasks; the hash shuffle starts aggregator actors (seconds each here)
         DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         paths, filesystem = storage_for(files[0]).arrow(files)
+        task_args = {"cls": type(stage), "config": cfg, "name": stage.name, "config_hash": config_hash,
+                     "partitions_dir": parts_dir}
+        if partitions == 1:
+            # one key range: the shuffle's sample, map and reduce tasks (seconds here) would hand every record to
+            # one worker anyway; one task reads the input and writes it
+            wrote = ray.get(ray.remote(_write_whole).options(num_cpus=cfg.num_cpus).remote(paths, filesystem,
+                                                                                          **task_args))
+            if wrote:
+                log.info("stage %s: key ranges [0] written", stage.name)
+                kill_point(f"sink:{stage.name}:partition")
+            return _gather(stage, parts_dir, work)
         written = (
             ray.data.read_parquet(paths, filesystem=filesystem)
             .map_batches(_with_partition, fn_kwargs={"partitions": partitions, "skip": done}, batch_format="pyarrow")
             .groupby(PARTITION_COLUMN, num_partitions=min(partitions, _SHUFFLE_PARTITIONS))
             .map_groups(_write_group, batch_format="pyarrow", concurrency=cfg.concurrency, num_cpus=cfg.num_cpus,
-                        fn_kwargs={"cls": type(stage), "config": cfg, "name": stage.name, "config_hash": config_hash,
-                                   "partitions_dir": parts_dir})
+                        fn_kwargs=task_args)
         )
         for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
             log.info("stage %s: key ranges %s written", stage.name, batch["partition"].to_pylist())
