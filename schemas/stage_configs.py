@@ -254,7 +254,7 @@ class ClipModelSpec(StrictModel):
         import os
 
         if self.checkpoint is not None:
-            return f"checkpoint:{os.path.normpath(self.checkpoint)}"
+            return f"checkpoint:{os.path.abspath(self.checkpoint)}"  # "models/a" and "./models/a/" alike
         return f"{self.name}:{self.pretrained}"
 
 

@@ -91,7 +91,10 @@ def load_eval_set(cfg: EvalSetConfig, text: TextDedupeConfig, max_rms: float | N
     masks = band_masks(cfg.radius)
     crop_hashes = thumbnail_crops(max_crop)
     images = _eval_images(cfg)
-    if cfg.semantic is not None and images:
+    if cfg.semantic is not None and not images:
+        raise InputError("decontaminate.semantic: the eval set has no image to embed "
+                         f"({', '.join(cfg.files()) or 'no file'})")
+    if cfg.semantic is not None:
         index.embeddings, index.model_id = embed_eval_images(images, cfg.semantic)
         index.semantic_items = [item for item, _ in images]
         index.min_cosine = 1.0 - cfg.semantic.eps

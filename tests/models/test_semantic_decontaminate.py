@@ -192,3 +192,16 @@ def test_records_embedded_by_a_model_of_another_width_are_refused(case, tmp_path
     ctx = StageContext(name="dedupe", config_hash="h", work_dir=tmp_path / "w", progress_dir=tmp_path / "p")
     with pytest.raises(InputError, match="embeddings are 32 wide and model .* embeds 64"):
         DedupeStage(config, "dedupe").summarize(ray.data.from_arrow(rows), ctx)
+
+
+def test_a_semantic_check_with_no_eval_image_is_an_error_not_a_check_that_passes_everything(ray_session, tmp_path):
+    import ray
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "eval.txt").write_text("a question\n")
+    config = DedupeConfig(decontaminate={"images": str(tmp_path / "images"), "texts": str(tmp_path / "eval.txt"),
+                                         "semantic": {"model": {"checkpoint": str(tmp_path / "model")}}})
+    rows = pa.table({"key": ["a"], "embedding": pa.array([[0.1] * 4], pa.list_(pa.float32(), 4))})
+    ctx = StageContext(name="dedupe", config_hash="h", work_dir=tmp_path / "w", progress_dir=tmp_path / "p")
+    with pytest.raises(InputError, match="decontaminate.semantic: the eval set has no image to embed"):
+        DedupeStage(config, "dedupe").summarize(ray.data.from_arrow(rows), ctx)
