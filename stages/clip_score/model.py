@@ -1,5 +1,6 @@
 """The scorer of the ``clip_score`` stage: a CLIP loaded once per worker, the id that names its weights, and its
-encoders (text, image batches, waveform batches), each returning unit-norm float32 rows on the CPU.
+encoders (text, image batches, waveform batches), each returning unit-norm float32 rows on the CPU. The text and
+image towers run only the positions their pooled output reads (``towers.py``).
 
 Where the weights come from (``ClipModelSpec``):
   * ``checkpoint``: a directory written by ``mmcurate train`` (``pipeline/train/checkpoint.py``), loaded through
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcurate.schemas.stage_configs import ClipModelSpec, ClipScoreConfig
-from mmcurate.stages.clip_score.text import encode_tokens
+from mmcurate.stages.clip_score.towers import encode_pixels, encode_tokens
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Scorer:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels``: normalised float images on ``device`` (``media.ImagePreprocess.batch``)."""
         with self.autocast():
-            return self.clip.encode_image(pixels, normalize=True).float().cpu()
+            return encode_pixels(self.clip, pixels).float().cpu()
 
     @torch.inference_mode()
     def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
