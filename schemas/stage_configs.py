@@ -500,6 +500,9 @@ class SemanticEvalConfig(StrictModel):
     # SemDeDup's eps, as semantic dedupe's default: a tighter cut than dedupe's needs would drop fewer copies
     eps: float = Field(0.05, gt=0, lt=1, description="cosine similarity >= 1 - eps is a match")
     batch_size: int = Field(64, ge=1, description="eval images per forward pass")
+    # a guard against an eps too loose for the model: more semantic eval matches than this fraction of the run's
+    # records fails the stage (a real eval set is copied by a handful of records, not by a tenth of the run)
+    max_fraction: float | None = Field(0.01, gt=0, le=1, description="None: no guard")
 
     @model_validator(mode="after")
     def _runs_on_a_cpu(self) -> SemanticEvalConfig:

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from mmcurate.schemas.stage_configs import EvalSetConfig, TextDedupeConfig
+from mmcurate.schemas.stage_configs import EvalSetConfig, SemanticEvalConfig, TextDedupeConfig
 from mmcurate.stages.base import InputError
 from mmcurate.stages.dedupe.drops import DROP_SCHEMA, detail
 from mmcurate.stages.dedupe.eval_semantic import embed_eval_images, nearest, unit
@@ -224,6 +225,26 @@ def contaminated(table: pa.Table, index: EvalIndex) -> pa.Table:
                                                        detail(REASON, item, measures))):
                 out[name].append(value)
     return pa.Table.from_pydict(out, schema=DROP_SCHEMA)
+
+
+def check_semantic_fraction(matched: int, records: int, semantic: SemanticEvalConfig | None) -> None:
+    """Fail the stage when semantic eval matches exceed ``semantic.max_fraction`` of the run's records: an eps
+    too loose for the model (one that cannot tell instances apart) drops unrelated samples, silently otherwise."""
+    if semantic is None or semantic.max_fraction is None or records == 0:
+        return
+    if matched > semantic.max_fraction * records:
+        raise InputError(
+            f"decontaminate.semantic: {matched} of {records} records ({matched / records:.1%}) match an eval image "
+            f"by embedding (cosine >= {1 - semantic.eps:.4f}, eps {semantic.eps}), more than max_fraction "
+            f"{semantic.max_fraction}: eps is too loose for this model ({semantic.model.identity()}); read eps off "
+            "the model's cosines of known copies and non-copies, or set decontaminate.semantic.max_fraction: null "
+            "to accept it")
+
+
+def semantic_count(drops: Any) -> int:
+    """How many rows of a drop dataset are semantic eval matches (the method column only passes the driver)."""
+    return sum(int(pa.compute.sum(pa.compute.equal(batch["method"], "semantic")).as_py() or 0)
+               for batch in drops.iter_batches(batch_format="pyarrow", columns=["method"]))
 
 
 def decontaminate(nodes: Any, index: EvalIndex) -> Any:

@@ -23,7 +23,13 @@ import pyarrow as pa
 from mmcurate.schemas.reasons import Reason
 from mmcurate.schemas.stage_configs import DedupeConfig
 from mmcurate.stages.base import Decisions, GlobalStage, InputError, StageContext
-from mmcurate.stages.dedupe.decontaminate import EvalIndex, decontaminate, load_eval_set
+from mmcurate.stages.dedupe.decontaminate import (
+    EvalIndex,
+    check_semantic_fraction,
+    decontaminate,
+    load_eval_set,
+    semantic_count,
+)
 from mmcurate.stages.dedupe.drops import DROPS_FILE, read_drops, write_drops
 from mmcurate.stages.dedupe.eval_semantic import check_width
 from mmcurate.stages.dedupe.groups import exact, remaining
@@ -73,6 +79,8 @@ class DedupeStage(GlobalStage[DedupeConfig]):
                 drops.append(decontaminate(sigs, index))
                 alive = remaining(alive, drops[-1], cfg.partitions)
                 clock.lap("decontaminate", drops[-1].count())
+                if index.embeddings is not None:  # over the whole run, not a batch
+                    check_semantic_fraction(semantic_count(drops[-1]), records, cfg.decontaminate.semantic)
             if cfg.exact.enabled:
                 for switch, column, method, measures in _EXACT:
                     if getattr(cfg.exact, switch):

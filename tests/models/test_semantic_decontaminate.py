@@ -104,7 +104,9 @@ def case(trained, ray_session, tmp_path_factory):
     scored = scorer.process_batch(table(rows))
     assert scored["embedding"].null_count == 0
 
-    eval_set = {"images": str(folder), "semantic": {"model": {"checkpoint": checkpoint}, "eps": EPS}}
+    # 36 of 81 records are planted copies, far above the guard's 1 %: off here
+    eval_set = {"images": str(folder), "semantic": {"model": {"checkpoint": checkpoint}, "eps": EPS,
+                                                    "max_fraction": None}}
     config = DedupeConfig(decontaminate=eval_set, partitions=4)
     ctx = StageContext(name="dedupe", config_hash="h", work_dir=root / "w", progress_dir=root / "p")
     summary = DedupeStage(config, "dedupe").summarize(ray.data.from_arrow(scored), ctx)
