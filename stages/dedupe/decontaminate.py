@@ -72,10 +72,13 @@ def _eval_images(cfg: EvalSetConfig) -> list[tuple[str, bytes]]:
         if not paths:
             raise InputError(f"decontaminate.shards: no file matches {pattern}")
         for path in paths:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
-                        found.append((f"{Path(path).name}:{member.name}", tar.extractfile(member).read()))
+            try:
+                with tarfile.open(path) as tar:
+                    for member in tar:
+                        if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                            found.append((f"{Path(path).name}:{member.name}", tar.extractfile(member).read()))
+            except (tarfile.TarError, EOFError) as err:
+                raise InputError(f"decontaminate.shards: {path} is not a readable tar shard ({err})") from err
     if cfg.images is not None:
         root = Path(cfg.images)
         if not root.is_dir():
@@ -123,8 +126,11 @@ def load_eval_set(cfg: EvalSetConfig, text: TextDedupeConfig, max_rms: float | N
         path = Path(cfg.texts)
         if not path.is_file():
             raise InputError(f"decontaminate.texts: {path} is not a file")
-        lines = [(f"{path.name}:{n}", normalise_text(line))
-                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)]
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"decontaminate.texts: {path} is not UTF-8 text ({err})") from err
+        lines = [(f"{path.name}:{n}", normalise_text(line)) for n, line in enumerate(content.splitlines(), start=1)]
         lines = [(item, norm) for item, norm in lines if norm]
         index.size += len(lines)
         for item, norm in lines:

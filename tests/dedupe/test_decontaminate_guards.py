@@ -40,3 +40,24 @@ def test_semantic_count_counts_semantic_rows_of_every_batch():
             yield pa.table({"method": ["semantic"]})
 
     assert semantic_count(Drops()) == 3
+
+
+def _load(tmp_path, **eval_set):
+    from mmcurate.schemas.stage_configs import EvalSetConfig, TextDedupeConfig
+    from mmcurate.stages.dedupe.decontaminate import load_eval_set
+
+    return load_eval_set(EvalSetConfig(**eval_set), TextDedupeConfig(), None, 0.0, None)
+
+
+def test_a_bad_eval_shard_is_an_input_error_naming_it(tmp_path):
+    shard = tmp_path / "eval-000000.tar"
+    shard.write_bytes(b"not a tar file at all" * 40)
+    with pytest.raises(InputError, match=r"decontaminate.shards: .*eval-000000.tar is not a readable tar shard"):
+        _load(tmp_path, shards=(str(shard),))
+
+
+def test_a_texts_file_that_is_not_utf8_is_an_input_error_naming_it(tmp_path):
+    texts = tmp_path / "eval.txt"
+    texts.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"decontaminate.texts: .*eval.txt is not UTF-8"):
+        _load(tmp_path, texts=str(texts))
