@@ -13,6 +13,7 @@ under the folder, ``<text file>:<line>``.
 
 from __future__ import annotations
 
+import logging
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,22 @@ from mmcurate.stages.dedupe.signatures import (
 )
 from mmcurate.stages.dedupe.text import SCHEME, jaccard, lsh_weights, minhashes
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    """The extensions of the formats Pillow can open here (``.avif``, ``.jfif``, ``.heic`` where a plugin such as
+    pillow-heif registers it, ...), less the stub formats it recognises but cannot decode (BUFR, GRIB, HDF5)."""
+    from PIL import Image, ImageFile
+
+    Image.init()
+    opens = {name for name, (factory, _) in Image.OPEN.items()
+             if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))}
+    return tuple(sorted(ext.lower() for ext, name in Image.registered_extensions().items() if name in opens))
+
+
+IMAGE_SUFFIXES = _image_suffixes()
 REASON = "eval_contamination"
+log = logging.getLogger("mmcurate.stage.dedupe")
 
 
 @dataclass
@@ -83,8 +98,17 @@ def _eval_images(cfg: EvalSetConfig) -> list[tuple[str, bytes]]:
         root = Path(cfg.images)
         if not root.is_dir():
             raise InputError(f"decontaminate.images: {root} is not a folder")
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            found.append((path.relative_to(root).as_posix(), path.read_bytes()))
+        skipped = []
+        # hidden files and folders (macOS's ._a.jpg AppleDouble files, .DS_Store, .git) are no eval items
+        for path in sorted(p for p in root.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(root).parts)):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append((path.relative_to(root).as_posix(), path.read_bytes()))
+            else:
+                skipped.append(path.relative_to(root).as_posix())
+        if skipped:
+            log.warning("decontaminate.images: %d file(s) of %s are not images by their extension and are skipped: "
+                        "%s%s", len(skipped), root, ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
     return found
 
 

@@ -61,3 +61,44 @@ def test_a_texts_file_that_is_not_utf8_is_an_input_error_naming_it(tmp_path):
     texts.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"decontaminate.texts: .*eval.txt is not UTF-8"):
         _load(tmp_path, texts=str(texts))
+
+
+def _png(path, colour=(200, 30, 30), fmt="PNG") -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), colour).save(path, fmt)
+
+
+def test_eval_image_suffixes_are_pillows_own():
+    from PIL import features
+
+    from mmcurate.stages.dedupe.decontaminate import IMAGE_SUFFIXES
+
+    assert {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".tif"} <= set(IMAGE_SUFFIXES)
+    if features.check("avif"):  # Pillow >= 11.3 built with libavif
+        assert ".avif" in IMAGE_SUFFIXES
+    assert ".h5" not in IMAGE_SUFFIXES  # a stub Pillow recognises but cannot decode
+
+
+def test_a_jfif_eval_image_is_read_and_other_files_are_reported_skipped(tmp_path, caplog):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    _png(folder / "a.jfif", fmt="JPEG")
+    (folder / "notes.md").write_text("not an image")
+    (folder / "labels.csv").write_text("a,1")
+    with caplog.at_level("WARNING", logger="mmcurate.stage.dedupe"):
+        index = _load(tmp_path, images=str(folder))
+    assert index.image_items == ["a.jfif"]
+    assert "2 file(s)" in caplog.text and "labels.csv, notes.md" in caplog.text
+
+
+def test_hidden_files_and_folders_in_the_eval_folder_are_skipped_but_a_broken_image_is_refused(tmp_path):
+    folder = tmp_path / "eval"
+    (folder / ".thumbs").mkdir(parents=True)
+    _png(folder / "a.png")
+    (folder / "._a.png").write_bytes(b"\0\5\26\7AppleDouble resource fork")  # macOS AppleDouble
+    (folder / ".thumbs" / "b.png").write_bytes(b"not png")
+    assert _load(tmp_path, images=str(folder)).image_items == ["a.png"]
+    (folder / "broken.png").write_bytes(b"not png")
+    with pytest.raises(InputError, match="eval image broken.png does not decode"):
+        _load(tmp_path, images=str(folder))
