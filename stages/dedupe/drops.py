@@ -28,7 +28,8 @@ DROPS_FILE = "drops.parquet"
 REASONS = frozenset({"duplicate", "near_duplicate", "semantic_duplicate", "text_duplicate", "eval_contamination"})
 
 _DETAIL = re.compile(r"^(?P<reason>\w+) of (?P<key>\S+) \(")
-_EVAL = re.compile(r"^eval_contamination: eval item (?P<item>.+?) \(")
+# the item runs to the last " (": an item's name may hold one ("exact 0 (1).png"), the measures never do
+_EVAL = re.compile(r"^eval_contamination: eval item (?P<item>.+) \([^()]*\)$", re.DOTALL)
 
 
 def detail(reason: str, other: str, measures: str) -> str:

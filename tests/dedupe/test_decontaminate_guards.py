@@ -102,3 +102,11 @@ def test_hidden_files_and_folders_in_the_eval_folder_are_skipped_but_a_broken_im
     (folder / "broken.png").write_bytes(b"not png")
     with pytest.raises(InputError, match="eval image broken.png does not decode"):
         _load(tmp_path, images=str(folder))
+
+
+@pytest.mark.parametrize("item", ["exact 0 (1).png", "set/a (copy) (2).jpg", "eval-000000.tar:x.jpg", "eval.txt:3"])
+@pytest.mark.parametrize("measures", ["embedding cosine 0.9412", "phash hamming 3, thumbnail rms 2.1", "exact pixels"])
+def test_explain_reads_back_an_eval_item_whose_name_holds_parentheses(item, measures):
+    from mmcurate.stages.dedupe.drops import detail, eval_item_of
+
+    assert eval_item_of(detail("eval_contamination", item, measures)) == item
