@@ -253,6 +253,7 @@ def plan_fingerprints(workflow: Workflow, files: FileDigests, run_root: str | No
     serve = dict(workflow.serve)
     planned: dict[str, _Planned] = {}
     for spec in workflow.stages:
+        _refuse_inside_run_dir(spec, run_root)
         role = STAGE_KINDS[spec.kind].role
         fp, covers = stage_fingerprint(
             kind=spec.kind, config=spec.config, upstream=[planned[name].fingerprint for name in spec.inputs],
@@ -262,6 +263,20 @@ def plan_fingerprints(workflow: Workflow, files: FileDigests, run_root: str | No
     if save:
         files.save()
     return list(planned.values())
+
+
+def _refuse_inside_run_dir(spec: StageSpec, run_root: str | None) -> None:
+    """An input no stage writes (an eval set) inside the run directory would be left out of the fingerprint,
+    which takes files there for another stage's output: editing it would not re-run the stage."""
+    if not run_root or is_url(run_root):
+        return
+    root = os.path.realpath(run_root)
+    for name, path in spec.config.outside_run_dir().items():
+        real = os.path.realpath(path)
+        if real == root or real.startswith(root + os.sep):
+            raise WorkflowError(f"stage {spec.name}: {name} {path} is inside the run directory {run_root}: files "
+                                "there are taken for stages' output and left out of the fingerprint, so a change "
+                                "to it would not re-run the stage; keep it outside the run directory")
 
 
 def _segment_at(planned: list[_Planned], start: int, pending: Callable[[_Planned], bool]) -> list[_Planned]:

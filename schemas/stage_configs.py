@@ -41,6 +41,11 @@ class StageConfig(StrictModel):
         imported): hashed like any input, where another stage's files there are covered by its fingerprint."""
         return ()
 
+    def outside_run_dir(self) -> dict[str, str]:
+        """Paths (field -> path) the run refuses inside its run directory: inputs no stage writes, which the
+        fingerprint would skip there (it takes files under the run root for another stage's output)."""
+        return {}
+
     def decision_fields(self) -> dict[str, object]:
         """What a decision rests on, for ``explain`` and the stage's marker: its model and thresholds. Nothing that
         may hold a secret."""
@@ -579,6 +584,15 @@ class DedupeConfig(StageConfig):
         semantic = self.decontaminate.semantic
         # the eval embeddings are the model's: new weights, new embeddings, a new fingerprint
         return self.decontaminate.files() + (semantic.model.weight_files() if semantic is not None else ())
+
+    def outside_run_dir(self) -> dict[str, str]:
+        eval_set = self.decontaminate
+        if eval_set is None:
+            return {}
+        found = {f"decontaminate.shards[{i}]": pattern for i, pattern in enumerate(eval_set.shards)}
+        found |= {f"decontaminate.{name}": path for name in ("images", "texts")
+                  if (path := getattr(eval_set, name)) is not None}
+        return found
 
     def _eval_semantic(self) -> SemanticEvalConfig | None:
         return self.decontaminate.semantic if self.decontaminate is not None else None

@@ -110,3 +110,32 @@ def test_explain_reads_back_an_eval_item_whose_name_holds_parentheses(item, meas
     from mmcurate.stages.dedupe.drops import detail, eval_item_of
 
     assert eval_item_of(detail("eval_contamination", item, measures)) == item
+
+
+def test_an_eval_set_inside_the_run_directory_is_refused_naming_why(tmp_path):
+    from types import SimpleNamespace
+
+    from mmcurate.pipeline.runner import _refuse_inside_run_dir
+    from mmcurate.schemas.stage_configs import DedupeConfig
+    from mmcurate.schemas.workflow import WorkflowError
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+
+    def check(**eval_set):
+        _refuse_inside_run_dir(SimpleNamespace(name="dedupe", config=DedupeConfig(decontaminate=eval_set)), str(run))
+
+    for field, path in (("images", run / "eval"), ("texts", run / "eval" / "q.txt"),
+                        ("shards", (str(run / "eval" / "e-*.tar"),))):
+        value = path if isinstance(path, tuple) else str(path)
+        with pytest.raises(WorkflowError, match=r"decontaminate.(images|texts|shards\[0\]) .* inside the run "
+                                                r"directory .* left out of the fingerprint"):
+            check(**{field: value})
+    check(images=str(tmp_path / "outside"), texts=str(tmp_path / "q.txt"))  # outside: fine
+    (tmp_path / "link").symlink_to(run / "eval")
+    with pytest.raises(WorkflowError, match="inside the run directory"):  # through a link too
+        check(images=str(tmp_path / "link"))
+    # a semantic model another stage of the run publishes stays allowed
+    check(images=str(tmp_path / "outside"),
+          semantic={"model": {"checkpoint": str(run / "train_filter" / "artifacts" / "model")}})
