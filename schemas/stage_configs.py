@@ -258,8 +258,11 @@ class ClipModelSpec(StrictModel):
         left out on purpose: bf16 and fp32 embeddings of one model differ by far less than any eps."""
         import os
 
+        # "models/a", "./models/a/" and a symlink to it alike
         if self.checkpoint is not None:
-            return f"checkpoint:{os.path.abspath(self.checkpoint)}"  # "models/a" and "./models/a/" alike
+            return f"checkpoint:{os.path.realpath(self.checkpoint)}"
+        if self.pretrained and os.path.isfile(self.pretrained):  # a weights file, not an open_clip tag
+            return f"{self.name}:{os.path.realpath(self.pretrained)}"
         return f"{self.name}:{self.pretrained}"
 
 

@@ -139,3 +139,18 @@ def test_an_eval_set_inside_the_run_directory_is_refused_naming_why(tmp_path):
     # a semantic model another stage of the run publishes stays allowed
     check(images=str(tmp_path / "outside"),
           semantic={"model": {"checkpoint": str(run / "train_filter" / "artifacts" / "model")}})
+
+
+def test_a_model_named_through_a_symlink_or_relative_path_has_the_same_identity(tmp_path, monkeypatch):
+    from mmcurate.schemas.stage_configs import ClipModelSpec
+
+    (tmp_path / "models" / "a").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "models" / "a")
+    monkeypatch.chdir(tmp_path)
+    same = {ClipModelSpec(checkpoint=p).identity() for p in ("models/a", "./models/a/", str(tmp_path / "link"))}
+    assert len(same) == 1
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    (tmp_path / "w-link.pt").symlink_to(tmp_path / "w.pt")
+    files = {ClipModelSpec(name="ViT-B-32", pretrained=p).identity() for p in ("w.pt", "./w-link.pt")}
+    assert len(files) == 1
+    assert ClipModelSpec(name="ViT-B-32", pretrained="laion2b_s34b_b79k").identity() == "ViT-B-32:laion2b_s34b_b79k"
