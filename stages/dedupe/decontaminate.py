@@ -274,7 +274,7 @@ def check_semantic_fraction(matched: int, records: int, semantic: SemanticEvalCo
 def semantic_count(drops: Any) -> int:
     """How many rows of a drop dataset are semantic eval matches (the method column only passes the driver)."""
     return sum(int(pa.compute.sum(pa.compute.equal(batch["method"], "semantic")).as_py() or 0)
-               for batch in drops.iter_batches(batch_format="pyarrow", columns=["method"]))
+               for batch in drops.select_columns(["method"]).iter_batches(batch_format="pyarrow"))
 
 
 def decontaminate(nodes: Any, index: EvalIndex) -> Any:

@@ -32,9 +32,13 @@ def test_semantic_count_counts_semantic_rows_of_every_batch():
 
     from mmcurate.stages.dedupe.decontaminate import semantic_count
 
-    class Drops:  # a Ray dataset's iter_batches, as summarize calls it
-        def iter_batches(self, batch_format, columns):
+    class Drops:  # a Ray dataset's select_columns and iter_batches, as summarize calls them
+        def select_columns(self, columns):
             assert columns == ["method"]
+            return self
+
+        def iter_batches(self, batch_format):
+            assert batch_format == "pyarrow"
             yield pa.table({"method": ["semantic", "phash", "semantic"]})
             yield pa.table({"method": pa.array([], pa.string())})
             yield pa.table({"method": ["semantic"]})

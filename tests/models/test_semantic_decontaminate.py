@@ -207,3 +207,15 @@ def test_a_semantic_check_with_no_eval_image_is_an_error_not_a_check_that_passes
     ctx = StageContext(name="dedupe", config_hash="h", work_dir=tmp_path / "w", progress_dir=tmp_path / "p")
     with pytest.raises(InputError, match="decontaminate.semantic: the eval set has no image to embed"):
         DedupeStage(config, "dedupe").summarize(ray.data.from_arrow(rows), ctx)
+
+
+def test_semantic_matches_over_max_fraction_of_the_run_fail_the_stage(case, tmp_path):
+    import ray
+
+    # the planted copies are 36 of 81 records, far over the default 1 %: an eps too loose for a model reads alike
+    checkpoint = case["scorer"].config.model.checkpoint
+    config = DedupeConfig(decontaminate={"images": str(case["folder"]),
+                                         "semantic": {"model": {"checkpoint": checkpoint}, "eps": EPS}}, partitions=4)
+    ctx = StageContext(name="dedupe", config_hash="h", work_dir=tmp_path / "w", progress_dir=tmp_path / "p")
+    with pytest.raises(InputError, match=rf"\d+ of {case['scored'].num_rows} records .* eps {EPS}.* too loose"):
+        DedupeStage(config, "dedupe").summarize(ray.data.from_arrow(case["scored"]), ctx)
