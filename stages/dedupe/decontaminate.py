@@ -8,7 +8,8 @@ record's image embedding against the eval images' (``eval_semantic.py``: cosine 
 normalised text, then MinHash Jaccard through datasketch's ``MinHashLSH``. Being small, an eval image is indexed under the pHash of each
 of its centre crops too (every 1 % per side up to ``perceptual.max_crop``): a copy cropped by 5 % moves a pHash
 by up to 24 bits, but lands within a few bits of its original's 5 % crop. Item names: ``<shard>.tar:<member>``, the image's path
-under the folder, ``<text file>:<line>``.
+under the folder, ``<text file>:<line>`` (two shards of one file name in different folders: their paths under the
+shards' common folder instead).
 """
 
 from __future__ import annotations
@@ -78,22 +79,39 @@ class EvalIndex:
     model_id: str | None = None  # the model that embedded them, for the summary
 
 
+def _shard_names(paths: list[str]) -> dict[str, str]:
+    """Each shard's name in its items: the file name, or, where two shards share one (``a/eval.tar``,
+    ``b/eval.tar``), the path under the shards' common folder, so that their items stay apart."""
+    import os
+
+    base = [Path(p).name for p in paths]
+    if len(set(base)) == len(base):
+        return dict(zip(paths, base))
+    real = [os.path.realpath(p) for p in paths]
+    common = os.path.commonpath([os.path.dirname(r) for r in real])
+    return {p: Path(os.path.relpath(r, common)).as_posix() for p, r in zip(paths, real)}
+
+
 def _eval_images(cfg: EvalSetConfig) -> list[tuple[str, bytes]]:
     import glob
 
     found = []
+    shards = []
     for pattern in cfg.shards:
         paths = sorted(glob.glob(pattern))
         if not paths:
             raise InputError(f"decontaminate.shards: no file matches {pattern}")
-        for path in paths:
-            try:
-                with tarfile.open(path) as tar:
-                    for member in tar:
-                        if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
-                            found.append((f"{Path(path).name}:{member.name}", tar.extractfile(member).read()))
-            except (tarfile.TarError, EOFError) as err:
-                raise InputError(f"decontaminate.shards: {path} is not a readable tar shard ({err})") from err
+        shards += paths
+    shards = list(dict.fromkeys(shards))  # a shard two patterns match is read once
+    names = _shard_names(shards)
+    for path in shards:
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                        found.append((f"{names[path]}:{member.name}", tar.extractfile(member).read()))
+        except (tarfile.TarError, EOFError) as err:
+            raise InputError(f"decontaminate.shards: {path} is not a readable tar shard ({err})") from err
     if cfg.images is not None:
         root = Path(cfg.images)
         if not root.is_dir():

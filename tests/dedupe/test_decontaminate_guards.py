@@ -158,3 +158,22 @@ def test_a_model_named_through_a_symlink_or_relative_path_has_the_same_identity(
     files = {ClipModelSpec(name="ViT-B-32", pretrained=p).identity() for p in ("w.pt", "./w-link.pt")}
     assert len(files) == 1
     assert ClipModelSpec(name="ViT-B-32", pretrained="laion2b_s34b_b79k").identity() == "ViT-B-32:laion2b_s34b_b79k"
+
+
+def test_eval_shards_of_one_file_name_in_two_folders_give_items_apart(tmp_path):
+    import io
+    import tarfile
+
+    for folder, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+        (tmp_path / folder).mkdir()
+        image = tmp_path / f"{folder}.png"
+        _png(image, colour)
+        with tarfile.open(tmp_path / folder / "eval-000000.tar", "w") as tar:
+            data = image.read_bytes()
+            info = tarfile.TarInfo("x.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = _load(tmp_path, shards=(str(tmp_path / "*" / "eval-000000.tar"),))
+    assert index.image_items == ["a/eval-000000.tar:x.png", "b/eval-000000.tar:x.png"]
+    alone = _load(tmp_path, shards=(str(tmp_path / "a" / "eval-000000.tar"),) * 2)
+    assert alone.image_items == ["eval-000000.tar:x.png"]  # a unique name stays the file name
