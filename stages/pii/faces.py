@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +136,15 @@ class FaceBlurrer:
 
 class FaceCache:
     """Detector results by image digest, in one SQLite file shared by every worker on the machine (WAL: readers do
-    not wait for a writer). A cache: a file that cannot be opened or written is logged once and the search runs."""
+    not wait for a writer). A cache: a file that cannot be opened or written is logged once and the search runs.
+    A Ray actor is built on one thread and called on another, so the connection is not bound to its thread; the
+    lock keeps its use one call at a time."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.db: sqlite3.Connection | None = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.lock = threading.Lock()
+        self.db: sqlite3.Connection | None = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                                             check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS faces (key BLOB PRIMARY KEY, passes TEXT NOT NULL, "
@@ -159,7 +164,8 @@ class FaceCache:
         if self.db is None:
             return None
         try:
-            row = self.db.execute("SELECT passes, remaining FROM faces WHERE key = ?", (key,)).fetchone()
+            with self.lock:
+                row = self.db.execute("SELECT passes, remaining FROM faces WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as err:
             self._give_up(err)
             return None
@@ -171,8 +177,9 @@ class FaceCache:
         if self.db is None:
             return
         try:
-            self.db.execute("INSERT OR IGNORE INTO faces VALUES (?, ?, ?)",
-                            (key, json.dumps(passes), json.dumps(remaining)))
+            with self.lock:
+                self.db.execute("INSERT OR IGNORE INTO faces VALUES (?, ?, ?)",
+                                (key, json.dumps(passes), json.dumps(remaining)))
         except sqlite3.Error as err:
             self._give_up(err)
 

@@ -101,3 +101,17 @@ def test_the_demo_photos_without_a_person_get_no_face(side, tmp_path, monkeypatc
     print(f"at {side} px: {found}")
     assert {name for name, n in found.items() if n} == set(PEOPLE)
     assert all(found[name] == 1 for name in PEOPLE)
+
+
+def test_a_blurrer_built_on_one_thread_caches_from_another(tmp_path, monkeypatch):
+    """A Ray actor runs ``setup`` and its batches on different threads: the cache must still be written."""
+    import sqlite3
+    import threading
+
+    monkeypatch.setenv("MMCURATE_CACHE_DIR", str(tmp_path))
+    blurrer = FaceBlurrer(FacesConfig())
+    worker = threading.Thread(target=lambda: blurrer.blur(_at("astronaut", 256), "jpg"))
+    worker.start()
+    worker.join()
+    assert blurrer.cache is not None and blurrer.cache.db is not None
+    assert sqlite3.connect(tmp_path / "faces.sqlite3").execute("SELECT count(*) FROM faces").fetchone() == (1,)
