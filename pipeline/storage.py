@@ -85,10 +85,15 @@ def storage_for(location: str | os.PathLike) -> Storage:
     return _object_storage(str(location).split("://", 1)[0]) if is_url(location) else LOCAL
 
 
+def cache_root() -> Path:
+    """This machine's mmcurate cache: ``MMCURATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmcurate`` (~/.cache)."""
+    return Path(os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mmcurate"))
+
+
 def cache_dir_for(url: str) -> Path:
     """The driver-local scratch of a remote run directory: one directory per URL on this machine."""
-    base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mmcurate")
+    base = cache_root()
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.split("://", 1)[-1])[-60:]
     return (Path(base) / "rundirs" / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:12]}").resolve()
 

@@ -31,14 +31,7 @@ def shape_image(colour: str, shape: str, rng: np.random.Generator, size: int = 3
     draw = ImageDraw.Draw(img)
     r = int(rng.integers(size // 4, size // 2 - 1))
     cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
-    box = (cx - r, cy - r, cx + r, cy + r)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    draw_shape(draw, shape, cx, cy, r, COLOURS[colour])
     out = io.BytesIO()
     img.save(out, format="PNG" if fmt == "png" else "JPEG", quality=95)
     return out.getvalue()
@@ -77,3 +70,14 @@ def records(
             base |= {"text": f"a {colour} {shape}", "image": shape_image(colour, shape, rng, image_size),
                      "image_format": "png", "image_width": image_size, "image_height": image_size}
         yield base
+
+
+def draw_shape(draw: Any, shape: str, cx: int, cy: int, r: int, fill: tuple[int, int, int]) -> None:
+    """A filled circle, square or triangle of half-size ``r`` centred on (cx, cy)."""
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)

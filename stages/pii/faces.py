@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -152,7 +151,9 @@ class FaceCache:
 
     @classmethod
     def open(cls) -> FaceCache | None:
-        root = Path(os.environ.get("MMCURATE_CACHE_DIR") or Path.home() / ".cache" / "mmcurate")
+        from mmcurate.pipeline.storage import cache_root
+
+        root = cache_root()
         try:
             root.mkdir(parents=True, exist_ok=True)
             return cls(root / "faces.sqlite3")

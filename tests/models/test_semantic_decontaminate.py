@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from clip_helpers import COLOURS, SHAPES, image_record, table
 
+from mmcurate.pipeline.train.synthetic import draw_shape
 from mmcurate.schemas.stage_configs import ClipScoreConfig, DedupeConfig, EvalSetConfig, TextDedupeConfig
 from mmcurate.stages.base import InputError, StageContext
 from mmcurate.stages.clip_score import ClipScoreStage
@@ -47,13 +48,7 @@ def draw(colour: str, shape: str, rng: np.random.Generator) -> Image.Image:
     r = int(rng.integers(SIZE // 4, round(SIZE * 0.28) + 1))
     cx = SIZE // 2 + int(rng.choice([-1, 1])) * int(rng.integers(4, 7))
     cy = int(rng.integers(SIZE * 0.45, SIZE * 0.55))
-    box, fill, pen = (cx - r, cy - r, cx + r, cy + r), COLOURS[colour], ImageDraw.Draw(img)
-    if shape == "circle":
-        pen.ellipse(box, fill=fill)
-    elif shape == "square":
-        pen.rectangle(box, fill=fill)
-    else:
-        pen.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, COLOURS[colour])
     return img
 
 
